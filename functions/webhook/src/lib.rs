@@ -1,0 +1,100 @@
+//! The webhook Lambda: lambda_http in front of [`leadpipe_core::accept`].
+//!
+//! Works behind a Lambda Function URL and an API Gateway HTTP API (payload 2.0) alike;
+//! lambda_http has already base64-decoded the body, and the signature is checked over
+//! exactly those bytes.
+
+use lambda_http::{Body, Request, RequestExt, Response};
+use leadpipe_core::accept::{WebhookRequest, WebhookSecrets, handle_webhook_request};
+use leadpipe_core::ports::EventQueue;
+use leadpipe_core::secrets::SecretsError;
+use leadpipe_core::settings::{Env, SecretSource, SettingsError};
+use leadpipe_core::signature::SIGNATURE_HEADER;
+use time::OffsetDateTime;
+
+/// The webhook's settings, read once at start.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub queue_url: String,
+    pub secret_source: SecretSource,
+}
+
+impl WebhookSettings {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            queue_url: env.required("QUEUE_URL", "the URL of the SQS queue lead events go to")?,
+            secret_source: env.secret_source()?,
+        })
+    }
+}
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+}
+
+/// Everything a request needs, built once per container.
+pub struct WebhookApp<Q> {
+    secrets: WebhookSecrets,
+    queue: Q,
+}
+
+impl WebhookApp<leadpipe_aws::SqsEventQueue> {
+    /// Reads settings and secrets and builds the SQS client: the function's whole start-up.
+    pub async fn from_env() -> Result<Self, StartError> {
+        let settings = WebhookSettings::from_env(&Env::process())?;
+        let config = leadpipe_aws::sdk_config().await;
+        let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
+        let secrets = WebhookSecrets::try_from(&secrets)?;
+        Ok(Self::new(
+            secrets,
+            leadpipe_aws::SqsEventQueue::new(&config, settings.queue_url),
+        ))
+    }
+}
+
+impl<Q: EventQueue> WebhookApp<Q> {
+    pub fn new(secrets: WebhookSecrets, queue: Q) -> Self {
+        Self { secrets, queue }
+    }
+
+    /// Answers one HTTP request. Never fails: every failure is an HTTP status for Meta.
+    pub async fn handle(
+        &self,
+        request: Request,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let query = request.query_string_parameters();
+        let method = request.method().as_str().to_owned();
+        let signature = request
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .map(|value| value.to_str().unwrap_or("non-ascii"));
+        let body: &[u8] = request.body().as_ref();
+        let answer = handle_webhook_request(
+            &self.secrets,
+            &self.queue,
+            WebhookRequest {
+                method: &method,
+                hub_mode: query.first("hub.mode"),
+                hub_verify_token: query.first("hub.verify_token"),
+                hub_challenge: query.first("hub.challenge"),
+                signature,
+                body,
+            },
+            OffsetDateTime::now_utc(),
+        )
+        .await;
+        let mut response = Response::new(Body::Text(answer.body));
+        *response.status_mut() = lambda_http::http::StatusCode::from_u16(answer.status)
+            .unwrap_or(lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().insert(
+            lambda_http::http::header::CONTENT_TYPE,
+            lambda_http::http::HeaderValue::from_static(answer.content_type),
+        );
+        Ok(response)
+    }
+}

@@ -1,0 +1,49 @@
+//! AWS adapters of leadpipe's ports. They hold no business rules: they move values between
+//! the core's types and AWS's wire calls, and report failures as the core's error types.
+//!
+//! Endpoints, region and credentials come from the SDK's standard settings
+//! (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), which is also how tests point them at moto.
+
+pub mod secrets;
+pub mod sqs;
+
+pub use secrets::load_secrets;
+pub use sqs::SqsEventQueue;
+
+/// The SDK configuration from the environment, loaded once per process.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// A short, value-free description of an SDK error: its code and message from AWS, or
+/// the kind of dispatch failure. Request contents never appear in these.
+pub(crate) fn describe_sdk_error<E, R>(err: &aws_sdk_sqs::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_sqs::error::SdkError;
+    match err {
+        SdkError::ServiceError(service) => {
+            let inner = service.err();
+            format!(
+                "{}: {}",
+                inner.code().unwrap_or("ServiceError"),
+                inner.message().unwrap_or("no message")
+            )
+        }
+        SdkError::TimeoutError(_) => "timed out".to_owned(),
+        SdkError::DispatchFailure(failure) => {
+            if failure.is_io() {
+                "connection failed".to_owned()
+            } else if failure.is_timeout() {
+                "connection timed out".to_owned()
+            } else {
+                "dispatch failed".to_owned()
+            }
+        }
+        SdkError::ResponseError(_) => "unreadable response".to_owned(),
+        SdkError::ConstructionFailure(_) => "request could not be built".to_owned(),
+        _ => "unknown SDK error".to_owned(),
+    }
+}

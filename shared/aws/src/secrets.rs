@@ -1,0 +1,31 @@
+//! Loading [`AppSecrets`] from Secrets Manager, once per container.
+
+use crate::describe_sdk_error;
+use leadpipe_core::secrets::{AppSecrets, SecretsError};
+use leadpipe_core::settings::SecretSource;
+
+/// Resolves a [`SecretSource`]: fetches the secret by ARN, or returns the inline values.
+///
+/// Call it once at start and keep the result: a Lambda container then reads the secret
+/// once for its whole life, and a rotation is picked up by new containers.
+pub async fn load_secrets(
+    config: &aws_config::SdkConfig,
+    source: &SecretSource,
+) -> Result<AppSecrets, SecretsError> {
+    match source {
+        SecretSource::Inline(secrets) => Ok(secrets.clone()),
+        SecretSource::SecretsManager { arn } => {
+            let client = aws_sdk_secretsmanager::Client::new(config);
+            let output = client
+                .get_secret_value()
+                .secret_id(arn)
+                .send()
+                .await
+                .map_err(|e| SecretsError::Fetch(describe_sdk_error(&e)))?;
+            let json = output.secret_string().ok_or(SecretsError::Missing(
+                "SecretString (binary secrets are not supported)",
+            ))?;
+            AppSecrets::from_json(json)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! The SQS adapter of [`EventQueue`]: SendMessageBatch in chunks of ten (SQS's limit),
+//! resending the entries SQS reports as failed, and failing when any event is left over.
+
+use crate::describe_sdk_error;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use leadpipe_core::event::LeadEvent;
+use leadpipe_core::ports::{EventQueue, QueueError};
+use std::time::Duration;
+
+/// SQS takes at most ten entries per SendMessageBatch.
+pub const SQS_BATCH_LIMIT: usize = 10;
+/// How often entries that SQS reported failed are sent again (the SDK already retries
+/// whole calls that fail in transit).
+const ENTRY_ATTEMPTS: u32 = 3;
+const ENTRY_RETRY_BASE: Duration = Duration::from_millis(50);
+
+/// Sends lead events to one SQS queue.
+#[derive(Debug, Clone)]
+pub struct SqsEventQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+}
+
+impl SqsEventQueue {
+    pub fn new(config: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
+        Self {
+            client: aws_sdk_sqs::Client::new(config),
+            queue_url: queue_url.into(),
+        }
+    }
+
+    pub fn from_client(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
+    }
+
+    /// Sends one chunk (at most ten events), resending entries SQS reports failed.
+    async fn send_chunk(&self, chunk: &[LeadEvent]) -> Result<(), QueueError> {
+        let mut pending: Vec<(usize, String)> = Vec::with_capacity(chunk.len());
+        for (index, event) in chunk.iter().enumerate() {
+            let body = event.to_message_body().map_err(|e| QueueError::Rejected {
+                failed: chunk.len(),
+                total: chunk.len(),
+                reason: format!("event could not be serialized: {e}"),
+            })?;
+            pending.push((index, body));
+        }
+        let mut last_reason = String::new();
+        for attempt in 0..ENTRY_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(ENTRY_RETRY_BASE * 2u32.pow(attempt - 1)).await;
+            }
+            let mut request = self.client.send_message_batch().queue_url(&self.queue_url);
+            for (index, body) in &pending {
+                let entry = SendMessageBatchRequestEntry::builder()
+                    .id(index.to_string())
+                    .message_body(body)
+                    .build()
+                    .map_err(|e| QueueError::Rejected {
+                        failed: pending.len(),
+                        total: chunk.len(),
+                        reason: format!("batch entry could not be built: {e}"),
+                    })?;
+                request = request.entries(entry);
+            }
+            let output = request
+                .send()
+                .await
+                .map_err(|e| QueueError::Unavailable(describe_sdk_error(&e)))?;
+            let failed = output.failed();
+            if failed.is_empty() {
+                return Ok(());
+            }
+            // A sender fault (a malformed entry) will fail again however often it is sent.
+            if let Some(fault) = failed.iter().find(|f| f.sender_fault()) {
+                return Err(QueueError::Rejected {
+                    failed: failed.len(),
+                    total: chunk.len(),
+                    reason: format!(
+                        "{}: {}",
+                        fault.code(),
+                        fault.message().unwrap_or("no message")
+                    ),
+                });
+            }
+            last_reason = failed
+                .first()
+                .map(|f| format!("{}: {}", f.code(), f.message().unwrap_or("no message")))
+                .unwrap_or_default();
+            tracing::warn!(
+                failed = failed.len(),
+                attempt = attempt + 1,
+                reason = %last_reason,
+                "SQS reported failed batch entries; resending them"
+            );
+            let failed_ids: Vec<&str> = failed.iter().map(|f| f.id()).collect();
+            pending.retain(|(index, _)| failed_ids.contains(&index.to_string().as_str()));
+        }
+        Err(QueueError::Rejected {
+            failed: pending.len(),
+            total: chunk.len(),
+            reason: last_reason,
+        })
+    }
+}
+
+impl EventQueue for SqsEventQueue {
+    async fn enqueue(&self, events: &[LeadEvent]) -> Result<(), QueueError> {
+        // Chunks go out concurrently: a 100-change post costs one round trip, not ten.
+        let results =
+            futures::future::join_all(events.chunks(SQS_BATCH_LIMIT).map(|c| self.send_chunk(c)))
+                .await;
+        let mut failed = 0;
+        let mut first_error = None;
+        for (result, chunk) in results.into_iter().zip(events.chunks(SQS_BATCH_LIMIT)) {
+            if let Err(err) = result {
+                failed += match &err {
+                    QueueError::Rejected { failed, .. } => *failed,
+                    QueueError::Unavailable(_) => chunk.len(),
+                };
+                first_error.get_or_insert(err);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(QueueError::Unavailable(reason)) if failed == events.len() => {
+                Err(QueueError::Unavailable(reason))
+            }
+            Some(QueueError::Unavailable(reason)) | Some(QueueError::Rejected { reason, .. }) => {
+                Err(QueueError::Rejected {
+                    failed,
+                    total: events.len(),
+                    reason,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! leadpipe's domain, free of AWS and of Lambda.
+//!
+//! * [`webhook`]: Meta's `leadgen` webhook payload, tolerant of ids sent as strings or numbers.
+//! * [`signature`]: the `X-Hub-Signature-256` check over the raw body, in constant time.
+//! * [`event`]: the [`LeadEvent`](event::LeadEvent) queue message, exactly as DESIGN.md's contract.
+//! * [`ports`]: the narrow traits the adapters implement (the queue so far).
+//! * [`accept`]: the webhook use case: verify, parse, queue, and say what to answer Meta.
+//! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
+
+pub mod accept;
+pub mod event;
+pub mod ids;
+pub mod memory;
+pub mod ports;
+pub mod secrets;
+pub mod settings;
+pub mod signature;
+pub mod telemetry;
+pub mod webhook;

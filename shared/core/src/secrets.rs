@@ -1,0 +1,80 @@
+//! The app's secrets, as stored in Secrets Manager (`SECRET_ARN`) or, locally, in env vars.
+//!
+//! Every value is a [`SecretString`], whose `Debug` prints `[REDACTED]`, so a secret cannot
+//! reach a log line by accident.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// `{"app_secret","verify_token","access_token","page_tokens":{"<page_id>":"<token>"}}`.
+///
+/// Unknown keys are ignored so that an operator may keep notes in the same secret.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppSecrets {
+    pub app_secret: SecretString,
+    #[serde(default)]
+    pub verify_token: Option<SecretString>,
+    #[serde(default)]
+    pub access_token: Option<SecretString>,
+    #[serde(default)]
+    pub page_tokens: BTreeMap<String, SecretString>,
+}
+
+/// Why the secrets could not be read. Never carries a secret's value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("the secret is not JSON of the expected shape ({0})")]
+    Shape(crate::webhook::JsonError),
+    #[error("the secret has no {0}")]
+    Missing(&'static str),
+    #[error("the secret could not be fetched: {0}")]
+    Fetch(String),
+}
+
+impl AppSecrets {
+    /// Parses the Secrets Manager JSON.
+    pub fn from_json(json: &str) -> Result<Self, SecretsError> {
+        serde_json::from_str(json).map_err(|e| SecretsError::Shape(e.into()))
+    }
+
+    /// The verify token, or an error naming what the secret lacks.
+    pub fn require_verify_token(&self) -> Result<&SecretString, SecretsError> {
+        self.verify_token
+            .as_ref()
+            .ok_or(SecretsError::Missing("verify_token"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn parses_the_contract_and_redacts_debug() {
+        let secrets = AppSecrets::from_json(
+            r#"{"app_secret":"s3cr3t-app","verify_token":"vt-123","access_token":"EAAtoken",
+               "page_tokens":{"111":"EAApage"},"note":"ignored"}"#,
+        )
+        .unwrap();
+        assert_eq!(secrets.app_secret.expose_secret(), "s3cr3t-app");
+        assert_eq!(
+            secrets.require_verify_token().unwrap().expose_secret(),
+            "vt-123"
+        );
+        assert_eq!(secrets.page_tokens["111"].expose_secret(), "EAApage");
+        let debug = format!("{secrets:?}");
+        for value in ["s3cr3t-app", "vt-123", "EAAtoken", "EAApage"] {
+            assert!(!debug.contains(value), "{debug}");
+        }
+    }
+
+    #[test]
+    fn shape_errors_do_not_echo_the_secret() {
+        let err = AppSecrets::from_json(r#"{"app_secret": 12345678}"#).unwrap_err();
+        assert!(!err.to_string().contains("12345678"), "{err}");
+        let err = AppSecrets::from_json(r#"{"verify_token":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("expected shape"), "{err}");
+    }
+}

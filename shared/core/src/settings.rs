@@ -1,0 +1,124 @@
+//! Settings read once at start from the environment, failing fast with a message that says
+//! which variable is wrong and what it is for. Values are never echoed: some are secrets.
+
+use crate::secrets::AppSecrets;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+
+/// A setting that is missing or unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{name} is not set: {purpose}")]
+    Missing {
+        name: &'static str,
+        purpose: &'static str,
+    },
+    #[error("{name} is not valid: {why}")]
+    Invalid { name: &'static str, why: String },
+}
+
+/// Reads settings through `lookup` (the process environment in production, a map in tests).
+pub struct Env<F> {
+    lookup: F,
+}
+
+impl Env<fn(&str) -> Option<String>> {
+    /// The process environment; empty values count as unset.
+    pub fn process() -> Self {
+        Self {
+            lookup: |name| std::env::var(name).ok().filter(|v| !v.is_empty()),
+        }
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Env<F> {
+    pub fn from_lookup(lookup: F) -> Self {
+        Self { lookup }
+    }
+
+    pub fn optional(&self, name: &str) -> Option<String> {
+        (self.lookup)(name)
+    }
+
+    pub fn required(
+        &self,
+        name: &'static str,
+        purpose: &'static str,
+    ) -> Result<String, SettingsError> {
+        self.optional(name)
+            .ok_or(SettingsError::Missing { name, purpose })
+    }
+
+    /// Where the app's secrets come from: `SECRET_ARN` wins; otherwise `APP_SECRET` (and
+    /// `VERIFY_TOKEN`, `ACCESS_TOKEN`) stand in, as DESIGN.md allows for local runs.
+    pub fn secret_source(&self) -> Result<SecretSource, SettingsError> {
+        if let Some(arn) = self.optional("SECRET_ARN") {
+            return Ok(SecretSource::SecretsManager { arn });
+        }
+        let app_secret = self.required(
+            "APP_SECRET",
+            "set SECRET_ARN to the Secrets Manager secret, or APP_SECRET (with VERIFY_TOKEN and ACCESS_TOKEN) for a local run",
+        )?;
+        Ok(SecretSource::Inline(AppSecrets {
+            app_secret: SecretString::from(app_secret),
+            verify_token: self.optional("VERIFY_TOKEN").map(SecretString::from),
+            access_token: self.optional("ACCESS_TOKEN").map(SecretString::from),
+            page_tokens: BTreeMap::new(),
+        }))
+    }
+}
+
+/// Where a binary gets its [`AppSecrets`].
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    SecretsManager { arn: String },
+    Inline(AppSecrets),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Env<impl Fn(&str) -> Option<String>> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Env::from_lookup(move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn secret_arn_wins_over_inline_values() {
+        let source = env(&[
+            ("SECRET_ARN", "arn:aws:secretsmanager:x"),
+            ("APP_SECRET", "s"),
+        ])
+        .secret_source()
+        .unwrap();
+        assert!(
+            matches!(source, SecretSource::SecretsManager { arn } if arn == "arn:aws:secretsmanager:x")
+        );
+    }
+
+    #[test]
+    fn inline_secrets_for_local_runs() {
+        let source = env(&[("APP_SECRET", "s"), ("VERIFY_TOKEN", "v")])
+            .secret_source()
+            .unwrap();
+        let SecretSource::Inline(secrets) = source else {
+            panic!("expected inline secrets");
+        };
+        assert_eq!(secrets.app_secret.expose_secret(), "s");
+        assert_eq!(secrets.require_verify_token().unwrap().expose_secret(), "v");
+    }
+
+    #[test]
+    fn missing_everything_says_what_to_set() {
+        let err = env(&[]).secret_source().unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("APP_SECRET is not set"), "{text}");
+        assert!(text.contains("SECRET_ARN"), "{text}");
+    }
+}
