@@ -5,6 +5,8 @@
 //! Tests use it to drive the real binaries; the start-up benchmark uses [`RuntimeApi::first_poll`]
 //! to time a cold start (process start to the first poll, which is when the handler is ready).
 
+pub mod events;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
