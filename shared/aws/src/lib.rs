@@ -4,11 +4,13 @@
 //! Endpoints, region and credentials come from the SDK's standard settings
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), which is also how tests point them at moto.
 
+pub mod dynamo;
 pub mod secrets;
 pub mod sqs;
 
+pub use dynamo::DynamoLeadStore;
 pub use secrets::load_secrets;
-pub use sqs::SqsEventQueue;
+pub use sqs::{SqsEventQueue, SqsQueueControl};
 
 /// The SDK configuration from the environment, loaded once per process.
 pub async fn sdk_config() -> aws_config::SdkConfig {

@@ -138,3 +138,79 @@ impl EventQueue for SqsEventQueue {
         }
     }
 }
+
+/// The ingest side's queue operations: parking rate-limited messages and dead-lettering
+/// permanent failures with their reason.
+#[derive(Debug, Clone)]
+pub struct SqsQueueControl {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    dead_letter_url: String,
+}
+
+/// Message attribute names on dead-lettered messages.
+pub const REASON_CLASS_ATTRIBUTE: &str = "leadpipe_reason_class";
+pub const REASON_ATTRIBUTE: &str = "leadpipe_reason";
+/// SQS caps a message attribute value at the message size; a reason is one line.
+const MAX_REASON_LEN: usize = 1000;
+
+impl SqsQueueControl {
+    pub fn new(
+        client: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+        dead_letter_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            client,
+            queue_url: queue_url.into(),
+            dead_letter_url: dead_letter_url.into(),
+        }
+    }
+}
+
+fn string_attribute(value: &str) -> Result<aws_sdk_sqs::types::MessageAttributeValue, QueueError> {
+    aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(value)
+        .build()
+        .map_err(|e| QueueError::Rejected {
+            failed: 1,
+            total: 1,
+            reason: format!("attribute could not be built: {e}"),
+        })
+}
+
+impl leadpipe_core::ports::QueueControl for SqsQueueControl {
+    async fn dead_letter(
+        &self,
+        body: &str,
+        reason: &leadpipe_core::ports::DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        let detail: String = reason.detail.chars().take(MAX_REASON_LEN).collect();
+        self.client
+            .send_message()
+            .queue_url(&self.dead_letter_url)
+            .message_body(body)
+            .message_attributes(REASON_CLASS_ATTRIBUTE, string_attribute(&reason.class)?)
+            .message_attributes(REASON_ATTRIBUTE, string_attribute(&detail)?)
+            .send()
+            .await
+            .map_err(|e| QueueError::Unavailable(describe_sdk_error(&e)))?;
+        Ok(())
+    }
+
+    async fn delay(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
+        let seconds = i32::try_from(delay.as_secs())
+            .unwrap_or(i32::MAX)
+            .min(43_200);
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+            .map_err(|e| QueueError::Unavailable(describe_sdk_error(&e)))?;
+        Ok(())
+    }
+}

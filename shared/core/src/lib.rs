@@ -9,7 +9,9 @@
 
 pub mod accept;
 pub mod event;
+pub mod graph_source;
 pub mod ids;
+pub mod ingest;
 pub mod memory;
 pub mod ports;
 pub mod secrets;

@@ -23,3 +23,97 @@ pub trait EventQueue: Send + Sync {
     /// that is safe because ingest is idempotent and Meta will deliver the post again.
     fn enqueue(&self, events: &[LeadEvent]) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
+
+/// Where a lead came from into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadSourceKind {
+    Webhook,
+    Backfill,
+}
+
+impl LeadSourceKind {
+    /// The `source` attribute's value (DESIGN.md: `webhook` | `backfill`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Backfill => "backfill",
+        }
+    }
+}
+
+/// A lead as the store keeps it: Graph's lead plus what only leadpipe knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLead {
+    pub lead: leadpipe_graph::Lead,
+    pub page_id: String,
+    /// The lead's form: Graph's `form_id`, or the webhook's when Graph left it out.
+    pub form_id: String,
+    pub source: LeadSourceKind,
+    pub ingested_at: time::OffsetDateTime,
+}
+
+/// What writing one lead did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new item.
+    Inserted,
+    /// The lead was there already; its first ingest's item is kept as it was.
+    AlreadyPresent,
+}
+
+/// Why the store could not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the lead store could not be reached: {0}")]
+    Unavailable(String),
+    #[error("the lead store refused the write: {0}")]
+    Rejected(String),
+}
+
+/// The leads table: idempotent writes keyed by lead id.
+pub trait LeadStore: Send + Sync {
+    /// Writes each lead unless it is there already. The result has one entry per lead, in
+    /// order; an `Err` means none of the leads can be assumed written (some may be: a
+    /// retry is safe because writes are idempotent).
+    fn put_leads(
+        &self,
+        leads: &[StoredLead],
+    ) -> impl Future<Output = Result<Vec<PutOutcome>, StoreError>> + Send;
+}
+
+/// Reads leads from Graph with as few round trips as it can.
+pub trait LeadFetcher: Send + Sync {
+    /// Fetches leads of one page (the page decides the token), one result per id. An `Err`
+    /// is a failure of the whole call.
+    fn fetch(
+        &self,
+        page_id: &str,
+        lead_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<leadpipe_graph::BatchItem>, leadpipe_graph::GraphError>> + Send;
+}
+
+/// Why a message leaves the queue for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    /// `malformed`, or a Graph error class (`not_found`, `permission`, `token`, ...).
+    pub class: String,
+    /// One line for the operator: what failed and what to do. Never lead contents.
+    pub detail: String,
+}
+
+/// The queue operations ingest needs besides receiving: park a message, or dead-letter it.
+pub trait QueueControl: Send + Sync {
+    /// Sends `body` to the dead-letter queue with its reason as message attributes.
+    fn dead_letter(
+        &self,
+        body: &str,
+        reason: &DeadLetterReason,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Makes the message invisible for `delay` (rate limits), so it comes back after it.
+    fn delay(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}

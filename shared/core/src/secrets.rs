@@ -46,6 +46,14 @@ impl AppSecrets {
     }
 }
 
+impl AppSecrets {
+    /// The token to read a page's leads with: the page's own token when the secret has one,
+    /// else the general `access_token`.
+    pub fn token_for_page(&self, page_id: &str) -> Option<&SecretString> {
+        self.page_tokens.get(page_id).or(self.access_token.as_ref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

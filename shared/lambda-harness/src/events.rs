@@ -90,20 +90,30 @@ impl HttpEvent<'_> {
 /// An SQS event with one record per body, in the shape `sam local generate-event sqs
 /// receive-message` makes; message ids are `msg-0`, `msg-1`, ...
 pub fn sqs_event(bodies: &[String]) -> Value {
+    let records: Vec<(String, String, String)> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| (format!("msg-{i}"), format!("handle-{i}"), body.clone()))
+        .collect();
+    sqs_event_from(&records)
+}
+
+/// An SQS event of `(message_id, receipt_handle, body)` records, e.g. messages just
+/// received from a real (moto) queue, in the shape of `sam local generate-event sqs`.
+pub fn sqs_event_from(records: &[(String, String, String)]) -> Value {
     let fixture: Value = serde_json::from_str(SQS).unwrap_or_else(|_| json!({"Records": [{}]}));
     let template = fixture
         .get("Records")
         .and_then(|r| r.get(0))
         .cloned()
         .unwrap_or_else(|| json!({}));
-    let records: Vec<Value> = bodies
+    let records: Vec<Value> = records
         .iter()
-        .enumerate()
-        .map(|(i, body)| {
+        .map(|(id, handle, body)| {
             let mut record = template.clone();
             if let Some(object) = record.as_object_mut() {
-                object.insert("messageId".into(), json!(format!("msg-{i}")));
-                object.insert("receiptHandle".into(), json!(format!("handle-{i}")));
+                object.insert("messageId".into(), json!(id));
+                object.insert("receiptHandle".into(), json!(handle));
                 object.insert("body".into(), json!(body));
             }
             record

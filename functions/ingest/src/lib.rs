@@ -1,0 +1,118 @@
+//! The ingest Lambda: an SQS batch in, a `SqsBatchResponse` naming only the messages SQS
+//! must keep. The rules live in [`leadpipe_core::ingest`]; this crate wires AWS to them.
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::LambdaEvent;
+use leadpipe_aws::{DynamoLeadStore, SqsQueueControl};
+use leadpipe_core::graph_source::{GraphLeadFetcher, graph_config};
+use leadpipe_core::ingest::{IngestReport, QueuedMessage, ingest_batch};
+use leadpipe_core::ports::{LeadFetcher, LeadStore, QueueControl};
+use leadpipe_core::secrets::SecretsError;
+use leadpipe_core::settings::{Env, SecretSource, SettingsError};
+use leadpipe_graph::{GraphClient, GraphError};
+use time::OffsetDateTime;
+
+/// The ingest function's settings, read once at start.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub queue_url: String,
+    pub dead_letter_queue_url: String,
+    pub leads_table: String,
+    pub secret_source: SecretSource,
+}
+
+impl IngestSettings {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
+        Ok(Self {
+            queue_url: env.required(
+                "QUEUE_URL",
+                "the URL of the SQS queue ingest consumes (to delay rate-limited messages)",
+            )?,
+            dead_letter_queue_url: env.required(
+                "DLQ_URL",
+                "the URL of the dead-letter queue permanent failures go to",
+            )?,
+            leads_table: env.required("LEADS_TABLE", "the DynamoDB table leads are written to")?,
+            secret_source: env.secret_source()?,
+        })
+    }
+}
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("the Graph client could not be built: {0}")]
+    Graph(#[from] GraphError),
+}
+
+/// Clients and secrets, built once per container.
+pub struct IngestApp<F, S, C> {
+    fetcher: F,
+    store: S,
+    queue: C,
+}
+
+impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl> {
+    /// Reads settings and secrets and builds every client.
+    pub async fn from_env() -> Result<Self, StartError> {
+        let env = Env::process();
+        let settings = IngestSettings::from_env(&env)?;
+        let config = leadpipe_aws::sdk_config().await;
+        let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
+        let graph = GraphClient::new(graph_config(&env, &secrets)?)?;
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        Ok(Self::new(
+            GraphLeadFetcher::new(graph, secrets),
+            DynamoLeadStore::new(&config, settings.leads_table),
+            SqsQueueControl::new(sqs, settings.queue_url, settings.dead_letter_queue_url),
+        ))
+    }
+}
+
+impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
+    pub fn new(fetcher: F, store: S, queue: C) -> Self {
+        Self {
+            fetcher,
+            store,
+            queue,
+        }
+    }
+
+    /// Ingests one SQS batch.
+    pub async fn ingest(&self, event: &SqsEvent) -> IngestReport {
+        let messages: Vec<QueuedMessage<'_>> = event
+            .records
+            .iter()
+            .map(|record| QueuedMessage {
+                message_id: record.message_id.as_deref().unwrap_or_default(),
+                receipt_handle: record.receipt_handle.as_deref(),
+                body: record.body.as_deref().unwrap_or_default(),
+            })
+            .collect();
+        ingest_batch(
+            &self.fetcher,
+            &self.store,
+            &self.queue,
+            &messages,
+            OffsetDateTime::now_utc(),
+        )
+        .await
+    }
+
+    /// The Lambda handler.
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, std::convert::Infallible> {
+        let report = self.ingest(&event.payload).await;
+        let mut response = SqsBatchResponse::default();
+        for id in report.failed_message_ids() {
+            response.add_failure(id);
+        }
+        Ok(response)
+    }
+}

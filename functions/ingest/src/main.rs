@@ -1,0 +1,12 @@
+use lambda_runtime::{run, service_fn};
+use leadpipe_ingest::IngestApp;
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    leadpipe_core::telemetry::init();
+    let app = IngestApp::from_env().await.inspect_err(|err| {
+        tracing::error!(error = %err, "leadpipe-ingest cannot start");
+    })?;
+    let app = &app;
+    run(service_fn(move |event| app.handle(event))).await
+}

@@ -1,0 +1,212 @@
+//! The DynamoDB lead store, exactly as DESIGN.md's leads-table contract.
+//!
+//! Writes are conditional puts (`attribute_not_exists(lead_id)`): the first ingest's item,
+//! with its `source` and `ingested_at`, is the one that stays. BatchWriteItem cannot carry
+//! a condition, so the puts of a batch run concurrently instead.
+
+use crate::describe_sdk_error;
+use aws_sdk_dynamodb::types::AttributeValue;
+use leadpipe_core::ports::{LeadStore, PutOutcome, StoreError, StoredLead};
+use std::collections::HashMap;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Puts in flight at once per `put_leads` call.
+const CONCURRENT_PUTS: usize = 16;
+
+/// The leads table.
+#[derive(Debug, Clone)]
+pub struct DynamoLeadStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoLeadStore {
+    pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::from_client(aws_sdk_dynamodb::Client::new(config), table)
+    }
+
+    pub fn from_client(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    async fn put_one(&self, lead: &StoredLead) -> Result<PutOutcome, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(lead_item(lead)))
+            .condition_expression("attribute_not_exists(lead_id)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(PutOutcome::Inserted),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(PutOutcome::AlreadyPresent)
+            }
+            Err(err) => {
+                let described = describe_sdk_error(&err);
+                Err(match err.as_service_error() {
+                    Some(_) => StoreError::Rejected(described),
+                    None => StoreError::Unavailable(described),
+                })
+            }
+        }
+    }
+}
+
+impl LeadStore for DynamoLeadStore {
+    async fn put_leads(&self, leads: &[StoredLead]) -> Result<Vec<PutOutcome>, StoreError> {
+        let mut outcomes = Vec::with_capacity(leads.len());
+        for chunk in leads.chunks(CONCURRENT_PUTS) {
+            let puts: Vec<_> = chunk.iter().map(|lead| self.put_one(lead)).collect();
+            for result in futures::future::join_all(puts).await {
+                outcomes.push(result?);
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// RFC 3339 UTC to the second, as the contract's example: `2015-02-28T08:49:14Z`.
+pub fn contract_time(at: OffsetDateTime) -> String {
+    let at = at
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(at);
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+/// The item for one lead, attribute by attribute as DESIGN.md lists them.
+pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
+    let lead = &stored.lead;
+    let mut item = HashMap::new();
+    item.insert("lead_id".to_owned(), s(&lead.id));
+    item.insert(
+        "created_time".to_owned(),
+        s(contract_time(lead.created_time)),
+    );
+    item.insert("page_id".to_owned(), s(&stored.page_id));
+    item.insert("form_id".to_owned(), s(&stored.form_id));
+    let optional = [
+        ("ad_id", &lead.ad_id),
+        ("ad_name", &lead.ad_name),
+        ("adset_id", &lead.adset_id),
+        ("adset_name", &lead.adset_name),
+        ("campaign_id", &lead.campaign_id),
+        ("campaign_name", &lead.campaign_name),
+        ("platform", &lead.platform),
+        ("partner_name", &lead.partner_name),
+        ("retailer_item_id", &lead.retailer_item_id),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), s(value));
+        }
+    }
+    item.insert(
+        "is_organic".to_owned(),
+        AttributeValue::Bool(lead.is_organic),
+    );
+    let mut fields: HashMap<String, Vec<AttributeValue>> = HashMap::new();
+    for field in &lead.field_data {
+        // A name given twice keeps every value rather than the last one.
+        fields
+            .entry(field.name.clone())
+            .or_default()
+            .extend(field.values.iter().map(s));
+    }
+    item.insert(
+        "fields".to_owned(),
+        AttributeValue::M(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, AttributeValue::L(v)))
+                .collect(),
+        ),
+    );
+    item.insert(
+        "custom_disclaimer_responses".to_owned(),
+        AttributeValue::L(
+            lead.custom_disclaimer_responses
+                .iter()
+                .map(|r| {
+                    AttributeValue::M(HashMap::from([
+                        ("checkbox_key".to_owned(), s(&r.checkbox_key)),
+                        ("is_checked".to_owned(), AttributeValue::Bool(r.is_checked)),
+                    ]))
+                })
+                .collect(),
+        ),
+    );
+    item.insert("raw".to_owned(), s(&lead.raw));
+    item.insert("source".to_owned(), s(stored.source.as_str()));
+    item.insert(
+        "ingested_at".to_owned(),
+        s(contract_time(stored.ingested_at)),
+    );
+    item
+}
+
+/// Creates a leads table with DESIGN.md's keys and `by_form` GSI (on-demand billing). For
+/// tests and local runs against moto; in AWS the SAM template owns the table.
+pub async fn create_leads_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+        Projection, ProjectionType, ScalarAttributeType,
+    };
+    let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(e.to_string());
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(build)
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(build)
+    };
+    let by_form = GlobalSecondaryIndex::builder()
+        .index_name("by_form")
+        .key_schema(key("form_id", KeyType::Hash)?)
+        .key_schema(key("created_time", KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(build)?;
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attribute("lead_id")?)
+        .attribute_definitions(attribute("form_id")?)
+        .attribute_definitions(attribute("created_time")?)
+        .key_schema(key("lead_id", KeyType::Hash)?)
+        .global_secondary_indexes(by_form)
+        .send()
+        .await
+        .map_err(|e| StoreError::Rejected(describe_sdk_error(&e)))?;
+    Ok(())
+}

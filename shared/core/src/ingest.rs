@@ -1,0 +1,317 @@
+//! The ingest use case: a batch of queued lead events becomes stored leads.
+//!
+//! Each message is judged alone: a malformed body, a deleted lead or a rate-limited page
+//! affects only its own messages. Leads are fetched per page (the page decides the token)
+//! with one batch call, and written with one idempotent store call.
+//!
+//! What happens to a message:
+//! * stored (new or already there): done, SQS deletes it;
+//! * transient failure (Graph 5xx, time-out, store down): reported failed, SQS redelivers;
+//! * rate limited: its visibility is pushed out by what the usage headers ask, then
+//!   reported failed, so it comes back after the window instead of hammering the page;
+//! * permanent (malformed body, lead gone, permission, token): sent to the dead-letter queue
+//!   with its reason as attributes, then done; if that send fails it is reported failed.
+
+use crate::event::LeadEvent;
+use crate::ports::{
+    DeadLetterReason, LeadFetcher, LeadSourceKind, LeadStore, PutOutcome, QueueControl, StoredLead,
+};
+use leadpipe_graph::{ErrorClass, GraphError, Lead};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// SQS allows at most 12 hours of invisibility.
+const MAX_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// One message of an SQS batch, as the use case reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedMessage<'a> {
+    pub message_id: &'a str,
+    pub receipt_handle: Option<&'a str>,
+    pub body: &'a str,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The lead is in the store; `new` is false when an earlier delivery stored it.
+    Stored { lead_id: String, new: bool },
+    /// Sent to the dead-letter queue with this class.
+    DeadLettered {
+        lead_id: Option<String>,
+        class: String,
+    },
+    /// Left on the queue to come back; `delay` when its visibility was pushed out.
+    Retry {
+        lead_id: Option<String>,
+        class: String,
+        delay: Option<Duration>,
+    },
+}
+
+/// The outcome of a batch, message by message, in the order received.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    pub outcomes: Vec<(String, Disposition)>,
+}
+
+impl IngestReport {
+    /// The ids of the messages SQS must keep (ReportBatchItemFailures).
+    pub fn failed_message_ids(&self) -> Vec<&str> {
+        self.outcomes
+            .iter()
+            .filter(|(_, d)| matches!(d, Disposition::Retry { .. }))
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
+    fn count(&self, pick: impl Fn(&Disposition) -> bool) -> usize {
+        self.outcomes.iter().filter(|(_, d)| pick(d)).count()
+    }
+
+    pub fn stored_new(&self) -> usize {
+        self.count(|d| matches!(d, Disposition::Stored { new: true, .. }))
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.count(|d| matches!(d, Disposition::Stored { new: false, .. }))
+    }
+
+    pub fn dead_lettered(&self) -> usize {
+        self.count(|d| matches!(d, Disposition::DeadLettered { .. }))
+    }
+
+    pub fn retried(&self) -> usize {
+        self.count(|d| matches!(d, Disposition::Retry { .. }))
+    }
+}
+
+enum Judgement {
+    Pending(LeadEvent),
+    Done(Disposition),
+}
+
+/// Ingests one batch. Never fails as a whole: every message gets a [`Disposition`].
+pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
+    fetcher: &F,
+    store: &S,
+    queue: &C,
+    messages: &[QueuedMessage<'_>],
+    now: OffsetDateTime,
+) -> IngestReport {
+    // 1. Parse each body on its own.
+    let mut judgements: Vec<Judgement> = Vec::with_capacity(messages.len());
+    for message in messages {
+        match LeadEvent::from_message_body(message.body) {
+            Ok(event) => judgements.push(Judgement::Pending(event)),
+            Err(err) => {
+                tracing::warn!(message_id = message.message_id, error = %err, "malformed queue message");
+                let reason = DeadLetterReason {
+                    class: "malformed".into(),
+                    detail: format!("the message body is not a lead event: {err}"),
+                };
+                judgements.push(Judgement::Done(
+                    dead_letter(queue, message, None, reason).await,
+                ));
+            }
+        }
+    }
+
+    // 2. Fetch per page, each distinct lead once.
+    let mut by_page: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for judgement in &judgements {
+        if let Judgement::Pending(event) = judgement {
+            by_page
+                .entry(&event.page_id)
+                .or_default()
+                .insert(&event.leadgen_id);
+        }
+    }
+    let fetches = by_page.iter().map(|(page_id, ids)| {
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        async move { (*page_id, fetcher.fetch(page_id, &ids).await) }
+    });
+    let fetched = futures::future::join_all(fetches).await;
+    let mut results: HashMap<(String, String), Result<Lead, GraphError>> = HashMap::new();
+    let mut page_failures: HashMap<String, GraphError> = HashMap::new();
+    for (page_id, outcome) in fetched {
+        match outcome {
+            Ok(items) => {
+                for item in items {
+                    results.insert((page_id.to_owned(), item.lead_id), item.result);
+                }
+            }
+            Err(err) => {
+                page_failures.insert(page_id.to_owned(), err);
+            }
+        }
+    }
+    for (page_id, err) in &page_failures {
+        if err.class() == ErrorClass::Token {
+            tracing::error!(page_id = %page_id, code = ?err.code, subcode = ?err.subcode, error = %err,
+                "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
+        }
+    }
+    let mut token_pages_logged: BTreeSet<String> = page_failures
+        .iter()
+        .filter(|(_, e)| e.class() == ErrorClass::Token)
+        .map(|(p, _)| p.clone())
+        .collect();
+
+    // 3. Store every lead that was read, once.
+    let mut to_store: Vec<StoredLead> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for judgement in &judgements {
+        if let Judgement::Pending(event) = judgement
+            && let Some(Ok(lead)) = results.get(&(event.page_id.clone(), event.leadgen_id.clone()))
+            && seen.insert(lead.id.clone())
+        {
+            to_store.push(StoredLead {
+                form_id: lead
+                    .form_id
+                    .clone()
+                    .unwrap_or_else(|| event.form_id.clone()),
+                lead: lead.clone(),
+                page_id: event.page_id.clone(),
+                source: LeadSourceKind::Webhook,
+                ingested_at: now,
+            });
+        }
+    }
+    let stored: Result<HashMap<String, PutOutcome>, String> = if to_store.is_empty() {
+        Ok(HashMap::new())
+    } else {
+        match store.put_leads(&to_store).await {
+            Ok(outcomes) => Ok(to_store
+                .iter()
+                .map(|s| s.lead.id.clone())
+                .zip(outcomes)
+                .collect()),
+            Err(err) => {
+                tracing::error!(leads = to_store.len(), error = %err, "lead store write failed; the batch will be redelivered");
+                Err(err.to_string())
+            }
+        }
+    };
+
+    // 4. Judge each message.
+    let mut report = IngestReport::default();
+    for (message, judgement) in messages.iter().zip(judgements) {
+        let disposition = match judgement {
+            Judgement::Done(done) => done,
+            Judgement::Pending(event) => {
+                let span = tracing::info_span!("ingest_message", message_id = message.message_id, leadgen_id = %event.leadgen_id, page_id = %event.page_id);
+                let _entered = span.enter();
+                let key = (event.page_id.clone(), event.leadgen_id.clone());
+                match (results.get(&key), page_failures.get(&event.page_id)) {
+                    (Some(Ok(_)), _) => match &stored {
+                        Ok(outcomes) => match outcomes.get(&event.leadgen_id) {
+                            Some(outcome) => Disposition::Stored {
+                                lead_id: event.leadgen_id.clone(),
+                                new: *outcome == PutOutcome::Inserted,
+                            },
+                            // Graph answered for another id than asked; try again later.
+                            None => retry(Some(&event), "store", None),
+                        },
+                        Err(_) => retry(Some(&event), "store_unavailable", None),
+                    },
+                    (Some(Err(err)), _) | (None, Some(err)) => {
+                        if err.class() == ErrorClass::Token
+                            && token_pages_logged.insert(event.page_id.clone())
+                        {
+                            tracing::error!(page_id = %event.page_id, error = %err,
+                                "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
+                        }
+                        judge_error(queue, message, &event, err).await
+                    }
+                    (None, None) => retry(Some(&event), "no_answer", None),
+                }
+            }
+        };
+        report
+            .outcomes
+            .push((message.message_id.to_owned(), disposition));
+    }
+    tracing::info!(
+        messages = messages.len(),
+        stored_new = report.stored_new(),
+        duplicates = report.duplicates(),
+        dead_lettered = report.dead_lettered(),
+        retried = report.retried(),
+        "ingest batch"
+    );
+    report
+}
+
+fn retry(event: Option<&LeadEvent>, class: &str, delay: Option<Duration>) -> Disposition {
+    Disposition::Retry {
+        lead_id: event.map(|e| e.leadgen_id.clone()),
+        class: class.to_owned(),
+        delay,
+    }
+}
+
+async fn judge_error<C: QueueControl>(
+    queue: &C,
+    message: &QueuedMessage<'_>,
+    event: &LeadEvent,
+    err: &GraphError,
+) -> Disposition {
+    let class = err.class();
+    match class {
+        ErrorClass::Transient => {
+            tracing::warn!(class = %class, error = %err, "transient Graph failure; the message will be redelivered");
+            retry(Some(event), class.as_str(), None)
+        }
+        ErrorClass::RateLimited => {
+            let wait = err
+                .retry_after()
+                .unwrap_or(Duration::from_secs(60))
+                .min(MAX_DELAY);
+            let delay = match message.receipt_handle {
+                Some(handle) => match queue.delay(handle, wait).await {
+                    Ok(()) => Some(wait),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not delay a rate-limited message; it comes back after the queue's visibility timeout");
+                        None
+                    }
+                },
+                None => None,
+            };
+            tracing::warn!(class = %class, code = ?err.code, delay_s = wait.as_secs(), "rate limited; the message is parked");
+            retry(Some(event), class.as_str(), delay)
+        }
+        ErrorClass::Token
+        | ErrorClass::Permission
+        | ErrorClass::NotFound
+        | ErrorClass::BadRequest => {
+            let reason = DeadLetterReason {
+                class: class.as_str().to_owned(),
+                detail: err.to_string(),
+            };
+            dead_letter(queue, message, Some(event), reason).await
+        }
+    }
+}
+
+async fn dead_letter<C: QueueControl>(
+    queue: &C,
+    message: &QueuedMessage<'_>,
+    event: Option<&LeadEvent>,
+    reason: DeadLetterReason,
+) -> Disposition {
+    match queue.dead_letter(message.body, &reason).await {
+        Ok(()) => {
+            tracing::warn!(message_id = message.message_id, leadgen_id = event.map(|e| e.leadgen_id.as_str()), class = %reason.class, detail = %reason.detail, "message dead-lettered");
+            Disposition::DeadLettered {
+                lead_id: event.map(|e| e.leadgen_id.clone()),
+                class: reason.class,
+            }
+        }
+        Err(err) => {
+            tracing::error!(message_id = message.message_id, error = %err, "could not dead-letter the message; it will be redelivered");
+            retry(event, "dead_letter_unavailable", None)
+        }
+    }
+}
