@@ -210,3 +210,123 @@ pub async fn create_leads_table(
         .map_err(|e| StoreError::Rejected(describe_sdk_error(&e)))?;
     Ok(())
 }
+
+/// The state table: `pk` (S) `form#<id>` / `ad#<id>` holds `checkpoint` (N, unix seconds)
+/// and the facts of the run that last moved it.
+#[derive(Debug, Clone)]
+pub struct DynamoCheckpointStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoCheckpointStore {
+    pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::from_client(aws_sdk_dynamodb::Client::new(config), table)
+    }
+
+    pub fn from_client(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let described = describe_sdk_error(err);
+    match err {
+        aws_sdk_dynamodb::error::SdkError::ServiceError(_) => StoreError::Rejected(described),
+        _ => StoreError::Unavailable(described),
+    }
+}
+
+impl leadpipe_core::ports::CheckpointStore for DynamoCheckpointStore {
+    async fn checkpoint(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(out
+            .item()
+            .and_then(|item| item.get("checkpoint"))
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok()))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        checkpoint: i64,
+        facts: &leadpipe_core::ports::RunFacts,
+    ) -> Result<(), StoreError> {
+        let n = |v: i64| AttributeValue::N(v.to_string());
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(key))
+            .item("checkpoint", n(checkpoint))
+            .item("updated_at", s(contract_time(OffsetDateTime::now_utc())))
+            .item("last_run_leads_read", n(facts.leads_read as i64))
+            .item("last_run_new", n(facts.new as i64))
+            .item("last_run_already_present", n(facts.already_present as i64))
+            // Two overlapping runs must not move a checkpoint back.
+            .condition_expression("attribute_not_exists(pk) OR checkpoint <= :new")
+            .expression_attribute_values(":new", n(checkpoint))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(store_error(&err)),
+        }
+    }
+}
+
+/// Creates a state table keyed by `pk` (S). For tests and local runs against moto.
+pub async fn create_state_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(e.to_string());
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .map_err(build)?,
+        )
+        .send()
+        .await
+        .map_err(|e| StoreError::Rejected(describe_sdk_error(&e)))?;
+    Ok(())
+}

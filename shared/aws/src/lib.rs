@@ -8,7 +8,7 @@ pub mod dynamo;
 pub mod secrets;
 pub mod sqs;
 
-pub use dynamo::DynamoLeadStore;
+pub use dynamo::{DynamoCheckpointStore, DynamoLeadStore};
 pub use secrets::load_secrets;
 pub use sqs::{SqsEventQueue, SqsQueueControl};
 

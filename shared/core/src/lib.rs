@@ -3,11 +3,18 @@
 //! * [`webhook`]: Meta's `leadgen` webhook payload, tolerant of ids sent as strings or numbers.
 //! * [`signature`]: the `X-Hub-Signature-256` check over the raw body, in constant time.
 //! * [`event`]: the [`LeadEvent`](event::LeadEvent) queue message, exactly as DESIGN.md's contract.
-//! * [`ports`]: the narrow traits the adapters implement (the queue so far).
+//! * [`ports`]: the narrow traits the adapters implement (queue, lead store, Graph reads, checkpoints).
 //! * [`accept`]: the webhook use case: verify, parse, queue, and say what to answer Meta.
+//! * [`ingest`]: queued lead events to stored leads, message by message.
+//! * [`backfill`]: forms' and ads' leads since their checkpoints, in resumable time slices.
+//! * [`graph_source`]: the Graph-backed read ports, choosing each page's token.
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
+// GraphError is large but only built after a network round trip (see leadpipe-graph).
+#![allow(clippy::result_large_err)]
+
 pub mod accept;
+pub mod backfill;
 pub mod event;
 pub mod graph_source;
 pub mod ids;

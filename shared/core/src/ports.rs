@@ -117,3 +117,60 @@ pub trait QueueControl: Send + Sync {
         delay: std::time::Duration,
     ) -> impl Future<Output = Result<(), QueueError>> + Send;
 }
+
+/// What backfill reads from Graph, per page (the page decides the token).
+pub trait BackfillSource: Send + Sync {
+    /// Whether this page's leads can be read with its token, with Meta's reasons if not.
+    fn lead_access(
+        &self,
+        page_id: &str,
+    ) -> impl Future<Output = Result<leadpipe_graph::HasLeadAccess, leadpipe_graph::GraphError>> + Send;
+
+    /// Every lead form of the page.
+    fn forms(
+        &self,
+        page_id: &str,
+    ) -> impl Future<Output = Result<Vec<leadpipe_graph::LeadgenForm>, leadpipe_graph::GraphError>> + Send;
+
+    /// The first page of a form's or an ad's leads.
+    fn lead_page(
+        &self,
+        page_id: &str,
+        node_id: &str,
+        query: &leadpipe_graph::LeadQuery,
+    ) -> impl Future<
+        Output = Result<leadpipe_graph::Page<leadpipe_graph::Lead>, leadpipe_graph::GraphError>,
+    > + Send;
+
+    /// The page after `next`.
+    fn lead_page_after(
+        &self,
+        page_id: &str,
+        next: &leadpipe_graph::NextPage,
+    ) -> impl Future<
+        Output = Result<leadpipe_graph::Page<leadpipe_graph::Lead>, leadpipe_graph::GraphError>,
+    > + Send;
+}
+
+/// Facts about the run that moved a checkpoint, kept beside it for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFacts {
+    pub leads_read: u64,
+    pub new: u64,
+    pub already_present: u64,
+}
+
+/// The state table: one checkpoint (unix seconds) per form or ad.
+pub trait CheckpointStore: Send + Sync {
+    /// The checkpoint under `key` (`form#<id>`, `ad#<id>`), if any.
+    fn checkpoint(&self, key: &str)
+    -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Moves the checkpoint forward (never back) and records the run's facts.
+    fn save_checkpoint(
+        &self,
+        key: &str,
+        checkpoint: i64,
+        facts: &RunFacts,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}

@@ -159,6 +159,17 @@ pub struct Page<T> {
     next: Option<Url>,
 }
 
+impl<T> Page<T> {
+    /// Where the next page is, when there is one; hold it to read on later in the same run.
+    pub fn next_page(&self) -> Option<NextPage> {
+        self.next.clone().map(NextPage)
+    }
+}
+
+/// The address of the next page of a paged edge (already stripped of any token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextPage(Url);
+
 /// One lead's outcome within a batch read.
 #[derive(Debug)]
 pub struct BatchItem {
@@ -426,6 +437,16 @@ impl GraphClient {
         query: &LeadQuery,
     ) -> impl Stream<Item = Result<Page<Lead>, GraphError>> + Send + 'a {
         let operation = format!("GET /{node_id}/leads");
+        let first = self.first_leads_url(node_id, query, &operation);
+        self.pages(token, operation, first, Lead::from_json)
+    }
+
+    fn first_leads_url(
+        &self,
+        node_id: &str,
+        query: &LeadQuery,
+        operation: &str,
+    ) -> Result<Url, GraphError> {
         let mut params = vec![("fields".to_owned(), self.lead_fields.clone())];
         if let Some(filtering) = query.filtering() {
             params.push(("filtering".to_owned(), filtering));
@@ -433,10 +454,37 @@ impl GraphClient {
         if let Some(limit) = query.limit {
             params.push(("limit".to_owned(), limit.to_string()));
         }
-        let first = self
-            .node_url(&[node_id, "leads"], &operation)
-            .map(|url| with_query(url, &params));
-        self.pages(token, operation, first, Lead::from_json)
+        self.node_url(&[node_id, "leads"], operation)
+            .map(|url| with_query(url, &params))
+    }
+
+    /// The first page of `GET /{form-or-ad-id}/leads`; follow it with
+    /// [`GraphClient::lead_page_after`] while [`Page::next_page`] is `Some`.
+    pub async fn lead_page(
+        &self,
+        token: &SecretString,
+        node_id: &str,
+        query: &LeadQuery,
+    ) -> Result<Page<Lead>, GraphError> {
+        let operation = format!("GET /{node_id}/leads");
+        let url = self.first_leads_url(node_id, query, &operation)?;
+        self.fetch_page(token, operation, url, Lead::from_json)
+            .await
+    }
+
+    /// The page of leads at `next`.
+    pub async fn lead_page_after(
+        &self,
+        token: &SecretString,
+        next: &NextPage,
+    ) -> Result<Page<Lead>, GraphError> {
+        self.fetch_page(
+            token,
+            format!("GET {} (next page)", next.0.path()),
+            next.0.clone(),
+            Lead::from_json,
+        )
+        .await
     }
 
     /// `GET /{page-id}/leadgen_forms`, every page.

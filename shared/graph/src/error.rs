@@ -186,7 +186,7 @@ impl GraphError {
 
     /// A failure with no answer from Meta (time-out, refused connection) or an answer that
     /// could not be read.
-    pub(crate) fn local(operation: String, class: ErrorClass, message: impl Into<String>) -> Self {
+    pub fn local(operation: String, class: ErrorClass, message: impl Into<String>) -> Self {
         Self {
             operation,
             class,

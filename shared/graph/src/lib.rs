@@ -40,7 +40,7 @@ pub mod usage;
 
 pub use client::{
     BatchItem, DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_LEAD_FIELDS, GraphClient,
-    GraphConfig, LeadQuery, Page, RetryPolicy, TimeFilter, TimeOperator, appsecret_proof,
+    GraphConfig, LeadQuery, NextPage, Page, RetryPolicy, TimeFilter, TimeOperator, appsecret_proof,
 };
 pub use error::{ErrorClass, GraphError};
 pub use models::{

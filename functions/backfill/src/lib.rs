@@ -1,0 +1,211 @@
+//! The backfill Lambda: a scheduled event (or an on-demand payload) in, a JSON summary out.
+//! The rules live in [`leadpipe_core::backfill`].
+
+use lambda_runtime::LambdaEvent;
+use leadpipe_aws::{DynamoCheckpointStore, DynamoLeadStore};
+use leadpipe_core::backfill::{
+    BackfillPlan, BackfillRequest, BackfillSettings, BackfillSummary, Deadline, InstantDeadline,
+    RequestError, run_backfill,
+};
+use leadpipe_core::graph_source::{GraphBackfillSource, graph_config};
+use leadpipe_core::ports::{BackfillSource, CheckpointStore, LeadStore};
+use leadpipe_core::secrets::SecretsError;
+use leadpipe_core::settings::{Env, SecretSource, SettingsError};
+use leadpipe_graph::{GraphClient, GraphError};
+use serde_json::Value;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
+
+/// The backfill function's settings, read once at start.
+#[derive(Debug, Clone)]
+pub struct BackfillFunctionSettings {
+    pub leads_table: String,
+    pub state_table: String,
+    pub secret_source: SecretSource,
+    pub backfill: BackfillSettings,
+    /// Stop starting Graph pages this long before the Lambda deadline.
+    pub deadline_margin: Duration,
+}
+
+fn seconds<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    name: &'static str,
+    default: Duration,
+) -> Result<Duration, SettingsError> {
+    match env.optional(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| SettingsError::Invalid {
+                name,
+                why: "it must be a whole number of seconds".into(),
+            }),
+    }
+}
+
+impl BackfillFunctionSettings {
+    pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
+        let defaults = BackfillSettings::default();
+        let page_size = match env.optional("BACKFILL_PAGE_SIZE") {
+            None => defaults.page_size,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or(SettingsError::Invalid {
+                    name: "BACKFILL_PAGE_SIZE",
+                    why: "it must be a number from 1 to 1000".into(),
+                })?,
+        };
+        Ok(Self {
+            leads_table: env.required("LEADS_TABLE", "the DynamoDB table leads are written to")?,
+            state_table: env.required(
+                "STATE_TABLE",
+                "the DynamoDB table backfill checkpoints live in",
+            )?,
+            secret_source: env.secret_source()?,
+            backfill: BackfillSettings {
+                overlap: seconds(env, "BACKFILL_OVERLAP_SECONDS", defaults.overlap)?,
+                slice: seconds(env, "BACKFILL_SLICE_SECONDS", defaults.slice)?,
+                page_size,
+                lookback: seconds(env, "BACKFILL_LOOKBACK_SECONDS", defaults.lookback)?,
+            },
+            deadline_margin: seconds(
+                env,
+                "BACKFILL_DEADLINE_MARGIN_SECONDS",
+                Duration::from_secs(20),
+            )?,
+        })
+    }
+}
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("the Graph client could not be built: {0}")]
+    Graph(#[from] GraphError),
+}
+
+/// Turns an invocation payload into a plan: a scheduled event (EventBridge rule or
+/// Scheduler, which may send `{}`) covers every configured page; anything else is an
+/// on-demand request and must be one.
+pub fn plan_for(
+    payload: &Value,
+    configured_pages: &[String],
+) -> Result<BackfillPlan, RequestError> {
+    let scheduled = match payload {
+        Value::Null => true,
+        Value::Object(map) => {
+            map.is_empty()
+                || map.contains_key("detail-type")
+                || map
+                    .get("source")
+                    .is_some_and(|s| s == "aws.events" || s == "aws.scheduler")
+        }
+        _ => false,
+    };
+    if scheduled {
+        return Ok(BackfillPlan::scheduled(configured_pages));
+    }
+    let request: BackfillRequest = serde_json::from_value(payload.clone())
+        .map_err(|e| RequestError(format!("the payload is not a backfill request ({e}); expected {{\"pages\",\"forms\",\"ads\",\"from\",\"to\",\"dry_run\"}}")))?;
+    BackfillPlan::from_request(request, configured_pages)
+}
+
+/// Clients, secrets and settings, built once per container.
+pub struct BackfillApp<S, L, C> {
+    source: S,
+    store: L,
+    checkpoints: C,
+    pages: Vec<String>,
+    settings: BackfillSettings,
+    deadline_margin: Duration,
+}
+
+impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore> {
+    /// Reads settings and secrets and builds every client.
+    pub async fn from_env() -> Result<Self, StartError> {
+        let env = Env::process();
+        let settings = BackfillFunctionSettings::from_env(&env)?;
+        let config = leadpipe_aws::sdk_config().await;
+        let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
+        let graph = GraphClient::new(graph_config(&env, &secrets)?)?;
+        let pages: Vec<String> = secrets.page_tokens.keys().cloned().collect();
+        if pages.is_empty() {
+            tracing::warn!("the secret has no page_tokens: scheduled runs have no page to cover");
+        }
+        Ok(Self::new(
+            GraphBackfillSource::new(graph, secrets),
+            DynamoLeadStore::new(&config, settings.leads_table),
+            DynamoCheckpointStore::new(&config, settings.state_table),
+            pages,
+            settings.backfill,
+            settings.deadline_margin,
+        ))
+    }
+}
+
+impl<S: BackfillSource, L: LeadStore, C: CheckpointStore> BackfillApp<S, L, C> {
+    pub fn new(
+        source: S,
+        store: L,
+        checkpoints: C,
+        pages: Vec<String>,
+        settings: BackfillSettings,
+        deadline_margin: Duration,
+    ) -> Self {
+        Self {
+            source,
+            store,
+            checkpoints,
+            pages,
+            settings,
+            deadline_margin,
+        }
+    }
+
+    /// Runs one backfill with an explicit deadline.
+    pub async fn run<D: Deadline>(
+        &self,
+        payload: &Value,
+        deadline: &D,
+    ) -> Result<BackfillSummary, RequestError> {
+        let plan = plan_for(payload, &self.pages)?;
+        Ok(run_backfill(
+            &self.source,
+            &self.store,
+            &self.checkpoints,
+            deadline,
+            &plan,
+            &self.settings,
+            OffsetDateTime::now_utc(),
+        )
+        .await)
+    }
+
+    /// The Lambda handler: the deadline comes from the invocation context.
+    pub async fn handle(
+        &self,
+        event: LambdaEvent<Value>,
+    ) -> Result<BackfillSummary, lambda_runtime::Diagnostic> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let remaining = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+        let deadline = InstantDeadline {
+            at: Instant::now() + remaining,
+            margin: self.deadline_margin,
+        };
+        self.run(&event.payload, &deadline).await.map_err(|err| {
+            tracing::error!(error = %err, "backfill request refused");
+            let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+            lambda_runtime::Diagnostic::from(boxed)
+        })
+    }
+}
