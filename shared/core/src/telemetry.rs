@@ -3,15 +3,21 @@
 //! Spans carry message and lead ids and counts only. Lead contents and secrets are never
 //! given to `tracing` in the first place; nothing here tries to scrub them afterwards.
 
-use tracing_subscriber::EnvFilter;
+use std::str::FromStr;
+use tracing_subscriber::filter::LevelFilter;
 
-/// Installs a JSON subscriber on stdout (CloudWatch reads stdout), filtered by `RUST_LOG`
-/// (default `info`). Safe to call twice: the second call changes nothing.
+/// Installs a JSON subscriber on stdout (CloudWatch reads stdout) at the level `RUST_LOG`
+/// names (`error`, `warn`, `info`, `debug`, `trace`; default `info`). A plain level rather
+/// than per-target directives keeps the regex engine out of every bootstrap. Safe to call
+/// twice: the second call changes nothing.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| LevelFilter::from_str(v.trim()).ok())
+        .unwrap_or(LevelFilter::INFO);
     let _already_set = tracing_subscriber::fmt()
         .json()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_current_span(true)
         .with_span_list(false)
         .with_target(false)
