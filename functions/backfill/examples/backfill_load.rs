@@ -13,7 +13,9 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use leadpipe_core::backfill::{BackfillPlan, BackfillSettings, Deadline, run_backfill};
 use leadpipe_core::graph_source::GraphBackfillSource;
-use leadpipe_core::ports::{CheckpointStore, LeadStore, PutOutcome, RunFacts, StoreError, StoredLead};
+use leadpipe_core::ports::{
+    CheckpointStore, LeadStore, PutOutcome, RunFacts, StoreError, StoredLead,
+};
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_graph::{GraphClient, GraphConfig};
 use secrecy::SecretString;
@@ -29,19 +31,31 @@ struct StandIn {
     requests: AtomicU64,
 }
 
-async fn node(State(s): State<Arc<StandIn>>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> axum::Json<serde_json::Value> {
+async fn node(
+    State(s): State<Arc<StandIn>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::Json<serde_json::Value> {
     s.requests.fetch_add(1, Ordering::Relaxed);
     if id == "debug_token" {
-        return axum::Json(serde_json::json!({"data": {"user_id": "42", "app_id": "99", "is_valid": true}}));
+        return axum::Json(
+            serde_json::json!({"data": {"user_id": "42", "app_id": "99", "is_valid": true}}),
+        );
     }
     let _ = q;
     axum::Json(serde_json::json!({"has_lead_access": {"can_access_lead": true}, "id": id}))
 }
 
-async fn edge(State(s): State<Arc<StandIn>>, Path((id, edge)): Path<(String, String)>, Query(q): Query<HashMap<String, String>>) -> axum::Json<serde_json::Value> {
+async fn edge(
+    State(s): State<Arc<StandIn>>,
+    Path((id, edge)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> axum::Json<serde_json::Value> {
     s.requests.fetch_add(1, Ordering::Relaxed);
     if edge == "leadgen_forms" {
-        return axum::Json(serde_json::json!({"data": [{"id": "555", "status": "ACTIVE", "created_time": s.now - s.leads as i64 - 10}]}));
+        return axum::Json(
+            serde_json::json!({"data": [{"id": "555", "status": "ACTIVE", "created_time": s.now - s.leads as i64 - 10}]}),
+        );
     }
     tokio::time::sleep(s.latency).await;
     let limit: u64 = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(25);
@@ -82,7 +96,12 @@ impl CheckpointStore for MemoryCheckpoints {
     async fn checkpoint(&self, key: &str) -> Result<Option<i64>, StoreError> {
         Ok(self.0.lock().unwrap().get(key).copied())
     }
-    async fn save_checkpoint(&self, key: &str, checkpoint: i64, _: &RunFacts) -> Result<(), StoreError> {
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        checkpoint: i64,
+        _: &RunFacts,
+    ) -> Result<(), StoreError> {
         self.0.lock().unwrap().insert(key.to_owned(), checkpoint);
         Ok(())
     }
@@ -108,13 +127,20 @@ fn peak_rss_mib() -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("numbers"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("numbers"));
     let leads = args.next().unwrap_or(100_000);
     let latency = Duration::from_millis(args.next().unwrap_or(20));
     let page_size = args.next().unwrap_or(500) as u32;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
 
-    let stand_in = Arc::new(StandIn { leads, latency, now, requests: AtomicU64::new(0) });
+    let stand_in = Arc::new(StandIn {
+        leads,
+        latency,
+        now,
+        requests: AtomicU64::new(0),
+    });
     let app = axum::Router::new()
         .route("/v26.0/{id}", get(node))
         .route("/v26.0/{id}/{edge}", get(edge))
@@ -129,15 +155,33 @@ async fn main() {
         access_token: None,
         page_tokens: BTreeMap::from([("7001".to_owned(), SecretString::from("bench-token"))]),
     };
-    let client = GraphClient::new(GraphConfig { base_url: base, ..GraphConfig::default() }).unwrap();
+    let client = GraphClient::new(GraphConfig {
+        base_url: base,
+        ..GraphConfig::default()
+    })
+    .unwrap();
     let source = GraphBackfillSource::new(client, secrets);
     let store = CountingStore::default();
     let checkpoints = MemoryCheckpoints::default();
-    let settings = BackfillSettings { page_size, slice: Duration::from_secs(10 * 365 * 86_400), lookback: Duration::from_secs(10 * 365 * 86_400), ..BackfillSettings::default() };
+    let settings = BackfillSettings {
+        page_size,
+        slice: Duration::from_secs(10 * 365 * 86_400),
+        lookback: Duration::from_secs(10 * 365 * 86_400),
+        ..BackfillSettings::default()
+    };
     let plan = BackfillPlan::scheduled(&["7001".to_owned()]);
     let rss_before = peak_rss_mib();
     let started = Instant::now();
-    let summary = run_backfill(&source, &store, &checkpoints, &Never, &plan, &settings, time::OffsetDateTime::now_utc()).await;
+    let summary = run_backfill(
+        &source,
+        &store,
+        &checkpoints,
+        &Never,
+        &plan,
+        &settings,
+        time::OffsetDateTime::now_utc(),
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(summary.leads_read, leads, "every lead read");
     let pages = leads.div_ceil(page_size as u64);
@@ -145,6 +189,13 @@ async fn main() {
     let rate = leads as f64 / elapsed.as_secs_f64();
     println!(
         "backfill: {leads} leads in {:.2} s = {:.0} leads/s over {pages} pages of {page_size}; latency bound {:.0} leads/s ({page_size} per {} ms page): {:.0}% of bound; peak RSS {:.1} MiB (at start {:.1} MiB); Graph requests {}",
-        elapsed.as_secs_f64(), rate, bound, latency.as_millis(), 100.0 * rate / bound, peak_rss_mib(), rss_before, stand_in.requests.load(Ordering::Relaxed)
+        elapsed.as_secs_f64(),
+        rate,
+        bound,
+        latency.as_millis(),
+        100.0 * rate / bound,
+        peak_rss_mib(),
+        rss_before,
+        stand_in.requests.load(Ordering::Relaxed)
     );
 }

@@ -27,10 +27,14 @@ struct StandIn {
     requests: AtomicUsize,
 }
 
-async fn batch(State(s): State<Arc<StandIn>>, Form(form): Form<HashMap<String, String>>) -> axum::Json<serde_json::Value> {
+async fn batch(
+    State(s): State<Arc<StandIn>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> axum::Json<serde_json::Value> {
     s.requests.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(s.latency).await;
-    let requests: Vec<serde_json::Value> = serde_json::from_str(form.get("batch").map(String::as_str).unwrap_or("[]")).unwrap();
+    let requests: Vec<serde_json::Value> =
+        serde_json::from_str(form.get("batch").map(String::as_str).unwrap_or("[]")).unwrap();
     let answers: Vec<serde_json::Value> = requests
         .iter()
         .map(|r| {
@@ -46,13 +50,20 @@ async fn batch(State(s): State<Arc<StandIn>>, Form(form): Form<HashMap<String, S
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<u64>().expect("numbers"));
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<u64>().expect("numbers"));
     let leads = args.next().unwrap_or(10_000) as usize;
     let latency = Duration::from_millis(args.next().unwrap_or(50));
     let concurrency = args.next().unwrap_or(20) as usize;
 
-    let stand_in = Arc::new(StandIn { latency, requests: AtomicUsize::new(0) });
-    let app = axum::Router::new().route("/v26.0/", post(batch)).with_state(stand_in.clone());
+    let stand_in = Arc::new(StandIn {
+        latency,
+        requests: AtomicUsize::new(0),
+    });
+    let app = axum::Router::new()
+        .route("/v26.0/", post(batch))
+        .with_state(stand_in.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -63,7 +74,12 @@ async fn main() {
         access_token: Some(SecretString::from("bench-token")),
         page_tokens: BTreeMap::new(),
     };
-    let client = GraphClient::new(GraphConfig { base_url: base, app_secret: Some(SecretString::from("bench-secret")), ..GraphConfig::default() }).unwrap();
+    let client = GraphClient::new(GraphConfig {
+        base_url: base,
+        app_secret: Some(SecretString::from("bench-secret")),
+        ..GraphConfig::default()
+    })
+    .unwrap();
     let fetcher = Arc::new(GraphLeadFetcher::new(client, secrets));
     let store = Arc::new(MemoryLeadStore::new());
     let queue = Arc::new(MemoryQueueControl::default());
@@ -83,9 +99,20 @@ async fn main() {
             let messages: Vec<QueuedMessage<'_>> = batch
                 .iter()
                 .zip(&ids)
-                .map(|(body, id)| QueuedMessage { message_id: id, receipt_handle: None, body })
+                .map(|(body, id)| QueuedMessage {
+                    message_id: id,
+                    receipt_handle: None,
+                    body,
+                })
                 .collect();
-            let report = ingest_batch(&*fetcher, &*store, &*queue, &messages, time::OffsetDateTime::now_utc()).await;
+            let report = ingest_batch(
+                &*fetcher,
+                &*store,
+                &*queue,
+                &messages,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await;
             drop(permit);
             report.retried()
         }));
@@ -100,6 +127,15 @@ async fn main() {
     let bound = concurrency as f64 * 10.0 / latency.as_secs_f64();
     println!(
         "ingest: {} leads stored ({} retried) in {:.2} s = {:.0} leads/s; Graph requests {} = {:.2} per lead; latency bound {:.0} leads/s ({} batches x 10 / {} ms): {:.0}% of bound",
-        store.len(), retried, elapsed.as_secs_f64(), rate, requests, requests as f64 / leads as f64, bound, concurrency, latency.as_millis(), 100.0 * rate / bound
+        store.len(),
+        retried,
+        elapsed.as_secs_f64(),
+        rate,
+        requests,
+        requests as f64 / leads as f64,
+        bound,
+        concurrency,
+        latency.as_millis(),
+        100.0 * rate / bound
     );
 }

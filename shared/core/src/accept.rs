@@ -225,10 +225,19 @@ pub async fn handle_webhook_request<Q: EventQueue>(
                         leadgen_ids = %accepted.leadgen_ids.join(","),
                         "webhook delivery"
                     );
+                    crate::metrics::emit(&[
+                        ("WebhookEventsAccepted", accepted.leadgen_ids.len() as u64),
+                        ("WebhookPostsAccepted", 1),
+                    ]);
                     WebhookResponse::text(200, "EVENT_RECEIVED")
                 }
                 Err(err) => {
                     let status = err.status();
+                    crate::metrics::emit(&[if status >= 500 {
+                        ("WebhookPostsFailed", 1)
+                    } else {
+                        ("WebhookPostsRefused", 1)
+                    }]);
                     if status >= 500 {
                         tracing::error!(outcome = "failed", status, body_bytes, reason = %err, "webhook delivery");
                     } else {

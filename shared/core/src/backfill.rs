@@ -212,6 +212,9 @@ pub struct NodeSummary {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The class of the Graph error that stopped this node, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_error: Option<&'static str>,
 }
 
 /// One page's part of the summary.
@@ -233,6 +236,8 @@ pub struct BackfillSummary {
     pub leads_read: u64,
     pub new: u64,
     pub already_present: u64,
+    /// Graph failures that stopped a page or a form, by class.
+    pub graph_errors: std::collections::BTreeMap<String, u64>,
     pub pages: Vec<PageSummary>,
 }
 
@@ -297,6 +302,10 @@ where
                 continue;
             }
             Err(err) => {
+                *summary
+                    .graph_errors
+                    .entry(err.class().as_str().to_owned())
+                    .or_insert(0) += 1;
                 let (status, reason) = page_error(&err, "checking lead access");
                 page.status = status;
                 page.reason = Some(reason);
@@ -316,6 +325,10 @@ where
                         }),
                 ),
                 Err(err) => {
+                    *summary
+                        .graph_errors
+                        .entry(err.class().as_str().to_owned())
+                        .or_insert(0) += 1;
                     let (status, reason) = page_error(&err, "listing forms");
                     page.status = status;
                     page.reason = Some(reason);
@@ -400,6 +413,12 @@ where
         dry_run = summary.dry_run,
         "backfill run"
     );
+    crate::metrics::emit(&[
+        ("LeadsRecovered", summary.new),
+        ("LeadsRead", summary.leads_read),
+        ("DuplicatesSkipped", summary.already_present),
+    ]);
+    crate::metrics::emit_graph_errors(summary.graph_errors.iter().map(|(k, v)| (k.as_str(), *v)));
     summary
 }
 

@@ -85,7 +85,44 @@ impl IngestReport {
     pub fn retried(&self) -> usize {
         self.count(|d| matches!(d, Disposition::Retry { .. }))
     }
+
+    /// Messages per Graph error class (transient, rate_limited, token, ...).
+    pub fn graph_errors(&self) -> BTreeMap<&str, u64> {
+        let mut by_class = BTreeMap::new();
+        for (_, disposition) in &self.outcomes {
+            let class = match disposition {
+                Disposition::Retry { class, .. } | Disposition::DeadLettered { class, .. } => {
+                    class.as_str()
+                }
+                Disposition::Stored { .. } => continue,
+            };
+            if GRAPH_CLASSES.contains(&class) {
+                *by_class.entry(class).or_insert(0) += 1;
+            }
+        }
+        by_class
+    }
+
+    /// Writes the batch's metrics as CloudWatch EMF lines.
+    pub fn emit_metrics(&self) {
+        crate::metrics::emit(&[
+            ("LeadsStored", self.stored_new() as u64),
+            ("DuplicatesSkipped", self.duplicates() as u64),
+            ("MessagesDeadLettered", self.dead_lettered() as u64),
+            ("MessagesRetried", self.retried() as u64),
+        ]);
+        crate::metrics::emit_graph_errors(self.graph_errors());
+    }
 }
+
+const GRAPH_CLASSES: [&str; 6] = [
+    "transient",
+    "rate_limited",
+    "token",
+    "permission",
+    "not_found",
+    "bad_request",
+];
 
 enum Judgement {
     Pending(LeadEvent),
@@ -241,6 +278,7 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
         retried = report.retried(),
         "ingest batch"
     );
+    report.emit_metrics();
     report
 }
 

@@ -20,6 +20,7 @@ pub mod graph_source;
 pub mod ids;
 pub mod ingest;
 pub mod memory;
+pub mod metrics;
 pub mod ports;
 pub mod secrets;
 pub mod settings;

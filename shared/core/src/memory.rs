@@ -129,7 +129,11 @@ impl crate::ports::QueueControl for MemoryQueueControl {
         Ok(())
     }
 
-    async fn delay(&self, receipt_handle: &str, delay: std::time::Duration) -> Result<(), QueueError> {
+    async fn delay(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
         self.delays
             .lock()
             .map_err(|_| QueueError::Unavailable("poisoned".into()))?

@@ -1,0 +1,141 @@
+"""Contracts of infra/template.yaml that matter in production, read with cfn-lint's own
+CloudFormation YAML loader (so !Ref, !GetAtt and !Sub are real intrinsics here)."""
+
+import pathlib
+import re
+import unittest
+
+from cfnlint.decode import cfn_yaml
+
+TEMPLATE = pathlib.Path(__file__).resolve().parent.parent / "template.yaml"
+
+
+def load():
+    return cfn_yaml.load(str(TEMPLATE))
+
+
+def ref_target(value):
+    """The logical id a Ref / GetAtt points at, or None."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            target = value["Fn::GetAtt"]
+            return target[0] if isinstance(target, list) else str(target).split(".")[0]
+    return None
+
+
+class TemplateContracts(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.t = load()
+        cls.resources = cls.t["Resources"]
+        cls.functions = {k: v for k, v in cls.resources.items() if v["Type"] == "AWS::Serverless::Function"}
+
+    def test_three_rust_functions_on_arm64_al2023(self):
+        binaries = {}
+        for name, fn in self.functions.items():
+            self.assertEqual(fn["Metadata"]["BuildMethod"], "rust-cargolambda", name)
+            binaries[fn["Metadata"]["BuildProperties"]["Binary"]] = name
+        self.assertEqual(set(binaries), {"leadpipe-webhook", "leadpipe-ingest", "leadpipe-backfill"})
+        glob = self.t["Globals"]["Function"]
+        self.assertEqual(glob["Runtime"], "provided.al2023")
+        self.assertEqual(glob["Architectures"], ["arm64"])
+
+    def test_ingest_reports_batch_item_failures_with_bounded_concurrency(self):
+        events = self.functions["IngestFunction"]["Properties"]["Events"]
+        sqs = [e for e in events.values() if e["Type"] == "SQS"]
+        self.assertEqual(len(sqs), 1)
+        props = sqs[0]["Properties"]
+        self.assertIn("ReportBatchItemFailures", props["FunctionResponseTypes"])
+        self.assertEqual(ref_target(props["Queue"]), "LeadEventsQueue")
+        self.assertEqual(props["ScalingConfig"]["MaximumConcurrency"], {"Ref": "IngestMaximumConcurrency"})
+        self.assertEqual(props["BatchSize"], {"Ref": "IngestBatchSize"})
+
+    def test_queue_redrives_to_an_encrypted_dlq_and_outlives_ingest(self):
+        queue = self.resources["LeadEventsQueue"]["Properties"]
+        redrive = queue["RedrivePolicy"]
+        self.assertEqual(ref_target(redrive["deadLetterTargetArn"]), "LeadEventsDeadLetterQueue")
+        self.assertEqual(redrive["maxReceiveCount"], {"Ref": "MaxReceiveCount"})
+        self.assertTrue(queue["SqsManagedSseEnabled"])
+        self.assertTrue(self.resources["LeadEventsDeadLetterQueue"]["Properties"]["SqsManagedSseEnabled"])
+        ingest_timeout = self.functions["IngestFunction"]["Properties"]["Timeout"]
+        self.assertGreaterEqual(queue["VisibilityTimeout"], 6 * ingest_timeout)
+
+    def test_tables_as_design_md(self):
+        leads = self.resources["LeadsTable"]["Properties"]
+        self.assertEqual(leads["KeySchema"], [{"AttributeName": "lead_id", "KeyType": "HASH"}])
+        types = {a["AttributeName"]: a["AttributeType"] for a in leads["AttributeDefinitions"]}
+        self.assertEqual(types, {"lead_id": "S", "form_id": "S", "created_time": "S"})
+        (gsi,) = leads["GlobalSecondaryIndexes"]
+        self.assertEqual(gsi["IndexName"], "by_form")
+        self.assertEqual(
+            gsi["KeySchema"],
+            [{"AttributeName": "form_id", "KeyType": "HASH"}, {"AttributeName": "created_time", "KeyType": "RANGE"}],
+        )
+        state = self.resources["StateTable"]["Properties"]
+        self.assertEqual(state["KeySchema"], [{"AttributeName": "pk", "KeyType": "HASH"}])
+        for table in (leads, state):
+            self.assertEqual(table["BillingMode"], "PAY_PER_REQUEST")
+            self.assertTrue(table["SSESpecification"]["SSEEnabled"])
+            self.assertTrue(table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"])
+            self.assertTrue(table["DeletionProtectionEnabled"])
+
+    def test_every_policy_statement_is_scoped_to_this_stack(self):
+        statements = 0
+        for name, fn in self.functions.items():
+            for policy in fn["Properties"]["Policies"]:
+                self.assertIn("Statement", policy, f"{name}: only inline statements, no managed policies")
+                for statement in policy["Statement"]:
+                    statements += 1
+                    resources = statement["Resource"]
+                    resources = resources if isinstance(resources, list) else [resources]
+                    for resource in resources:
+                        self.assertNotEqual(resource, "*", f"{name} {statement['Sid']}")
+                        target = ref_target(resource)
+                        self.assertIn(target, self.resources, f"{name} {statement['Sid']}: {resource}")
+                    actions = statement["Action"]
+                    actions = actions if isinstance(actions, list) else [actions]
+                    for action in actions:
+                        self.assertNotIn("*", action, f"{name} {statement['Sid']}")
+        self.assertGreaterEqual(statements, 9)
+
+    def test_no_secret_in_a_parameter_or_an_environment_variable(self):
+        for name in self.t["Parameters"]:
+            self.assertIsNone(re.search(r"secret|token|password|key", name, re.I), name)
+        forbidden = {"APP_SECRET", "VERIFY_TOKEN", "ACCESS_TOKEN"}
+        envs = [self.t["Globals"]["Function"]["Environment"]["Variables"]]
+        envs += [fn["Properties"].get("Environment", {}).get("Variables", {}) for fn in self.functions.values()]
+        for variables in envs:
+            self.assertFalse(forbidden & set(variables), variables)
+            for key, value in variables.items():
+                if key == "SECRET_ARN":
+                    self.assertEqual(value, {"Ref": "AppSecret"})
+                if isinstance(value, str):
+                    self.assertIsNone(re.search(r"EAA[A-Za-z0-9]{10,}", value), key)
+        secret = self.resources["AppSecret"]["Properties"]
+        self.assertNotIn("SecretString", secret, "values are set after deploy, never in the template")
+
+    def test_alarms_and_outputs(self):
+        alarms = {k: v["Properties"] for k, v in self.resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+        metrics = {(a["Namespace"], a["MetricName"]) for a in alarms.values()}
+        self.assertIn(("AWS/SQS", "ApproximateNumberOfMessagesVisible"), metrics)
+        self.assertIn(("AWS/SQS", "ApproximateAgeOfOldestMessage"), metrics)
+        errors = [a for a in alarms.values() if a["MetricName"] == "Errors"]
+        self.assertEqual({ref_target(a["Dimensions"][0]["Value"]) for a in errors}, set(self.functions))
+        for name in ("WebhookUrl", "LeadsTableName", "StateTableName"):
+            self.assertIn(name, self.t["Outputs"])
+        for name, fn in self.functions.items():
+            group = fn["Properties"]["LoggingConfig"]["LogGroup"]
+            self.assertIn("RetentionInDays", self.resources[ref_target(group)]["Properties"], name)
+
+    def test_backfill_is_scheduled_and_never_overlaps(self):
+        backfill = self.functions["BackfillFunction"]["Properties"]
+        (schedule,) = backfill["Events"].values()
+        self.assertEqual(schedule["Type"], "ScheduleV2")
+        self.assertEqual(schedule["Properties"]["ScheduleExpression"], {"Ref": "BackfillSchedule"})
+        self.assertEqual(backfill["ReservedConcurrentExecutions"], 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

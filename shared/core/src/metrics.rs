@@ -1,0 +1,104 @@
+//! CloudWatch embedded metric format (EMF): one JSON line on stdout per flush, which
+//! CloudWatch Logs turns into metrics without an agent or an API call.
+//!
+//! Namespace `leadpipe`; dimension `Function` (the Lambda function's name, `local` off
+//! Lambda); Graph errors also carry `ErrorClass`.
+
+use serde_json::{Map, Value, json};
+use std::io::Write;
+
+/// The namespace the dashboard and alarms read.
+pub const NAMESPACE: &str = "leadpipe";
+
+fn function_name() -> String {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "local".to_owned())
+}
+
+/// The EMF line for `counts` under `dimensions` (name, value pairs), or `None` when every
+/// count is zero (nothing worth a line).
+pub fn emf_line(
+    dimensions: &[(&str, &str)],
+    counts: &[(&str, u64)],
+    timestamp_ms: i64,
+) -> Option<String> {
+    if counts.iter().all(|(_, n)| *n == 0) {
+        return None;
+    }
+    let mut root = Map::new();
+    let dimension_names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+    let metrics: Vec<Value> = counts
+        .iter()
+        .map(|(name, _)| json!({"Name": name, "Unit": "Count"}))
+        .collect();
+    root.insert(
+        "_aws".into(),
+        json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": [{
+            "Namespace": NAMESPACE, "Dimensions": [dimension_names], "Metrics": metrics}]}),
+    );
+    for (k, v) in dimensions {
+        root.insert((*k).to_owned(), json!(v));
+    }
+    for (name, n) in counts {
+        root.insert((*name).to_owned(), json!(n));
+    }
+    Some(Value::Object(root).to_string())
+}
+
+/// Writes the counts for this function as one EMF line.
+pub fn emit(counts: &[(&str, u64)]) {
+    let function = function_name();
+    write(emf_line(&[("Function", &function)], counts, now_ms()));
+}
+
+/// Writes one EMF line per Graph error class with its count.
+pub fn emit_graph_errors<'a>(by_class: impl IntoIterator<Item = (&'a str, u64)>) {
+    let function = function_name();
+    for (class, n) in by_class {
+        write(emf_line(
+            &[("Function", &function), ("ErrorClass", class)],
+            &[("GraphErrors", n)],
+            now_ms(),
+        ));
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn write(line: Option<String>) {
+    if let Some(line) = line {
+        let mut out = std::io::stdout().lock();
+        // A metric that cannot be written is not worth failing a request for.
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_cloudwatch_reads_as_metrics() {
+        let line = emf_line(
+            &[("Function", "ingest")],
+            &[("LeadsStored", 7), ("DuplicatesSkipped", 0)],
+            1_700_000_000_000,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Namespace"], "leadpipe");
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Function"]])
+        );
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0],
+            json!({"Name": "LeadsStored", "Unit": "Count"})
+        );
+        assert_eq!(v["Function"], "ingest");
+        assert_eq!(v["LeadsStored"], 7);
+        assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000i64);
+        assert!(emf_line(&[("Function", "x")], &[("A", 0)], 0).is_none());
+    }
+}
