@@ -66,7 +66,17 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// EMF lines mean something only to CloudWatch: they are written on Lambda (or when
+/// `LEADPIPE_EMF=1`), not in local runs and tests.
+fn enabled() -> bool {
+    std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        || std::env::var("LEADPIPE_EMF").as_deref() == Ok("1")
+}
+
 fn write(line: Option<String>) {
+    if !enabled() {
+        return;
+    }
     if let Some(line) = line {
         let mut out = std::io::stdout().lock();
         // A metric that cannot be written is not worth failing a request for.

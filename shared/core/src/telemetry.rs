@@ -11,10 +11,15 @@ use tracing_subscriber::filter::LevelFilter;
 /// than per-target directives keeps the regex engine out of every bootstrap. Safe to call
 /// twice: the second call changes nothing.
 pub fn init() {
+    init_with_default(LevelFilter::INFO);
+}
+
+/// Like [`init`] with another level when `RUST_LOG` is unset (the demo shows warnings only).
+pub fn init_with_default(default: LevelFilter) {
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| LevelFilter::from_str(v.trim()).ok())
-        .unwrap_or(LevelFilter::INFO);
+        .unwrap_or(default);
     let _already_set = tracing_subscriber::fmt()
         .json()
         .with_max_level(level)

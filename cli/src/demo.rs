@@ -1,0 +1,263 @@
+//! `leadpipe demo`: the sandbox Graph, signed webhooks with drops, duplicates and faults,
+//! the local pipeline bringing every lead home, and a table that says so.
+
+use crate::CliError;
+use crate::pipeline::{Pipeline, Tuning};
+use indicatif::{ProgressBar, ProgressStyle};
+use leadpipe_core::backfill::{BackfillPlan, BackfillSettings};
+use leadpipe_core::secrets::AppSecrets;
+use leadpipe_graph::{GraphConfig, RetryPolicy};
+use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox, WebhookSender};
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+/// Arguments of `leadpipe demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Leads the sandbox makes.
+    #[arg(long, default_value_t = 1000)]
+    pub leads: usize,
+    /// Share of leads whose webhook is never sent.
+    #[arg(long, default_value_t = 0.1)]
+    pub drop: f64,
+    /// Share of posts sent twice.
+    #[arg(long, default_value_t = 0.1)]
+    pub duplicate: f64,
+    /// Share of Graph lead reads that fail transiently.
+    #[arg(long, default_value_t = 0.05)]
+    pub transient: f64,
+    /// Share of Graph lead reads that are rate limited.
+    #[arg(long, default_value_t = 0.01)]
+    pub rate_limited: f64,
+    /// The SQLite file (default: a new one in the temp directory).
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// No progress bars (for logs and tests).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        Self {
+            leads: 1000,
+            drop: 0.1,
+            duplicate: 0.1,
+            transient: 0.05,
+            rate_limited: 0.01,
+            db: None,
+            quiet: true,
+        }
+    }
+}
+
+/// What the demo saw.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DemoReport {
+    pub leads: usize,
+    pub posts: usize,
+    pub duplicated_posts: usize,
+    pub dropped: usize,
+    pub by_webhook: usize,
+    pub by_backfill: usize,
+    pub stored: usize,
+    /// Sandbox leads not in the store.
+    pub missing: usize,
+    /// Stored leads whose raw JSON differs from the sandbox's.
+    pub mismatched: usize,
+    pub dead_letters: usize,
+    pub db: PathBuf,
+    pub seconds: u64,
+}
+
+fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} ({per_sec})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(message);
+    bar
+}
+
+/// Runs the demo and prints its table; fails when any lead is missing.
+pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
+    let started = Instant::now();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let spec = DatasetSpec {
+        pages: 3,
+        forms_per_page: 2,
+        leads: args.leads,
+        newest: now - 120,
+        ..DatasetSpec::default()
+    };
+    let data = Dataset::generate(&spec);
+    let faults = Faults {
+        transient_rate: args.transient,
+        rate_limited_rate: args.rate_limited,
+        ..Faults::default()
+    };
+    let sandbox = Sandbox::start(data.clone(), faults)
+        .await
+        .map_err(|e| CliError::Failed(format!("sandbox: {e}")))?;
+
+    let db = args.db.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
+    });
+    let secrets = AppSecrets {
+        app_secret: SecretString::from(leadpipe_sandbox::server::demo_app_secret()),
+        verify_token: Some(SecretString::from("demo-verify-token")),
+        access_token: None,
+        page_tokens: leadpipe_sandbox::server::tokens(&data)
+            .into_iter()
+            .map(|(p, t)| (p, SecretString::from(t)))
+            .collect::<BTreeMap<_, _>>(),
+    };
+    let graph = GraphConfig {
+        base_url: sandbox.base_url(),
+        app_secret: Some(SecretString::from(
+            leadpipe_sandbox::server::demo_app_secret(),
+        )),
+        retry: RetryPolicy {
+            max_retries: 2,
+            min_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        },
+        ..GraphConfig::default()
+    };
+    let tuning = Tuning {
+        visibility: Duration::from_millis(500),
+        max_receives: 20,
+        // The sandbox's rate limits clear at once; a real page's take minutes.
+        max_delay: Duration::from_millis(500),
+        backfill: BackfillSettings {
+            lookback: Duration::from_secs(90 * 86_400),
+            page_size: 100,
+            ..BackfillSettings::default()
+        },
+    };
+    let pipeline = Arc::new(Pipeline::with_graph(&db, secrets, graph, tuning)?);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| CliError::Failed(e.to_string()))?;
+    let url = format!(
+        "http://{}/webhook",
+        listener
+            .local_addr()
+            .map_err(|e| CliError::Failed(e.to_string()))?
+    );
+    let server = pipeline.spawn_http(listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = pipeline.spawn_workers(4, stop.clone());
+
+    // 1. Meta delivers, imperfectly.
+    let sending = bar(args.quiet, data.leads.len(), "webhooks sent");
+    let sender = WebhookSender {
+        url,
+        app_secret: leadpipe_sandbox::server::demo_app_secret().to_owned(),
+        drop_rate: args.drop,
+        duplicate_rate: args.duplicate,
+        changes_per_post: 3,
+        seed: 42,
+    };
+    let sent = sender
+        .send(&data.leads, |n| sending.set_position(n as u64))
+        .await;
+    sending.finish();
+
+    // 2. Ingest drains the queue.
+    let ingesting = bar(args.quiet, sent.delivered.len(), "ingested by webhook");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pipeline.db.queue_len().map_err(CliError::Failed)? > 0 && Instant::now() < deadline {
+        ingesting.set_position(pipeline.db.lead_count().unwrap_or(0) as u64);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ingesting.set_position(pipeline.db.lead_count().unwrap_or(0) as u64);
+    ingesting.finish();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for worker in workers {
+        let _ = worker.await;
+    }
+    server.abort();
+
+    // 3. Backfill recovers what the webhooks missed, until nothing is left (a transient
+    // fault can stop a form; the next run resumes it, as the scheduled runs would).
+    let recovering = bar(args.quiet, data.leads.len(), "after backfill");
+    let plan = BackfillPlan::scheduled(&pipeline.configured_pages());
+    for _ in 0..10 {
+        let summary = pipeline.backfill(&plan).await;
+        recovering.set_position(pipeline.db.lead_count().unwrap_or(0) as u64);
+        if pipeline.db.lead_count().unwrap_or(0) as usize >= data.leads.len()
+            && summary.graph_errors.is_empty()
+        {
+            break;
+        }
+    }
+    recovering.finish();
+
+    // 4. Compare with the sandbox, field for field.
+    let rows = pipeline.db.leads().map_err(CliError::Failed)?;
+    let stored: BTreeMap<&str, &leadpipe_local::LeadRow> =
+        rows.iter().map(|r| (r.lead_id.as_str(), r)).collect();
+    let mut report = DemoReport {
+        leads: data.leads.len(),
+        posts: sent.posts,
+        duplicated_posts: sent.duplicated_posts,
+        dropped: sent.dropped.len(),
+        by_webhook: rows.iter().filter(|r| r.source == "webhook").count(),
+        by_backfill: rows.iter().filter(|r| r.source == "backfill").count(),
+        stored: rows.len(),
+        dead_letters: pipeline.db.dead_letters().map_err(CliError::Failed)?.len(),
+        db: db.clone(),
+        ..DemoReport::default()
+    };
+    for lead in &data.leads {
+        match stored.get(lead.id.as_str()) {
+            None => report.missing += 1,
+            Some(row) => {
+                let raw: serde_json::Value = serde_json::from_str(&row.raw).unwrap_or_default();
+                if raw != lead.json {
+                    report.mismatched += 1;
+                }
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs();
+    println!();
+    println!("  leads made by the sandbox      {:>7}", report.leads);
+    println!("  webhook posts sent             {:>7}", report.posts);
+    println!(
+        "  posts duplicated on purpose    {:>7}",
+        report.duplicated_posts
+    );
+    println!("  leads dropped on purpose       {:>7}", report.dropped);
+    println!("  ingested by webhook            {:>7}", report.by_webhook);
+    println!("  recovered by backfill          {:>7}", report.by_backfill);
+    println!("  stored (once each)             {:>7}", report.stored);
+    println!("  missing                        {:>7}", report.missing);
+    println!("  differing from the sandbox     {:>7}", report.mismatched);
+    println!(
+        "  dead letters                   {:>7}",
+        report.dead_letters
+    );
+    println!("  time                           {:>6}s", report.seconds);
+    println!("  data                           {}", db.display());
+    println!(
+        "  (try: leadpipe export --db {} --format csv)",
+        db.display()
+    );
+    if report.missing > 0 || report.mismatched > 0 {
+        return Err(CliError::Failed(format!(
+            "{} lead(s) missing, {} differing",
+            report.missing, report.mismatched
+        )));
+    }
+    Ok(report)
+}

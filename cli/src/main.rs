@@ -1,0 +1,14 @@
+use clap::Parser;
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = leadpipe::Cli::parse();
+    match leadpipe::run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("leadpipe: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! `leadpipe doctor` against the sandbox Graph: a healthy page passes, an expired token and
+//! a denied page are named with what to do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+
+async fn doctor(sandbox: &Sandbox, data: &Dataset, name: &str) -> (bool, String) {
+    let tokens: serde_json::Map<String, serde_json::Value> = leadpipe_sandbox::server::tokens(data)
+        .into_iter()
+        .map(|(p, t)| (p, serde_json::json!(t)))
+        .collect();
+    let file = std::env::temp_dir().join(format!(
+        "leadpipe-doctor-{name}-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &file,
+        serde_json::json!({"app_secret": "s", "page_tokens": tokens}).to_string(),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BINARY)
+        .arg("doctor")
+        .env("LEADPIPE_SECRET_FILE", &file)
+        .env("GRAPH_API_BASE", sandbox.base_url())
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn doctor_gives_a_verdict_and_what_to_do() {
+    let data = Dataset::generate(&DatasetSpec {
+        pages: 2,
+        leads: 4,
+        ..DatasetSpec::default()
+    });
+    let healthy = Sandbox::start(data.clone(), Faults::default())
+        .await
+        .unwrap();
+    let (ok, text) = doctor(&healthy, &data, "ok").await;
+    assert!(ok, "{text}");
+    assert!(text.contains("verdict: ready"), "{text}");
+    assert!(
+        !text.contains("sandbox-page-token"),
+        "no token is printed: {text}"
+    );
+
+    let (expired, denied) = (data.pages[0].0.clone(), data.pages[1].0.clone());
+    let sick = Sandbox::start(
+        data.clone(),
+        Faults {
+            expired_token_pages: vec![expired],
+            denied_pages: vec![denied],
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (ok, text) = doctor(&sick, &data, "sick").await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("token is not valid") || text.contains("token check failed"),
+        "{text}"
+    );
+    assert!(text.contains("Leads Access Manager"), "{text}");
+    assert!(text.contains("problem(s) above"), "{text}");
+}

@@ -1,0 +1,150 @@
+//! `leadpipe serve` killed with SIGKILL mid-run, and restarted on the same file, loses none
+//! of the leads it answered 200 for.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use leadpipe_sandbox::sender::post_body;
+use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+const SECRET: &str = "kill-test-app-secret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(
+    db: &std::path::Path,
+    secret_file: &std::path::Path,
+    port: u16,
+    graph: &str,
+) -> tokio::process::Child {
+    tokio::process::Command::new(BINARY)
+        .args([
+            "serve",
+            "--backfill-every",
+            "0",
+            "--visibility-seconds",
+            "1",
+            "--workers",
+            "2",
+        ])
+        .env("LEADPIPE_DB", db)
+        .env("LEADPIPE_SECRET_FILE", secret_file)
+        .env("LEADPIPE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GRAPH_API_BASE", graph)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("http://127.0.0.1:{port}/health"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("serve did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_that_was_answered() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let data = Dataset::generate(&DatasetSpec {
+        leads: 200,
+        newest: now - 60,
+        ..DatasetSpec::default()
+    });
+    // A slow Graph: the queue is still full when the process dies.
+    let sandbox = Sandbox::start(
+        data.clone(),
+        Faults {
+            latency: Duration::from_millis(300),
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("leadpipe-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("serve.db");
+    let _ = std::fs::remove_file(&db);
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        leadpipe_sandbox::server::tokens(&data)
+            .into_iter()
+            .map(|(p, t)| (p, serde_json::json!(t)))
+            .collect();
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
+            .to_string(),
+    )
+    .unwrap();
+
+    let port = free_port();
+    let mut first = serve(&db, &secret_file, port, &sandbox.base_url());
+    wait_healthy(port).await;
+    let client = reqwest::Client::new();
+    let mut answered = Vec::new();
+    for lead in &data.leads {
+        let body = post_body(&[lead], now);
+        let signature = leadpipe_core::signature::sign(SECRET.as_bytes(), body.as_bytes()).unwrap();
+        let response = client
+            .post(format!("http://127.0.0.1:{port}/webhook"))
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_success() {
+            answered.push(lead.id.clone());
+        }
+    }
+    assert_eq!(answered.len(), data.leads.len());
+    // SIGKILL: no shutdown code runs.
+    first.start_kill().unwrap();
+    first.wait().await.unwrap();
+    let local = leadpipe_local::LocalDb::open(&db).unwrap();
+    let stored_before = local.lead_count().unwrap();
+    assert!(
+        stored_before < answered.len() as i64,
+        "the kill came mid-run ({stored_before} stored)"
+    );
+
+    // Restart on the same file with a fast Graph; nothing may be missing.
+    sandbox.set_faults(Faults::default());
+    let port = free_port();
+    let _second = serve(&db, &secret_file, port, &sandbox.base_url());
+    wait_healthy(port).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while local.lead_count().unwrap() < answered.len() as i64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stored: std::collections::BTreeSet<String> = local
+        .leads()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.lead_id)
+        .collect();
+    let missing: Vec<&String> = answered.iter().filter(|id| !stored.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} answered leads missing",
+        missing.len()
+    );
+    assert_eq!(stored.len(), answered.len());
+}

@@ -1,0 +1,397 @@
+//! One SQLite file holds the local pipeline: the queue (durable before the webhook answers
+//! 200), the leads (DESIGN.md's leads table, with `fields` and the disclaimers as JSON), the
+//! dead letters and the backfill checkpoints. WAL with `synchronous = FULL`: a `kill -9`
+//! after an answer loses nothing that was answered for.
+
+use leadpipe_core::event::LeadEvent;
+use leadpipe_core::ports::{
+    CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl, QueueError,
+    RunFacts, StoreError, StoredLead,
+};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA busy_timeout = 5000;
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    visible_at INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    enqueued_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body TEXT NOT NULL,
+    reason_class TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    dead_lettered_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leads (
+    lead_id TEXT PRIMARY KEY,
+    created_time TEXT NOT NULL,
+    page_id TEXT NOT NULL,
+    form_id TEXT NOT NULL,
+    ad_id TEXT, ad_name TEXT, adset_id TEXT, adset_name TEXT,
+    campaign_id TEXT, campaign_name TEXT, platform TEXT, partner_name TEXT, retailer_item_id TEXT,
+    is_organic INTEGER NOT NULL,
+    fields TEXT NOT NULL,
+    custom_disclaimer_responses TEXT NOT NULL,
+    raw TEXT NOT NULL,
+    source TEXT NOT NULL,
+    ingested_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS by_form ON leads (form_id, created_time);
+CREATE TABLE IF NOT EXISTS state (
+    pk TEXT PRIMARY KEY,
+    checkpoint INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_run_leads_read INTEGER NOT NULL,
+    last_run_new INTEGER NOT NULL,
+    last_run_already_present INTEGER NOT NULL
+);
+";
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("the SQLite file could not be opened: {0}")]
+pub struct OpenError(String);
+
+/// The SQLite file, shared by the queue, store and checkpoint adapters.
+#[derive(Debug, Clone)]
+pub struct LocalDb {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// A leased queue message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub id: i64,
+    pub body: String,
+    pub receive_count: i64,
+}
+
+/// A stored lead row, for export and checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadRow {
+    pub lead_id: String,
+    pub created_time: String,
+    pub page_id: String,
+    pub form_id: String,
+    pub optional: BTreeMap<&'static str, String>,
+    pub is_organic: bool,
+    pub fields: BTreeMap<String, Vec<String>>,
+    pub custom_disclaimer_responses: serde_json::Value,
+    pub raw: String,
+    pub source: String,
+    pub ingested_at: String,
+}
+
+/// The optional string columns, in contract order.
+pub const OPTIONAL_COLUMNS: [&str; 9] = [
+    "ad_id",
+    "ad_name",
+    "adset_id",
+    "adset_name",
+    "campaign_id",
+    "campaign_name",
+    "platform",
+    "partner_name",
+    "retailer_item_id",
+];
+
+fn now_unix_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    let at = at.replace_nanosecond(0).unwrap_or(at);
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
+
+impl LocalDb {
+    /// Opens (creating if needed) the file at `path`.
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
+        let conn = Connection::open(path).map_err(|e| OpenError(e.to_string()))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| OpenError(e.to_string()))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+        let mut conn = self
+            .conn
+            .lock()
+            .map_err(|_| "database lock poisoned".to_owned())?;
+        f(&mut conn).map_err(|e| e.to_string())
+    }
+
+    /// Leases up to `max` visible messages for `visibility`. Messages received
+    /// `max_receives` times already go to the dead letters instead.
+    pub fn lease(
+        &self,
+        max: usize,
+        visibility: Duration,
+        max_receives: i64,
+    ) -> Result<Vec<Leased>, String> {
+        let now = now_unix_ms();
+        let until = now + visibility.as_millis() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let exhausted: Vec<(i64, String, i64)> = {
+                let mut stmt = tx.prepare("SELECT id, body, receive_count FROM queue WHERE visible_at <= ?1 AND receive_count >= ?2")?;
+                stmt.query_map(params![now, max_receives], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            for (id, body, count) in exhausted {
+                tx.execute(
+                    "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, 'max_receives', ?2, ?3)",
+                    params![body, format!("received {count} times without success"), rfc3339(OffsetDateTime::now_utc())],
+                )?;
+                tx.execute("DELETE FROM queue WHERE id = ?1", params![id])?;
+            }
+            let leased: Vec<Leased> = {
+                let mut stmt = tx.prepare(
+                    "UPDATE queue SET visible_at = ?1, receive_count = receive_count + 1
+                     WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?2 ORDER BY id LIMIT ?3)
+                     RETURNING id, body, receive_count",
+                )?;
+                stmt.query_map(params![until, now, max as i64], |r| {
+                    Ok(Leased { id: r.get(0)?, body: r.get(1)?, receive_count: r.get(2)? })
+                })?
+                .collect::<Result<_, _>>()?
+            };
+            tx.commit()?;
+            Ok(leased)
+        })
+    }
+
+    /// Deletes handled messages.
+    pub fn ack(&self, ids: &[i64]) -> Result<(), String> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            for id in ids {
+                tx.execute("DELETE FROM queue WHERE id = ?1", params![id])?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Messages in the queue, visible or not.
+    pub fn queue_len(&self) -> Result<i64, String> {
+        self.with(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)))
+    }
+
+    /// `(body, class, reason)` of every dead letter.
+    pub fn dead_letters(&self) -> Result<Vec<(String, String, String)>, String> {
+        self.with(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT body, reason_class, reason FROM dead_letters ORDER BY id")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+
+    /// Every stored lead, ordered by form and time.
+    pub fn leads(&self) -> Result<Vec<LeadRow>, String> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id, adset_name, campaign_id,
+                        campaign_name, platform, partner_name, retailer_item_id, is_organic, fields,
+                        custom_disclaimer_responses, raw, source, ingested_at
+                 FROM leads ORDER BY form_id, created_time, lead_id",
+            )?;
+            stmt.query_map([], |r| {
+                let mut optional = BTreeMap::new();
+                for (i, name) in OPTIONAL_COLUMNS.iter().enumerate() {
+                    if let Some(v) = r.get::<_, Option<String>>(4 + i)? {
+                        optional.insert(*name, v);
+                    }
+                }
+                let fields: String = r.get(14)?;
+                let disclaimers: String = r.get(15)?;
+                Ok(LeadRow {
+                    lead_id: r.get(0)?,
+                    created_time: r.get(1)?,
+                    page_id: r.get(2)?,
+                    form_id: r.get(3)?,
+                    optional,
+                    is_organic: r.get::<_, i64>(13)? != 0,
+                    fields: serde_json::from_str(&fields).unwrap_or_default(),
+                    custom_disclaimer_responses: serde_json::from_str(&disclaimers).unwrap_or_default(),
+                    raw: r.get(16)?,
+                    source: r.get(17)?,
+                    ingested_at: r.get(18)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Number of stored leads.
+    pub fn lead_count(&self) -> Result<i64, String> {
+        self.with(|conn| conn.query_row("SELECT COUNT(*) FROM leads", [], |r| r.get(0)))
+    }
+}
+
+impl EventQueue for LocalDb {
+    async fn enqueue(&self, events: &[LeadEvent]) -> Result<(), QueueError> {
+        let bodies: Vec<String> = events
+            .iter()
+            .map(LeadEvent::to_message_body)
+            .collect::<Result<_, _>>()
+            .map_err(|e| QueueError::Rejected {
+                failed: events.len(),
+                total: events.len(),
+                reason: e.to_string(),
+            })?;
+        let now = now_unix_ms();
+        // One transaction: the post's events are all durable, or none are.
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            for body in &bodies {
+                tx.execute(
+                    "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
+                    params![body, now],
+                )?;
+            }
+            tx.commit()
+        })
+        .map_err(QueueError::Unavailable)
+    }
+}
+
+/// The local queue's ingest-side operations; delays are capped (the demo keeps them short).
+#[derive(Debug, Clone)]
+pub struct LocalQueueControl {
+    pub db: LocalDb,
+    pub max_delay: Duration,
+}
+
+impl QueueControl for LocalQueueControl {
+    async fn dead_letter(&self, body: &str, reason: &DeadLetterReason) -> Result<(), QueueError> {
+        self.db
+            .with(|conn| {
+                conn.execute(
+                    "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![body, reason.class, reason.detail, rfc3339(OffsetDateTime::now_utc())],
+                )
+            })
+            .map(|_| ())
+            .map_err(QueueError::Unavailable)
+    }
+
+    async fn delay(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
+        let id: i64 = receipt_handle.parse().map_err(|_| QueueError::Rejected {
+            failed: 1,
+            total: 1,
+            reason: "not a local receipt".into(),
+        })?;
+        let until = now_unix_ms() + delay.min(self.max_delay).as_millis() as i64;
+        self.db
+            .with(|conn| {
+                conn.execute(
+                    "UPDATE queue SET visible_at = ?1 WHERE id = ?2",
+                    params![until, id],
+                )
+            })
+            .map(|_| ())
+            .map_err(QueueError::Unavailable)
+    }
+}
+
+impl LeadStore for LocalDb {
+    async fn put_leads(&self, leads: &[StoredLead]) -> Result<Vec<PutOutcome>, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut outcomes = Vec::with_capacity(leads.len());
+            for stored in leads {
+                let lead = &stored.lead;
+                let mut fields: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+                for f in &lead.field_data {
+                    fields.entry(f.name.as_str()).or_default().extend(f.values.iter().map(String::as_str));
+                }
+                let disclaimers: Vec<serde_json::Value> = lead
+                    .custom_disclaimer_responses
+                    .iter()
+                    .map(|d| serde_json::json!({"checkbox_key": d.checkbox_key, "is_checked": d.is_checked}))
+                    .collect();
+                let changed = tx.execute(
+                    "INSERT OR IGNORE INTO leads (lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id,
+                        adset_name, campaign_id, campaign_name, platform, partner_name, retailer_item_id, is_organic,
+                        fields, custom_disclaimer_responses, raw, source, ingested_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                    params![
+                        lead.id,
+                        rfc3339(lead.created_time.to_offset(time::UtcOffset::UTC)),
+                        stored.page_id,
+                        stored.form_id,
+                        lead.ad_id,
+                        lead.ad_name,
+                        lead.adset_id,
+                        lead.adset_name,
+                        lead.campaign_id,
+                        lead.campaign_name,
+                        lead.platform,
+                        lead.partner_name,
+                        lead.retailer_item_id,
+                        lead.is_organic as i64,
+                        serde_json::to_string(&fields).unwrap_or_else(|_| "{}".into()),
+                        serde_json::Value::Array(disclaimers).to_string(),
+                        lead.raw,
+                        stored.source.as_str(),
+                        rfc3339(stored.ingested_at),
+                    ],
+                )?;
+                outcomes.push(if changed == 1 { PutOutcome::Inserted } else { PutOutcome::AlreadyPresent });
+            }
+            tx.commit()?;
+            Ok(outcomes)
+        })
+        .map_err(StoreError::Unavailable)
+    }
+}
+
+impl CheckpointStore for LocalDb {
+    async fn checkpoint(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT checkpoint FROM state WHERE pk = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .map_err(StoreError::Unavailable)
+    }
+
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        checkpoint: i64,
+        facts: &RunFacts,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO state (pk, checkpoint, updated_at, last_run_leads_read, last_run_new, last_run_already_present)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (pk) DO UPDATE SET checkpoint = excluded.checkpoint, updated_at = excluded.updated_at,
+                   last_run_leads_read = excluded.last_run_leads_read, last_run_new = excluded.last_run_new,
+                   last_run_already_present = excluded.last_run_already_present
+                 WHERE excluded.checkpoint >= state.checkpoint",
+                params![key, checkpoint, rfc3339(OffsetDateTime::now_utc()), facts.leads_read as i64, facts.new as i64, facts.already_present as i64],
+            )
+        })
+        .map(|_| ())
+        .map_err(StoreError::Unavailable)
+    }
+}

@@ -1,0 +1,16 @@
+//! A stand-in for the Graph endpoints leadpipe uses, over generated data, for tests and
+//! the demo; and a sender that delivers signed webhook posts as Meta does (with the
+//! duplicates, reordering and drops Meta is known for).
+//!
+//! Endpoints (any version prefix): `GET /{lead}`, `POST /` (batch), `GET /{form|ad}/leads`
+//! (`filtering` on time_created, `limit`, `after` cursors, `paging.next`), `GET
+//! /{page}/leadgen_forms`, `GET /{page}?fields=has_lead_access...`, `GET /debug_token`,
+//! `GET|POST /{page}/subscribed_apps`, `POST /{form}/test_leads`.
+
+pub mod data;
+pub mod sender;
+pub mod server;
+
+pub use data::{Dataset, DatasetSpec, SandboxLead};
+pub use sender::{SendReport, WebhookSender};
+pub use server::{Faults, Sandbox};
