@@ -103,14 +103,11 @@ pub fn load_secrets(secret_file: Option<&PathBuf>) -> Result<AppSecrets, CliErro
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let quiet_logs = matches!(
-        cli.command,
-        Command::Demo(_) | Command::Export(_) | Command::Doctor(_)
-    );
-    leadpipe_core::telemetry::init_with_default(if quiet_logs {
-        tracing::level_filters::LevelFilter::WARN
-    } else {
-        tracing::level_filters::LevelFilter::INFO
+    // The demo injects faults on purpose: their warnings would bury the progress bars.
+    leadpipe_core::telemetry::init_with_default(match cli.command {
+        Command::Demo(_) => tracing::level_filters::LevelFilter::ERROR,
+        Command::Export(_) | Command::Doctor(_) => tracing::level_filters::LevelFilter::WARN,
+        _ => tracing::level_filters::LevelFilter::INFO,
     });
     match cli.command {
         Command::Serve(args) => pipeline::serve(args).await,

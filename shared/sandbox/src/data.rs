@@ -49,6 +49,8 @@ pub struct Dataset {
     /// `(page_id, form_id, created_time)`.
     pub forms: Vec<(String, String, i64)>,
     pub leads: Vec<SandboxLead>,
+    /// Lead id to its place in `leads`.
+    index: std::collections::HashMap<String, usize>,
 }
 
 const FIRST: [&str; 8] = [
@@ -137,7 +139,7 @@ impl Dataset {
                 lead["campaign_id"] = json!("238000000000200");
                 lead["campaign_name"] = json!("Q4 service");
             }
-            data.leads.push(SandboxLead {
+            data.push(SandboxLead {
                 id,
                 page_id: page_id.clone(),
                 form_id: form_id.clone(),
@@ -152,7 +154,13 @@ impl Dataset {
 
     /// The lead with this id.
     pub fn lead(&self, id: &str) -> Option<&SandboxLead> {
-        self.leads.iter().find(|l| l.id == id)
+        self.index.get(id).and_then(|i| self.leads.get(*i))
+    }
+
+    /// Adds a lead (a test lead made through the API).
+    pub fn push(&mut self, lead: SandboxLead) {
+        self.index.insert(lead.id.clone(), self.leads.len());
+        self.leads.push(lead);
     }
 
     /// The page a token belongs to.

@@ -197,10 +197,14 @@ async fn handle(
         .read()
         .map(|f| (f.expired_token_pages.clone(), f.denied_pages.clone()))
         .unwrap_or_default();
-    let data = match state.data.read() {
-        Ok(d) => d.clone(),
-        Err(_) => return graph_error(500, 1, None, "sandbox poisoned", true),
+    if method == Method::POST && segments.len() == 2 && segments[1] == "test_leads" {
+        return create_test_lead(&state, segments[0]);
+    }
+    // Read under the lock, without copying the world per request; nothing below awaits.
+    let Ok(data) = state.data.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
     };
+    let data = &*data;
     let token_page = data.page_of_token(&token).map(str::to_owned);
     if segments.first() == Some(&"debug_token") {
         let input = params.get("input_token").cloned().unwrap_or_default();
@@ -234,7 +238,7 @@ async fn handle(
     match (method.as_str(), segments.as_slice()) {
         ("POST", []) => batch(
             &state,
-            &data,
+            data,
             &page_of_token,
             params.get("batch").map(String::as_str).unwrap_or("[]"),
         ),
@@ -290,34 +294,33 @@ async fn handle(
         ("POST", [_, "subscribed_apps"]) | ("POST", [_, "subscriptions"]) => {
             ok(json!({"success": true}))
         }
-        ("POST", [form, "test_leads"]) => {
-            let Some((page_id, form_id, _)) =
-                data.forms.iter().find(|(_, f, _)| f == form).cloned()
-            else {
-                return graph_error(400, 100, Some(33), "Unsupported post request", false);
-            };
-            let n = state.next_test_lead.fetch_add(1, Ordering::Relaxed);
-            let id = format!("{}", 1_990_000_000_000_000u64 + n);
-            let created = time::OffsetDateTime::now_utc().unix_timestamp();
-            let lead = SandboxLead {
-                id: id.clone(),
-                page_id,
-                form_id: form_id.clone(),
-                ad_id: None,
-                adgroup_id: None,
-                created_time: created,
-                json: json!({"id": id, "created_time": graph_time(created), "form_id": form_id,
-                    "field_data": [{"name": "email", "values": ["test@fb.com"]}, {"name": "full_name", "values": ["<test lead: dummy data for full_name>"]}],
-                    "custom_disclaimer_responses": [], "is_organic": true, "platform": "fb"}),
-            };
-            if let Ok(mut d) = state.data.write() {
-                d.leads.push(lead);
-            }
-            ok(json!({"id": id}))
-        }
-        ("GET", [node, "leads"]) => edge_leads(&state, &data, &uri, node, &params, &page_of_token),
+        ("GET", [node, "leads"]) => edge_leads(&state, data, &uri, node, &params, &page_of_token),
         _ => graph_error(400, 100, None, "Unsupported request", false),
     }
+}
+
+fn create_test_lead(state: &SandboxState, form: &str) -> Response {
+    let Ok(mut data) = state.data.write() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let Some((page_id, form_id, _)) = data.forms.iter().find(|(_, f, _)| f == form).cloned() else {
+        return graph_error(400, 100, Some(33), "Unsupported post request", false);
+    };
+    let n = state.next_test_lead.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}", 1_990_000_000_000_000u64 + n);
+    let created = time::OffsetDateTime::now_utc().unix_timestamp();
+    data.push(SandboxLead {
+        id: id.clone(),
+        page_id,
+        form_id: form_id.clone(),
+        ad_id: None,
+        adgroup_id: None,
+        created_time: created,
+        json: json!({"id": id, "created_time": graph_time(created), "form_id": form_id,
+            "field_data": [{"name": "email", "values": ["test@fb.com"]}, {"name": "full_name", "values": ["<test lead: dummy data for full_name>"]}],
+            "custom_disclaimer_responses": [], "is_organic": true, "platform": "fb"}),
+    });
+    ok(json!({"id": id}))
 }
 
 fn batch(state: &SandboxState, data: &Dataset, page_of_token: &str, batch: &str) -> Response {
