@@ -359,8 +359,8 @@ impl GraphClient {
             ),
             ("include_headers".to_owned(), "false".to_owned()),
         ];
-        let body = self
-            .execute(
+        let (body, usage) = self
+            .execute_with_usage(
                 &operation,
                 Method::POST,
                 url,
@@ -388,11 +388,13 @@ impl GraphClient {
                         Lead::from_json(item.body.as_deref().unwrap_or_default())
                             .map_err(|e| parse_failure(item_op, e))
                     }
+                    // Items carry no headers (include_headers=false): the batch
+                    // answer's usage headers are what says how long to wait.
                     Some(Some(item)) => Err(GraphError::from_response(
                         item_op,
                         item.code,
                         item.body.as_deref().unwrap_or_default(),
-                        Usage::default(),
+                        usage.clone(),
                         &[secret],
                     )),
                     // Meta answers null for a request it did not get to in time.
@@ -878,6 +880,21 @@ impl GraphClient {
         token: &SecretString,
         other_secrets: &[&str],
     ) -> Result<String, GraphError> {
+        self.execute_with_usage(operation, method, url, payload, token, other_secrets)
+            .await
+            .map(|(body, _)| body)
+    }
+
+    /// Like `execute`, also returning the usage headers of the answer.
+    async fn execute_with_usage(
+        &self,
+        operation: &str,
+        method: Method,
+        url: Url,
+        payload: Payload,
+        token: &SecretString,
+        other_secrets: &[&str],
+    ) -> Result<(String, Usage), GraphError> {
         let mut delays = self.backoff();
         let mut attempt = 1u32;
         loop {
@@ -892,7 +909,7 @@ impl GraphClient {
                 )
                 .await;
             let err = match result {
-                Ok(body) => return Ok(body),
+                Ok(answer) => return Ok(answer),
                 Err(err) => err,
             };
             if err.class != ErrorClass::Transient {
@@ -920,7 +937,7 @@ impl GraphClient {
         payload: &Payload,
         token: &SecretString,
         other_secrets: &[&str],
-    ) -> Result<String, GraphError> {
+    ) -> Result<(String, Usage), GraphError> {
         let secret = token.expose_secret();
         let mut auth = vec![("access_token".to_owned(), secret.to_owned())];
         if let Some(app_secret) = &self.app_secret {
@@ -953,7 +970,7 @@ impl GraphClient {
             .await
             .map_err(|e| transport_failure(operation, &e))?;
         if (200..300).contains(&status) {
-            return Ok(body);
+            return Ok((body, usage));
         }
         let mut secrets = vec![secret];
         secrets.extend_from_slice(other_secrets);

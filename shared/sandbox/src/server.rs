@@ -26,6 +26,8 @@ pub struct Faults {
     pub denied_pages: Vec<String>,
     /// Added to every answer.
     pub latency: Duration,
+    /// The `estimated_time_to_regain_access` (minutes) rate-limit answers carry; 0 means 1.
+    pub regain_minutes: f64,
 }
 
 struct SandboxState {
@@ -106,6 +108,17 @@ fn graph_error(
     message: &str,
     transient: bool,
 ) -> Response {
+    graph_error_with_regain(status, code, subcode, message, transient, 1.0)
+}
+
+fn graph_error_with_regain(
+    status: u16,
+    code: i64,
+    subcode: Option<i64>,
+    message: &str,
+    transient: bool,
+    regain_minutes: f64,
+) -> Response {
     let mut error = json!({"message": message, "type": "OAuthException", "code": code,
         "is_transient": transient, "fbtrace_id": "SandboxTrace"});
     if let Some(s) = subcode {
@@ -114,10 +127,13 @@ fn graph_error(
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let mut response = (status, axum::Json(json!({"error": error}))).into_response();
     if code == 80005 {
-        response.headers_mut().insert(
-            "x-business-use-case-usage",
-            HeaderValue::from_static(r#"{"sandbox":[{"type":"leadgen","call_count":100,"total_cputime":20,"total_time":20,"estimated_time_to_regain_access":1}]}"#),
-        );
+        let usage = json!({"sandbox": [{"type": "leadgen", "call_count": 100, "total_cputime": 20, "total_time": 20,
+            "estimated_time_to_regain_access": regain_minutes}]});
+        if let Ok(value) = HeaderValue::from_str(&usage.to_string()) {
+            response
+                .headers_mut()
+                .insert("x-business-use-case-usage", value);
+        }
     }
     response
 }
@@ -144,15 +160,30 @@ fn lead_fault(state: &SandboxState) -> Option<(u16, i64, bool)> {
     }
 }
 
-fn fault_response(fault: (u16, i64, bool)) -> Response {
+fn regain_minutes(state: &SandboxState) -> f64 {
+    state
+        .faults
+        .read()
+        .map(|f| {
+            if f.regain_minutes > 0.0 {
+                f.regain_minutes
+            } else {
+                1.0
+            }
+        })
+        .unwrap_or(1.0)
+}
+
+fn fault_response(state: &SandboxState, fault: (u16, i64, bool)) -> Response {
     match fault {
         (status, 2, _) => graph_error(status, 2, None, "Service temporarily unavailable", true),
-        (status, code, _) => graph_error(
+        (status, code, _) => graph_error_with_regain(
             status,
             code,
             None,
             "There have been too many leadgen api calls to this Page account. Wait a bit and try again.",
             false,
+            regain_minutes(state),
         ),
     }
 }
@@ -264,7 +295,7 @@ async fn handle(
                 graph_error(403, 200, None, "Permissions error", false)
             }
             Some(lead) => match lead_fault(&state) {
-                Some(fault) => fault_response(fault),
+                Some(fault) => fault_response(&state, fault),
                 None => ok(lead.json.clone()),
             },
             None => graph_error(
@@ -356,7 +387,24 @@ fn batch(state: &SandboxState, data: &Dataset, page_of_token: &str, batch: &str)
             }
         })
         .collect();
-    ok(Value::Array(answers))
+    // Meta's batch items carry no headers unless asked; the usage headers come on the
+    // batch response itself.
+    let limited = answers.iter().any(|a| {
+        a["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("\"code\":80005"))
+    });
+    let mut response = ok(Value::Array(answers));
+    if limited {
+        let usage = json!({"sandbox": [{"type": "leadgen", "call_count": 100, "total_cputime": 20, "total_time": 20,
+            "estimated_time_to_regain_access": regain_minutes(state)}]});
+        if let Ok(value) = HeaderValue::from_str(&usage.to_string()) {
+            response
+                .headers_mut()
+                .insert("x-business-use-case-usage", value);
+        }
+    }
+    response
 }
 
 fn edge_leads(
@@ -368,7 +416,7 @@ fn edge_leads(
     page_of_token: &str,
 ) -> Response {
     if let Some(fault) = lead_fault(state) {
-        return fault_response(fault);
+        return fault_response(state, fault);
     }
     let filters: Vec<Value> = params
         .get("filtering")
