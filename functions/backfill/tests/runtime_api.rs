@@ -35,15 +35,7 @@ async fn the_binary_runs_a_scheduled_backfill_through_the_runtime_api() {
         .unwrap();
 
     let api = RuntimeApi::start("leadpipe-backfill").await.unwrap();
-    let mut env: Vec<(String, String)> = [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ]
-    .iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-    .collect();
+    let mut env = leadpipe_lambda_harness::aws_env();
     env.extend(
         [
             ("LEADS_TABLE", moto.leads_table.clone()),

@@ -19,15 +19,7 @@ async fn the_binary_ingests_an_sqs_event_through_the_runtime_api() {
     let moto = Moto::new().await;
     let graph = graph_stand_in().await;
     let api = RuntimeApi::start("leadpipe-ingest").await.unwrap();
-    let mut env: Vec<(String, String)> = [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ]
-    .iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-    .collect();
+    let mut env = leadpipe_lambda_harness::aws_env();
     env.extend(
         [
             ("QUEUE_URL", moto.queue_url.clone()),

@@ -13,24 +13,12 @@ use std::time::Duration;
 const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe-webhook");
 const WAIT: Duration = Duration::from_secs(30);
 
-fn aws_env() -> Vec<(String, String)> {
-    [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ]
-    .iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-    .collect()
-}
-
 #[tokio::test]
 #[ignore = "needs moto: run scripts/test"]
 async fn the_binary_answers_function_url_requests_through_the_runtime_api() {
     let (client, url) = moto_queue().await;
     let api = RuntimeApi::start("leadpipe-webhook").await.unwrap();
-    let mut env = aws_env();
+    let mut env = leadpipe_lambda_harness::aws_env();
     env.extend([
         ("QUEUE_URL".to_owned(), url.clone()),
         ("APP_SECRET".to_owned(), APP_SECRET.to_owned()),

@@ -402,3 +402,17 @@ pub fn unique_name(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The AWS SDK settings of this process (moto's endpoint, region, test credentials), to hand
+/// to a function binary spawned under a [`RuntimeApi`].
+pub fn aws_env() -> Vec<(String, String)> {
+    [
+        "AWS_ENDPOINT_URL",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+    .collect()
+}

@@ -64,18 +64,6 @@ async fn fault_proxy(upstream: String, down: Arc<AtomicBool>) -> String {
     format!("http://{address}")
 }
 
-fn aws_env() -> Vec<(String, String)> {
-    [
-        "AWS_ENDPOINT_URL",
-        "AWS_REGION",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    ]
-    .iter()
-    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-    .collect()
-}
-
 struct Function {
     api: RuntimeApi,
     process: FunctionProcess,
@@ -218,7 +206,7 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
     let dynamodb_proxy = fault_proxy(upstream, dynamodb_down.clone()).await;
 
     // ---- the three functions, as the template wires them -----------------------------------
-    let mut env = aws_env();
+    let mut env = leadpipe_lambda_harness::aws_env();
     env.extend(
         [
             ("SECRET_ARN", secret_arn.clone()),
