@@ -33,9 +33,12 @@ pub struct DemoArgs {
     /// Share of Graph lead reads that are rate limited.
     #[arg(long, default_value_t = 0.01)]
     pub rate_limited: f64,
-    /// The SQLite file (default: a new one in the temp directory).
+    /// The SQLite file (default: a new one in the temp directory, deleted at the end unless --keep).
     #[arg(long)]
     pub db: Option<PathBuf>,
+    /// Keep the temporary database at the end (a --db file is always kept).
+    #[arg(long)]
+    pub keep: bool,
     /// No progress bars (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
@@ -50,6 +53,7 @@ impl Default for DemoArgs {
             transient: 0.05,
             rate_limited: 0.01,
             db: None,
+            keep: false,
             quiet: true,
         }
     }
@@ -79,9 +83,17 @@ fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} ({per_sec})")
-    {
-        bar.set_style(style.progress_chars("=> "));
+    if let Ok(style) = ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} ({rate})") {
+        // Whole leads per second: indicatif's own {per_sec} prints four decimals.
+        let style = style
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> ");
+        bar.set_style(style);
     }
     bar.set_message(message);
     bar
@@ -248,11 +260,16 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         report.dead_letters
     );
     println!("  time                           {:>6}s", report.seconds);
-    println!("  data                           {}", db.display());
-    println!(
-        "  (try: leadpipe export --db {} --format csv)",
-        db.display()
-    );
+    let keep = args.keep || args.db.is_some();
+    if keep {
+        println!("  data                           {}", db.display());
+        println!("  (try: {} --format csv)", export_hint(&db));
+    } else {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+        }
+        println!("  data                           deleted (run with --keep to look at it)");
+    }
     if report.missing > 0 || report.mismatched > 0 {
         return Err(CliError::Failed(format!(
             "{} lead(s) missing, {} differing",
@@ -260,4 +277,18 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         )));
     }
     Ok(report)
+}
+
+/// A command that runs as printed: the binary's own path when it can be told, else the
+/// cargo command that builds and runs it.
+fn export_hint(db: &std::path::Path) -> String {
+    match std::env::current_exe() {
+        Ok(exe) if exe.file_name().is_some_and(|n| n == "leadpipe") => {
+            format!("{} export --db {}", exe.display(), db.display())
+        }
+        _ => format!(
+            "cargo run --release --bin leadpipe -- export --db {}",
+            db.display()
+        ),
+    }
 }

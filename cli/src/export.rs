@@ -15,13 +15,18 @@ pub enum Format {
 /// Arguments of `leadpipe export`.
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
+    /// The SQLite file to read (opened read-only).
     #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
     pub db: PathBuf,
+    /// csv: one column per form field, cells safe for spreadsheets; jsonl: one JSON object per lead, exact.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     pub format: Format,
-    /// Output file (default: standard output).
+    /// Output file, created 0600 (default: standard output).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Write through a symbolic link at --out (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The fixed columns before the form fields.
@@ -41,6 +46,21 @@ pub const TRAILING_COLUMNS: [&str; 4] = [
 ];
 /// Prefix of the per-field columns.
 pub const FIELD_PREFIX: &str = "field:";
+
+/// A CSV cell that no spreadsheet runs as a formula (OWASP's CSV-injection rule): a value
+/// starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`. A value that starts with
+/// `'` gets one too, so [`uncell`] can take exactly one off and every value round-trips.
+pub fn cell(value: &str) -> std::borrow::Cow<'_, str> {
+    match value.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r' | '\'') => format!("'{value}").into(),
+        _ => value.into(),
+    }
+}
+
+/// The inverse of [`cell`].
+pub fn uncell(cell: &str) -> &str {
+    cell.strip_prefix('\'').unwrap_or(cell)
+}
 
 /// A field's values in one CSV cell: the value itself when there is exactly one, else a
 /// JSON array (so several values, and none, survive the trip).
@@ -71,8 +91,9 @@ pub fn write_csv<W: Write>(rows: &[LeadRow], out: W) -> Result<(), CliError> {
     header.extend(OPTIONAL_COLUMNS.iter().map(|s| s.to_string()));
     header.extend(fields.iter().map(|f| format!("{FIELD_PREFIX}{f}")));
     header.extend(TRAILING_COLUMNS.iter().map(|s| s.to_string()));
-    let fail = |e: csv::Error| CliError::Failed(format!("CSV: {e}"));
-    writer.write_record(&header).map_err(fail)?;
+    writer
+        .write_record(header.iter().map(|h| cell(h).into_owned()))
+        .map_err(csv_error)?;
     for row in rows {
         let mut record = vec![
             row.lead_id.clone(),
@@ -96,11 +117,39 @@ pub fn write_csv<W: Write>(rows: &[LeadRow], out: W) -> Result<(), CliError> {
         record.push(row.source.clone());
         record.push(row.ingested_at.clone());
         record.push(row.raw.clone());
-        writer.write_record(&record).map_err(fail)?;
+        writer
+            .write_record(record.iter().map(|c| cell(c).into_owned()))
+            .map_err(csv_error)?;
     }
-    writer
-        .flush()
-        .map_err(|e| CliError::Failed(format!("CSV: {e}")))
+    writer.flush().map_err(CliError::Output)
+}
+
+fn csv_error(e: csv::Error) -> CliError {
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => CliError::Output(io),
+        other => CliError::Failed(format!("CSV: {other:?}")),
+    }
+}
+
+/// The output file: created 0600 (leads are personal data); a symbolic link at the path is
+/// refused unless `force`, so an export cannot be pointed at another file by a planted link.
+fn create_out(path: &std::path::Path, force: bool) -> Result<std::fs::File, CliError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() && !force {
+            return Err(CliError::Settings(format!(
+                "{} is a symbolic link: give another --out, or --force to write through it",
+                path.display()
+            )));
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::Settings(format!("{}: {e}", path.display())))
 }
 
 /// One JSON object per lead, every attribute.
@@ -124,13 +173,10 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
             args.db.display()
         )));
     }
-    let db = LocalDb::open(&args.db).map_err(|e| CliError::Settings(e.to_string()))?;
+    let db = LocalDb::open_read_only(&args.db).map_err(|e| CliError::Settings(e.to_string()))?;
     let rows = db.leads().map_err(CliError::Failed)?;
     let out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(
-            std::fs::File::create(path)
-                .map_err(|e| CliError::Failed(format!("{}: {e}", path.display())))?,
-        ),
+        Some(path) => Box::new(create_out(path, args.force)?),
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = std::io::BufWriter::new(out);
@@ -138,9 +184,81 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
         Format::Csv => write_csv(&rows, &mut out)?,
         Format::Jsonl => {
             for row in &rows {
-                writeln!(out, "{}", row_json(row)).map_err(|e| CliError::Failed(e.to_string()))?;
+                writeln!(out, "{}", row_json(row)).map_err(CliError::Output)?;
             }
         }
     }
-    out.flush().map_err(|e| CliError::Failed(e.to_string()))
+    out.flush().map_err(CliError::Output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn cells_that_a_spreadsheet_would_run_are_neutralised_and_round_trip() {
+        for value in [
+            "=HYPERLINK(\"http://x\")",
+            "+1 555 0100",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+            "'already quoted",
+            "''",
+            "plain",
+            "",
+            "ünïcode",
+        ] {
+            let encoded = cell(value);
+            assert!(
+                !encoded.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{value:?} -> {encoded:?}"
+            );
+            assert_eq!(uncell(&encoded), value);
+        }
+        assert_eq!(cell("plain"), "plain");
+    }
+
+    #[test]
+    fn csv_header_and_values_are_safe_for_spreadsheets() {
+        let row = LeadRow {
+            lead_id: "1".into(),
+            created_time: "2026-01-01T00:00:00Z".into(),
+            page_id: "2".into(),
+            form_id: "3".into(),
+            optional: BTreeMap::from([("ad_name", "=cmd|' /C calc'!A0".to_owned())]),
+            is_organic: false,
+            fields: BTreeMap::from([
+                ("=evil".to_owned(), vec!["@x".to_owned()]),
+                ("phone_number".to_owned(), vec!["+15550100".to_owned()]),
+            ]),
+            custom_disclaimer_responses: serde_json::json!([]),
+            raw: "{}".into(),
+            source: "webhook".into(),
+            ingested_at: "2026-01-01T00:00:01Z".into(),
+        };
+        let mut bytes = Vec::new();
+        write_csv(&[row], &mut bytes).unwrap_or_else(|e| panic!("{e}"));
+        let mut reader = csv::Reader::from_reader(bytes.as_slice());
+        let header = reader.headers().map(|h| h.clone()).unwrap_or_default();
+        let record = reader
+            .records()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        for cell in header.iter().chain(record.iter()) {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "unsafe cell {cell:?}"
+            );
+        }
+        assert!(
+            header
+                .iter()
+                .any(|h| h == "'field:=evil" || h == "field:=evil")
+        );
+        assert!(record.iter().any(|c| c == "'+15550100"));
+    }
 }

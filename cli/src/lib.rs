@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod export;
+pub mod logging;
 pub mod pipeline;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +19,9 @@ use std::path::PathBuf;
     about = "Facebook Lead Ads leads into your own store, once, fast and private."
 )]
 pub struct Cli {
+    /// More log lines on stderr: -v for info, -vv for debug (RUST_LOG wins when set).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -43,6 +47,17 @@ pub enum CliError {
     Settings(String),
     #[error("{0}")]
     Failed(String),
+    /// Writing the command's output failed; a closed pipe (`| head`) is not an error.
+    #[error("writing the output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl CliError {
+    /// True when the reader of stdout went away (`leadpipe export | head`): the command
+    /// then ends quietly with exit 0, as `ls | head` does.
+    pub fn is_closed_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
 }
 
 /// Arguments of `leadpipe backfill`.
@@ -54,17 +69,22 @@ pub struct BackfillArgs {
     /// A JSON secret file in the Secrets Manager shape (else APP_SECRET, ACCESS_TOKEN, ...).
     #[arg(long, env = "LEADPIPE_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Only this page (repeat for several; default: every page in page_tokens).
     #[arg(long = "page")]
     pub pages: Vec<String>,
+    /// Only this form (repeat for several).
     #[arg(long = "form")]
     pub forms: Vec<String>,
+    /// Read this ad's leads (repeat for several; give exactly one --page with it).
     #[arg(long = "ad")]
     pub ads: Vec<String>,
-    /// Unix seconds or RFC 3339.
+    /// Start of a one-off window, unix seconds or RFC 3339 (a window moves no checkpoint).
     #[arg(long)]
     pub from: Option<String>,
+    /// End of the window (exclusive), unix seconds or RFC 3339; default now.
     #[arg(long)]
     pub to: Option<String>,
+    /// Read from Graph and count, but store nothing and move no checkpoint.
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -72,6 +92,7 @@ pub struct BackfillArgs {
 /// Arguments of `leadpipe doctor`.
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
+    /// A JSON secret file in the Secrets Manager shape (else APP_SECRET, ACCESS_TOKEN, ...).
     #[arg(long, env = "LEADPIPE_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
     /// Pages to check (default: every page in page_tokens).
@@ -79,8 +100,12 @@ pub struct DoctorArgs {
     pub pages: Vec<String>,
 }
 
-/// The app secrets from `--secret-file`, else the environment (`SECRET_ARN` is the
-/// Lambda's way and is not read here).
+/// The one message for "no secret here", naming every way to give one.
+pub const NO_SECRET: &str = "no secret: give --secret-file PATH (a JSON file in the Secrets Manager shape), or set APP_SECRET with ACCESS_TOKEN and VERIFY_TOKEN; on AWS the functions read SECRET_ARN, which this command does not (download the secret to a file, or use the variables)";
+
+/// The app secrets from `--secret-file`, else `APP_SECRET`/`ACCESS_TOKEN`/`VERIFY_TOKEN`.
+/// `SECRET_ARN` is the Lambda functions' way and is not read here: the message says so in
+/// the same words whether or not it is set, so the two cases never contradict each other.
 pub fn load_secrets(secret_file: Option<&PathBuf>) -> Result<AppSecrets, CliError> {
     if let Some(path) = secret_file {
         let text = std::fs::read_to_string(path).map_err(|e| {
@@ -90,25 +115,37 @@ pub fn load_secrets(secret_file: Option<&PathBuf>) -> Result<AppSecrets, CliErro
             ))
         })?;
         return AppSecrets::from_json(&text)
-            .map_err(|e| CliError::Settings(format!("the secret file: {e}")));
+            .map_err(|e| CliError::Settings(format!("the secret file {}: {e}", path.display())));
     }
-    match Env::process().secret_source() {
+    let env = Env::process();
+    if env.optional("APP_SECRET").is_none() {
+        return Err(CliError::Settings(NO_SECRET.into()));
+    }
+    // SECRET_ARN would win in the Lambda's reading; here only the inline variables count.
+    let inline = Env::from_lookup(|name| match name {
+        "SECRET_ARN" => None,
+        other => std::env::var(other).ok().filter(|v| !v.is_empty()),
+    });
+    match inline.secret_source() {
         Ok(SecretSource::Inline(secrets)) => Ok(secrets),
-        Ok(SecretSource::SecretsManager { .. }) => Err(CliError::Settings(
-            "SECRET_ARN is for the Lambda functions; locally give --secret-file or APP_SECRET/ACCESS_TOKEN".into(),
-        )),
-        Err(e) => Err(CliError::Settings(e.to_string())),
+        Ok(SecretSource::SecretsManager { .. }) => Err(CliError::Settings(NO_SECRET.into())),
+        Err(e) => Err(CliError::Settings(format!("{e}; {NO_SECRET}"))),
     }
 }
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    // The demo injects faults on purpose: their warnings would bury the progress bars.
-    leadpipe_core::telemetry::init_with_default(match cli.command {
-        Command::Demo(_) => tracing::level_filters::LevelFilter::ERROR,
-        Command::Export(_) | Command::Doctor(_) => tracing::level_filters::LevelFilter::WARN,
-        _ => tracing::level_filters::LevelFilter::INFO,
-    });
+    // Reports and tables go to stdout; log lines go to stderr, at warn and above unless -v
+    // (serve is a server: its log is its report, so it logs at info). The demo injects
+    // faults on purpose: their warnings would bury the progress bars.
+    use tracing::level_filters::LevelFilter;
+    let default = match (&cli.command, cli.verbose) {
+        (_, 2..) => LevelFilter::DEBUG,
+        (_, 1) | (Command::Serve(_), 0) => LevelFilter::INFO,
+        (Command::Demo(_), 0) => LevelFilter::ERROR,
+        (_, 0) => LevelFilter::WARN,
+    };
+    logging::init_stderr(default);
     match cli.command {
         Command::Serve(args) => pipeline::serve(args).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),

@@ -6,6 +6,7 @@ async fn main() -> ExitCode {
     let cli = leadpipe::Cli::parse();
     match leadpipe::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is_closed_pipe() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("leadpipe: {err}");
             ExitCode::FAILURE

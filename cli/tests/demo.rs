@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use leadpipe::demo::{DemoArgs, run};
-use leadpipe::export::{FIELD_PREFIX, decode_values, row_json, write_csv};
+use leadpipe::export::{FIELD_PREFIX, decode_values, row_json, uncell, write_csv};
 use leadpipe_local::LocalDb;
 use std::collections::BTreeMap;
 
@@ -50,7 +50,7 @@ async fn a_thousand_lead_demo_with_drops_duplicates_and_faults_stores_every_lead
         .headers()
         .unwrap()
         .iter()
-        .map(str::to_owned)
+        .map(|h| uncell(h).to_owned())
         .collect();
     let records: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
     assert_eq!(records.len(), rows.len());
@@ -58,6 +58,7 @@ async fn a_thousand_lead_demo_with_drops_duplicates_and_faults_stores_every_lead
         let cell = |name: &str| {
             record
                 .get(header.iter().position(|h| h == name).unwrap())
+                .map(uncell)
                 .unwrap()
                 .to_owned()
         };

@@ -106,6 +106,21 @@ pub const OPTIONAL_COLUMNS: [&str; 9] = [
     "retailer_item_id",
 ];
 
+/// Creates `path` with mode 0600 when it does not exist yet; an existing file is left as is.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 fn now_unix_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -118,9 +133,26 @@ fn rfc3339(at: OffsetDateTime) -> String {
 
 impl LocalDb {
     /// Opens (creating if needed) the file at `path`.
+    /// A new file is created readable by its owner only (0600): it holds personal data.
+    /// SQLite gives its `-wal` and `-shm` files the same mode.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        create_private(path).map_err(|e| OpenError(e.to_string()))?;
         let conn = Connection::open(path).map_err(|e| OpenError(e.to_string()))?;
         conn.execute_batch(SCHEMA)
+            .map_err(|e| OpenError(e.to_string()))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens an existing file read-only (export: it must never change or create the file).
+    pub fn open_read_only(path: &Path) -> Result<Self, OpenError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| OpenError(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| OpenError(e.to_string()))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),

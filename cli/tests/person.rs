@@ -1,0 +1,238 @@
+//! The `leadpipe` binary as a person meets it: bad and missing input gets one clear message
+//! that names the fix, every flag explains itself, output pipes cleanly, and what it writes
+//! is private.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_leadpipe");
+
+fn leadpipe(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    for var in [
+        "APP_SECRET",
+        "ACCESS_TOKEN",
+        "VERIFY_TOKEN",
+        "SECRET_ARN",
+        "LEADPIPE_SECRET_FILE",
+        "LEADPIPE_DB",
+        "RUST_LOG",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("leadpipe-person-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A small demo database to export from (the demo itself is tested in demo.rs).
+fn demo_db(dir: &Path) -> PathBuf {
+    let db = dir.join("demo.db");
+    let out = leadpipe(
+        &[
+            "demo",
+            "--leads",
+            "300",
+            "--quiet",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    db
+}
+
+#[test]
+fn a_missing_secret_gets_one_message_that_names_every_way_to_give_one() {
+    let mut messages = Vec::new();
+    for command in [
+        vec!["doctor"],
+        vec!["backfill", "--db", "/nonexistent/x.db"],
+    ] {
+        for env in [vec![], vec![("SECRET_ARN", "arn:aws:secretsmanager:x")]] {
+            let out = leadpipe(&command, &env);
+            assert!(!out.status.success(), "{command:?} {env:?}");
+            let stderr = text(&out.stderr);
+            for fix in ["--secret-file", "APP_SECRET", "ACCESS_TOKEN", "SECRET_ARN"] {
+                assert!(stderr.contains(fix), "{command:?} {env:?}: {stderr}");
+            }
+            assert!(
+                text(&out.stdout).is_empty(),
+                "nothing on stdout: {command:?}"
+            );
+            messages.push(stderr);
+        }
+    }
+    assert!(
+        messages.windows(2).all(|w| w[0] == w[1]),
+        "the same words every time: {messages:#?}"
+    );
+}
+
+#[test]
+fn an_unreadable_secret_file_names_the_file() {
+    let out = leadpipe(
+        &["doctor", "--secret-file", "/nonexistent/secret.json"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("/nonexistent/secret.json"), "{stderr}");
+    assert!(stderr.contains("cannot be read"), "{stderr}");
+}
+
+#[test]
+fn every_flag_of_every_subcommand_has_help_text() {
+    for sub in ["serve", "demo", "backfill", "export", "doctor"] {
+        let out = leadpipe(&[sub, "--help"], &[]);
+        assert!(out.status.success(), "{sub}");
+        let help = text(&out.stdout);
+        let lines: Vec<&str> = help.lines().collect();
+        let mut flags = 0;
+        for (i, line) in lines.iter().enumerate() {
+            let trimmed = line.trim_start();
+            if !trimmed.starts_with('-') {
+                continue;
+            }
+            flags += 1;
+            let indent = line.len() - trimmed.len();
+            // clap puts the text after two or more spaces, or on the next, deeper line.
+            let same_line = trimmed
+                .split_once("  ")
+                .is_some_and(|(_, t)| !t.trim().is_empty());
+            let next_line = lines.get(i + 1).is_some_and(|next| {
+                let t = next.trim_start();
+                !t.is_empty() && !t.starts_with('-') && next.len() - t.len() > indent
+            });
+            assert!(
+                same_line || next_line,
+                "`leadpipe {sub}`: no help for {trimmed:?}"
+            );
+        }
+        assert!(flags >= 2, "{sub}: {help}");
+    }
+}
+
+#[test]
+fn export_into_a_closed_pipe_ends_quietly_with_exit_0() {
+    let dir = temp_dir("pipe");
+    let db = demo_db(&dir);
+    for format in ["csv", "jsonl"] {
+        let mut child = Command::new(BIN)
+            .args(["export", "--db", db.to_str().unwrap(), "--format", format])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        // The reader is gone, as after `| head -1`; 300 leads are far more than a pipe holds.
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{format}: {:?}", out.status);
+        assert_eq!(text(&out.stderr), "", "{format}: silent");
+    }
+}
+
+#[test]
+fn export_writes_a_private_file_refuses_a_planted_link_and_leaves_the_db_alone() {
+    let dir = temp_dir("export");
+    let db = demo_db(&dir);
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the database is private"
+    );
+
+    let out_file = dir.join("leads.csv");
+    let out = leadpipe(
+        &[
+            "export",
+            "--db",
+            db.to_str().unwrap(),
+            "--out",
+            out_file.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let victim = dir.join("victim.txt");
+    std::fs::write(&victim, "keep me").unwrap();
+    let link = dir.join("link.csv");
+    std::os::unix::fs::symlink(&victim, &link).unwrap();
+    let out = leadpipe(
+        &[
+            "export",
+            "--db",
+            db.to_str().unwrap(),
+            "--out",
+            link.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--force"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+
+    // A missing database is an error, and export does not create one.
+    let missing = dir.join("missing.db");
+    let out = leadpipe(&["export", "--db", missing.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("does not exist"));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn the_demo_cleans_up_after_itself_unless_kept_and_its_hint_runs() {
+    let out = leadpipe(&["demo", "--leads", "50", "--quiet"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("deleted (run with --keep"), "{stdout}");
+
+    let out = leadpipe(&["demo", "--leads", "50", "--quiet", "--keep"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let hint = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("(try: "))
+        .and_then(|l| l.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("no hint: {stdout}"));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[0], BIN, "the hint names this binary: {hint}");
+    let exported = Command::new(words[0]).args(&words[1..]).output().unwrap();
+    assert!(exported.status.success(), "{}", text(&exported.stderr));
+    let records = csv::Reader::from_reader(exported.stdout.as_slice())
+        .records()
+        .count();
+    assert_eq!(records, 50);
+    let db = PathBuf::from(words[words.iter().position(|w| *w == "--db").unwrap() + 1]);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
