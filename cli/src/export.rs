@@ -135,13 +135,14 @@ fn csv_error(e: csv::Error) -> CliError {
 /// refused unless `force`, so an export cannot be pointed at another file by a planted link.
 fn create_out(path: &std::path::Path, force: bool) -> Result<std::fs::File, CliError> {
     use std::os::unix::fs::OpenOptionsExt;
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_symlink() && !force {
-            return Err(CliError::Settings(format!(
-                "{} is a symbolic link: give another --out, or --force to write through it",
-                path.display()
-            )));
-        }
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_symlink()
+        && !force
+    {
+        return Err(CliError::Settings(format!(
+            "{} is a symbolic link: give another --out, or --force to write through it",
+            path.display()
+        )));
     }
     std::fs::OpenOptions::new()
         .write(true)
