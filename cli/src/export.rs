@@ -243,7 +243,7 @@ mod tests {
         let mut bytes = Vec::new();
         write_csv(&[row], &mut bytes).unwrap_or_else(|e| panic!("{e}"));
         let mut reader = csv::Reader::from_reader(bytes.as_slice());
-        let header = reader.headers().map(|h| h.clone()).unwrap_or_default();
+        let header = reader.headers().cloned().unwrap_or_default();
         let record = reader
             .records()
             .next()
