@@ -232,6 +232,8 @@ impl GraphClient {
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .user_agent(concat!("leadpipe/", env!("CARGO_PKG_VERSION")))
+            // A redirect would re-send the token and appsecret_proof to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|_| {
                 GraphError::local(
@@ -343,10 +345,24 @@ impl GraphClient {
         token: &SecretString,
         ids: &[String],
     ) -> Result<Vec<BatchItem>, GraphError> {
-        let operation = format!("POST / (batch of {})", ids.len());
-        for id in ids {
-            check_id(id, &operation)?;
+        // An id that is not a Graph id fails alone; the others are still read.
+        let (ids, malformed): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|id| check_id(id, "batch").is_ok());
+        let mut out: Vec<BatchItem> = malformed
+            .into_iter()
+            .map(|id| BatchItem {
+                lead_id: id.clone(),
+                result: Err(GraphError::local(
+                    format!("GET /{id} (in batch)"),
+                    ErrorClass::BadRequest,
+                    "the lead id is not a Graph id (letters, digits and _ only)",
+                )),
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(out);
         }
+        let operation = format!("POST / (batch of {})", ids.len());
         let requests: Vec<serde_json::Value> = ids
             .iter()
             .map(|id| serde_json::json!({"method": "GET", "relative_url": format!("{id}?fields={}", self.lead_fields)}))
@@ -378,38 +394,44 @@ impl GraphClient {
         let items: Vec<Option<Item>> = serde_json::from_str(&body)
             .map_err(|e| parse_failure(operation.clone(), ParseError::new("batch response", &e)))?;
         let secret = token.expose_secret();
-        Ok(ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| {
-                let item_op = format!("GET /{id} (in batch)");
-                let result = match items.get(i) {
-                    Some(Some(item)) if (200..300).contains(&item.code) => {
-                        Lead::from_json(item.body.as_deref().unwrap_or_default())
-                            .map_err(|e| parse_failure(item_op, e))
-                    }
-                    // Items carry no headers (include_headers=false): the batch
-                    // answer's usage headers are what says how long to wait.
-                    Some(Some(item)) => Err(GraphError::from_response(
-                        item_op,
-                        item.code,
-                        item.body.as_deref().unwrap_or_default(),
-                        usage.clone(),
-                        &[secret],
-                    )),
-                    // Meta answers null for a request it did not get to in time.
-                    _ => Err(GraphError::local(
-                        item_op,
-                        ErrorClass::Transient,
-                        "no answer for this item in the batch",
-                    )),
-                };
-                BatchItem {
-                    lead_id: id.clone(),
-                    result,
+        let proof = self.proof(secret);
+        let secrets: Vec<&str> = std::iter::once(secret).chain(proof.as_deref()).collect();
+        out.extend(ids.iter().enumerate().map(|(i, id)| {
+            let item_op = format!("GET /{id} (in batch)");
+            let result = match items.get(i) {
+                Some(Some(item)) if (200..300).contains(&item.code) => {
+                    Lead::from_json(item.body.as_deref().unwrap_or_default())
+                        .map_err(|e| parse_failure(item_op, e))
                 }
-            })
-            .collect())
+                // Items carry no headers (include_headers=false): the batch
+                // answer's usage headers are what says how long to wait.
+                Some(Some(item)) => Err(GraphError::from_response(
+                    item_op,
+                    item.code,
+                    item.body.as_deref().unwrap_or_default(),
+                    usage.clone(),
+                    &secrets,
+                )),
+                // Meta answers null for a request it did not get to in time.
+                _ => Err(GraphError::local(
+                    item_op,
+                    ErrorClass::Transient,
+                    "no answer for this item in the batch",
+                )),
+            };
+            BatchItem {
+                lead_id: (*id).clone(),
+                result,
+            }
+        }));
+        Ok(out)
+    }
+
+    /// `appsecret_proof` for `token`, when an app secret is configured.
+    fn proof(&self, token: &str) -> Option<String> {
+        self.app_secret
+            .as_ref()
+            .map(|app_secret| appsecret_proof(app_secret.expose_secret(), token))
     }
 
     /// `GET /{form-id}/leads`, page after page until `paging.next` is absent.
@@ -549,6 +571,7 @@ impl GraphClient {
         url: Url,
         parse: fn(&str) -> Result<T, ParseError>,
     ) -> Result<Page<T>, GraphError> {
+        let url_for_next = url.clone();
         let body = self
             .execute(
                 &operation,
@@ -593,7 +616,7 @@ impl GraphClient {
         }
         let paging = wire.paging;
         let next = match paging.as_ref().and_then(|p| p.next.as_deref()) {
-            Some(next) => Some(self.same_origin(next, &operation)?),
+            Some(next) => Some(next_page_url(next, &url_for_next, &operation)?),
             None => None,
         };
         Ok(Page {
@@ -847,27 +870,6 @@ impl GraphClient {
         Ok(url)
     }
 
-    /// A `paging.next` URL re-rooted on our base, without the token Meta echoes in it: the
-    /// token goes only where the client was configured to send it.
-    fn same_origin(&self, next: &str, operation: &str) -> Result<Url, GraphError> {
-        let parsed = Url::parse(next).map_err(|_| {
-            GraphError::local(
-                operation.to_owned(),
-                ErrorClass::BadRequest,
-                "paging.next is not a URL",
-            )
-        })?;
-        let mut url = self.base.clone();
-        url.set_path(parsed.path());
-        let kept: Vec<(String, String)> = parsed
-            .query_pairs()
-            .filter(|(k, _)| k != "access_token" && k != "appsecret_proof")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
-        url.set_query(None);
-        Ok(with_query(url, &kept))
-    }
-
     /// Sends a call under the retry policy: transient failures are retried after the
     /// larger of the backoff delay and what the usage headers ask, unless the usage headers
     /// ask for longer than the policy's longest delay (then the caller should reschedule).
@@ -939,12 +941,10 @@ impl GraphClient {
         other_secrets: &[&str],
     ) -> Result<(String, Usage), GraphError> {
         let secret = token.expose_secret();
+        let proof = self.proof(secret);
         let mut auth = vec![("access_token".to_owned(), secret.to_owned())];
-        if let Some(app_secret) = &self.app_secret {
-            auth.push((
-                "appsecret_proof".to_owned(),
-                appsecret_proof(app_secret.expose_secret(), secret),
-            ));
+        if let Some(proof) = &proof {
+            auth.push(("appsecret_proof".to_owned(), proof.clone()));
         }
         let request = match payload {
             Payload::Query(params) => self.http.request(method, url).query(params).query(&auth),
@@ -973,6 +973,7 @@ impl GraphClient {
             return Ok((body, usage));
         }
         let mut secrets = vec![secret];
+        secrets.extend(proof.as_deref());
         secrets.extend_from_slice(other_secrets);
         Err(GraphError::from_response(
             operation.to_owned(),
@@ -990,6 +991,51 @@ fn with_query(mut url: Url, params: &[(String, String)]) -> Url {
             .extend_pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     }
     url
+}
+
+/// The page after `current`, from Meta's `paging.next`: only the same edge of the same node
+/// (`[base path]/<version>/<id>/<edge>`) is followed, on our own base (its path prefix kept),
+/// with the cursors and filters Meta put in its query but without the token it echoes. Any
+/// other place is a Graph error: the token goes only where the client was configured to
+/// send it.
+fn next_page_url(next: &str, current: &Url, operation: &str) -> Result<Url, GraphError> {
+    let refuse = |why: &str| GraphError::local(operation.to_owned(), ErrorClass::BadRequest, why);
+    let parsed = Url::parse(next).map_err(|_| refuse("paging.next is not a URL"))?;
+    let segments = |url: &Url| -> Vec<String> {
+        url.path_segments()
+            .map(|s| s.filter(|p| !p.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let (want, got) = (segments(current), segments(&parsed));
+    let shape_ok = want.len() >= 3 && got.len() >= 3 && {
+        let (want_prefix, want_tail) = want.split_at(want.len() - 2);
+        let (got_head, got_tail) = got.split_at(got.len() - 2);
+        let (got_version, got_prefix) = got_head.split_last().unzip();
+        let base_prefix = &want_prefix[..want_prefix.len() - 1];
+        got_tail == want_tail
+            && got_version.is_some_and(|v| is_version(v))
+            && got_prefix.is_some_and(|p| p.is_empty() || p == base_prefix)
+    };
+    if !shape_ok {
+        return Err(refuse(
+            "paging.next points somewhere other than the next page of this edge",
+        ));
+    }
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "access_token" && k != "appsecret_proof")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut url = current.clone();
+    url.set_query(None);
+    Ok(with_query(url, &kept))
+}
+
+/// `v26.0`, `v9`: the version segment of a Graph path.
+fn is_version(segment: &str) -> bool {
+    segment.strip_prefix('v').is_some_and(|rest| {
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+    })
 }
 
 fn check_id(id: &str, operation: &str) -> Result<(), GraphError> {

@@ -486,3 +486,182 @@ fn query_value(request: &Request, key: &str) -> Option<String> {
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.into_owned())
 }
+
+/// A batch answer that echoes a lead per asked id.
+fn echo_batch(request: &Request) -> ResponseTemplate {
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&request.body)
+        .into_owned()
+        .collect();
+    let batch = &form.iter().find(|(k, _)| k == "batch").unwrap().1;
+    let requests: Vec<serde_json::Value> = serde_json::from_str(batch).unwrap();
+    let answers: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| {
+            let id = r["relative_url"].as_str().unwrap().split('?').next().unwrap();
+            serde_json::json!({"code": 200, "body": lead_json(id, "2026-11-29T04:00:00+0000").to_string()})
+        })
+        .collect();
+    ResponseTemplate::new(200).set_body_json(answers)
+}
+
+#[tokio::test]
+async fn one_malformed_id_fails_alone_and_the_batch_reads_the_others() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/v26.0/"))
+        .respond_with(echo_batch)
+        .expect(1)
+        .mount(&server)
+        .await;
+    let ids: Vec<String> = ["11", "../me", "13", ""]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let items = client(&server).leads(&token(), &ids).await.unwrap();
+    let by_id: std::collections::BTreeMap<&str, &leadpipe_graph::BatchItem> =
+        items.iter().map(|i| (i.lead_id.as_str(), i)).collect();
+    assert_eq!(by_id.len(), 4);
+    assert_eq!(by_id["11"].result.as_ref().unwrap().id, "11");
+    assert_eq!(by_id["13"].result.as_ref().unwrap().id, "13");
+    for bad in ["../me", ""] {
+        let err = by_id[bad].result.as_ref().unwrap_err();
+        assert_eq!(err.class(), ErrorClass::BadRequest, "{err}");
+    }
+    let request = &server.received_requests().await.unwrap()[0];
+    let body = String::from_utf8_lossy(&request.body);
+    assert!(
+        !body.contains("..%2Fme") && !body.contains("../me"),
+        "the bad id never left"
+    );
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_so_the_token_stays_home() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(lead_json("1001", "2026-11-29T04:00:00+0000")),
+        )
+        .mount(&elsewhere)
+        .await;
+    let server = MockServer::start().await;
+    for status in [301, 302, 307, 308] {
+        server.reset().await;
+        Mock::given(wiremock::matchers::any())
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .insert_header("location", format!("{}/v26.0/1001", elsewhere.uri())),
+            )
+            .mount(&server)
+            .await;
+        let err = client(&server).lead(&token(), "1001").await.unwrap_err();
+        assert_eq!(err.status, Some(status), "{err}");
+        let ids = vec!["1001".to_owned()];
+        assert!(client(&server).leads(&token(), &ids).await.is_err());
+    }
+    assert!(
+        elsewhere.received_requests().await.unwrap().is_empty(),
+        "nothing reached the redirect's target"
+    );
+}
+
+#[tokio::test]
+async fn paging_next_is_followed_only_to_the_same_edge_under_our_base() {
+    let server = MockServer::start().await;
+    let prefix = "/graph-proxy";
+    let base = format!("{}{prefix}", server.uri());
+    let page = |next: Option<String>| {
+        let mut body =
+            serde_json::json!({"data": [lead_json("1", "2026-11-29T04:00:00+0000")], "paging": {}});
+        if let Some(next) = next {
+            body["paging"]["next"] = serde_json::json!(next);
+        }
+        body
+    };
+    let client = GraphClient::new(GraphConfig {
+        base_url: base.clone(),
+        app_secret: Some(SecretString::from(APP_SECRET)),
+        ..GraphConfig::default()
+    })
+    .unwrap();
+    let token = token();
+    // Meta's own next (no prefix, its host): followed on our base, prefix kept.
+    Mock::given(method("GET"))
+        .and(path(format!("{prefix}/v26.0/555/leads")))
+        .and(query_param("after", "c1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(None)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("{prefix}/v26.0/555/leads")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(page(Some(
+            "https://graph.facebook.com/v26.0/555/leads?after=c1&access_token=ECHOED".into(),
+        ))))
+        .mount(&server)
+        .await;
+    let pages: Vec<_> = client
+        .form_leads(&token, "555", &LeadQuery::default())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(pages.len(), 2);
+
+    // Anything else is a Graph error, and nothing is sent there.
+    for hostile in [
+        "https://evil.example/v26.0/556/leads?after=x",
+        "https://graph.facebook.com/v26.0/me/accounts?after=x",
+        "https://graph.facebook.com/v26.0/555/leads/../../me?after=x",
+        "https://graph.facebook.com/other/v26.0/555/leads?after=x",
+        "https://graph.facebook.com/555/leads?after=x",
+        "not a url",
+    ] {
+        server.reset().await;
+        Mock::given(method("GET"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(page(Some(hostile.into()))))
+            .mount(&server)
+            .await;
+        let result: Result<Vec<_>, _> = client
+            .form_leads(&token, "555", &LeadQuery::default())
+            .try_collect()
+            .await;
+        let err = result.unwrap_err();
+        assert_eq!(err.class(), ErrorClass::BadRequest, "{hostile}: {err}");
+        assert_eq!(
+            server.received_requests().await.unwrap().len(),
+            1,
+            "{hostile} was not followed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn appsecret_proof_is_redacted_like_the_token() {
+    let server = MockServer::start().await;
+    let body = serde_json::json!({"error": {"message": format!("Invalid appsecret_proof {PROOF} for token {TOKEN}"), "type": "GraphMethodException", "code": 100}});
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(body.clone()))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!([{"code": 400, "body": body.to_string()}])),
+        )
+        .mount(&server)
+        .await;
+    let err = client(&server).lead(&token(), "1").await.unwrap_err();
+    let ids = vec!["2".to_owned()];
+    let items = client(&server).leads(&token(), &ids).await.unwrap();
+    let item_err = items[0].result.as_ref().unwrap_err();
+    for text in [
+        err.to_string(),
+        format!("{err:?}"),
+        item_err.to_string(),
+        format!("{item_err:?}"),
+    ] {
+        assert!(!text.contains(PROOF), "{text}");
+        assert!(!text.contains(TOKEN), "{text}");
+        assert!(text.contains("[REDACTED]"), "{text}");
+    }
+}
