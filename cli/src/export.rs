@@ -99,7 +99,7 @@ pub fn write_csv<W: Write>(rows: &[LeadRow], out: W) -> Result<(), CliError> {
             row.lead_id.clone(),
             row.created_time.clone(),
             row.page_id.clone(),
-            row.form_id.clone(),
+            row.form_id.clone().unwrap_or_default(),
             row.is_organic.to_string(),
         ];
         record.extend(
@@ -228,7 +228,7 @@ mod tests {
             lead_id: "1".into(),
             created_time: "2026-01-01T00:00:00Z".into(),
             page_id: "2".into(),
-            form_id: "3".into(),
+            form_id: Some("3".into()),
             optional: BTreeMap::from([("ad_name", "=cmd|' /C calc'!A0".to_owned())]),
             is_organic: false,
             fields: BTreeMap::from([

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use leadpipe_core::accept::{WebhookRequest, WebhookSecrets, handle_webhook_request};
 use leadpipe_core::backfill::{
-    BackfillPlan, BackfillSettings, BackfillSummary, InstantDeadline, run_backfill,
+    BackfillPlan, BackfillPorts, BackfillSettings, BackfillSummary, InstantDeadline, run_backfill,
 };
 use leadpipe_core::graph_source::{GraphBackfillSource, GraphLeadFetcher, graph_config};
 use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
@@ -166,10 +166,18 @@ impl Pipeline {
             at: Instant::now() + budget,
             margin: Duration::ZERO,
         };
+        let dead_letters = LocalQueueControl {
+            db: self.db.clone(),
+            max_delay: self.tuning.max_delay,
+        };
+        let ports = BackfillPorts {
+            source: &source,
+            store: &self.db,
+            checkpoints: &self.db,
+            dead_letters: &dead_letters,
+        };
         run_backfill(
-            &source,
-            &self.db,
-            &self.db,
+            &ports,
             &deadline,
             plan,
             &self.tuning.backfill,

@@ -11,7 +11,9 @@
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use leadpipe_core::backfill::{BackfillPlan, BackfillSettings, Deadline, run_backfill};
+use leadpipe_core::backfill::{
+    BackfillPlan, BackfillPorts, BackfillSettings, Deadline, run_backfill,
+};
 use leadpipe_core::graph_source::GraphBackfillSource;
 use leadpipe_core::ports::{
     CheckpointStore, LeadStore, PutOutcome, RunFacts, StoreError, StoredLead,
@@ -172,10 +174,15 @@ async fn main() {
     let plan = BackfillPlan::scheduled(&["7001".to_owned()]);
     let rss_before = peak_rss_mib();
     let started = Instant::now();
+    let dead_letters = leadpipe_core::memory::MemoryQueueControl::default();
+    let ports = BackfillPorts {
+        source: &source,
+        store: &store,
+        checkpoints: &checkpoints,
+        dead_letters: &dead_letters,
+    };
     let summary = run_backfill(
-        &source,
-        &store,
-        &checkpoints,
+        &ports,
         &Never,
         &plan,
         &settings,

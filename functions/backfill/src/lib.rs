@@ -2,13 +2,14 @@
 //! The rules live in [`leadpipe_core::backfill`].
 
 use lambda_runtime::LambdaEvent;
+use leadpipe_aws::sqs::SqsQueueControl;
 use leadpipe_aws::{DynamoCheckpointStore, DynamoLeadStore};
 use leadpipe_core::backfill::{
-    BackfillPlan, BackfillRequest, BackfillSettings, BackfillSummary, Deadline, InstantDeadline,
-    RequestError, run_backfill,
+    BackfillPlan, BackfillPorts, BackfillRequest, BackfillSettings, BackfillSummary, Deadline,
+    InstantDeadline, RequestError, run_backfill,
 };
 use leadpipe_core::graph_source::{GraphBackfillSource, graph_config};
-use leadpipe_core::ports::{BackfillSource, CheckpointStore, LeadStore};
+use leadpipe_core::ports::{BackfillSource, CheckpointStore, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
 use leadpipe_graph::{GraphClient, GraphError};
@@ -20,6 +21,8 @@ use time::OffsetDateTime;
 #[derive(Debug, Clone)]
 pub struct BackfillFunctionSettings {
     pub leads_table: String,
+    /// Where unreadable and too-large leads go, queue-shaped, for a redrive.
+    pub dead_letter_queue_url: String,
     pub state_table: String,
     pub secret_source: SecretSource,
     pub backfill: BackfillSettings,
@@ -60,6 +63,10 @@ impl BackfillFunctionSettings {
         };
         Ok(Self {
             leads_table: env.required("LEADS_TABLE", "the DynamoDB table leads are written to")?,
+            dead_letter_queue_url: env.required(
+                "DLQ_URL",
+                "the URL of the dead-letter queue unreadable and too-large leads go to",
+            )?,
             state_table: env.required(
                 "STATE_TABLE",
                 "the DynamoDB table backfill checkpoints live in",
@@ -118,16 +125,17 @@ pub fn plan_for(
 }
 
 /// Clients, secrets and settings, built once per container.
-pub struct BackfillApp<S, L, C> {
+pub struct BackfillApp<S, L, C, Q> {
     source: S,
     store: L,
     checkpoints: C,
+    dead_letters: Q,
     pages: Vec<String>,
     settings: BackfillSettings,
     deadline_margin: Duration,
 }
 
-impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore> {
+impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, SqsQueueControl> {
     /// Reads settings and secrets and builds every client.
     pub async fn from_env() -> Result<Self, StartError> {
         let env = Env::process();
@@ -143,6 +151,10 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore> {
             GraphBackfillSource::new(graph, secrets),
             DynamoLeadStore::new(&config, settings.leads_table),
             DynamoCheckpointStore::new(&config, settings.state_table),
+            SqsQueueControl::dead_letters_only(
+                aws_sdk_sqs::Client::new(&config),
+                settings.dead_letter_queue_url,
+            ),
             pages,
             settings.backfill,
             settings.deadline_margin,
@@ -150,11 +162,12 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore> {
     }
 }
 
-impl<S: BackfillSource, L: LeadStore, C: CheckpointStore> BackfillApp<S, L, C> {
+impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> BackfillApp<S, L, C, Q> {
     pub fn new(
         source: S,
         store: L,
         checkpoints: C,
+        dead_letters: Q,
         pages: Vec<String>,
         settings: BackfillSettings,
         deadline_margin: Duration,
@@ -163,6 +176,7 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore> BackfillApp<S, L, C> {
             source,
             store,
             checkpoints,
+            dead_letters,
             pages,
             settings,
             deadline_margin,
@@ -176,10 +190,14 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore> BackfillApp<S, L, C> {
         deadline: &D,
     ) -> Result<BackfillSummary, RequestError> {
         let plan = plan_for(payload, &self.pages)?;
+        let ports = BackfillPorts {
+            source: &self.source,
+            store: &self.store,
+            checkpoints: &self.checkpoints,
+            dead_letters: &self.dead_letters,
+        };
         Ok(run_backfill(
-            &self.source,
-            &self.store,
-            &self.checkpoints,
+            &ports,
             deadline,
             &plan,
             &self.settings,

@@ -4,9 +4,12 @@
 mod common;
 
 use common::*;
+use leadpipe_aws::sqs::SqsQueueControl;
 use leadpipe_aws::{DynamoCheckpointStore, DynamoLeadStore};
 use leadpipe_backfill::BackfillApp;
-use leadpipe_core::backfill::{BackfillPlan, BackfillSettings, Deadline, run_backfill};
+use leadpipe_core::backfill::{
+    BackfillPlan, BackfillPorts, BackfillSettings, Deadline, run_backfill,
+};
 use leadpipe_core::graph_source::GraphBackfillSource;
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_graph::{GraphClient, GraphConfig};
@@ -17,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 
-type App = BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore>;
+type App =
+    BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, SqsQueueControl>;
 
 struct Never;
 impl Deadline for Never {
@@ -73,6 +77,7 @@ fn app_with(moto: &Moto, graph: &wiremock::MockServer, settings: BackfillSetting
         source(graph),
         DynamoLeadStore::from_client(moto.ddb.clone(), &moto.leads_table),
         DynamoCheckpointStore::from_client(moto.ddb.clone(), &moto.state_table),
+        moto.dead_letters(),
         vec![PAGE_A.to_owned(), PAGE_B.to_owned()],
         settings,
         Duration::from_secs(1),
@@ -186,20 +191,18 @@ async fn a_lead_in_the_checkpoint_second_is_not_lost() {
     let source = source(&graph);
     let store = DynamoLeadStore::from_client(moto.ddb.clone(), &moto.leads_table);
     let checkpoints = DynamoCheckpointStore::from_client(moto.ddb.clone(), &moto.state_table);
+    let dead_letters = moto.dead_letters();
+    let ports = BackfillPorts {
+        source: &source,
+        store: &store,
+        checkpoints: &checkpoints,
+        dead_letters: &dead_letters,
+    };
     let plan = BackfillPlan::scheduled(&[PAGE_B.to_owned()]);
     let run_at = OffsetDateTime::from_unix_timestamp(now).unwrap();
 
     // No overlap at all: the boundary itself must hold.
-    let first = run_backfill(
-        &source,
-        &store,
-        &checkpoints,
-        &Never,
-        &plan,
-        &settings(0),
-        run_at,
-    )
-    .await;
+    let first = run_backfill(&ports, &Never, &plan, &settings(0), run_at).await;
     assert_eq!(first.new, 5);
     assert_eq!(moto.checkpoint("form#503").await, Some(now));
 
@@ -211,16 +214,7 @@ async fn a_lead_in_the_checkpoint_second_is_not_lost() {
         ad: None,
     });
     let later = OffsetDateTime::from_unix_timestamp(now + 120).unwrap();
-    let second = run_backfill(
-        &source,
-        &store,
-        &checkpoints,
-        &Never,
-        &plan,
-        &settings(0),
-        later,
-    )
-    .await;
+    let second = run_backfill(&ports, &Never, &plan, &settings(0), later).await;
     assert_eq!(second.new, 1);
     assert!(moto.items().await.contains_key("9503999"));
 }

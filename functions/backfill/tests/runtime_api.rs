@@ -40,6 +40,7 @@ async fn the_binary_runs_a_scheduled_backfill_through_the_runtime_api() {
         [
             ("LEADS_TABLE", moto.leads_table.clone()),
             ("STATE_TABLE", moto.state_table.clone()),
+            ("DLQ_URL", moto.dlq_url.clone()),
             ("SECRET_ARN", arn),
             ("GRAPH_API_BASE", graph.uri()),
             ("BACKFILL_PAGE_SIZE", "4".to_owned()),

@@ -34,11 +34,15 @@ impl DynamoLeadStore {
     }
 
     async fn put_one(&self, lead: &StoredLead) -> Result<PutOutcome, StoreError> {
+        let item = match fitting_item(lead) {
+            Ok(item) => item,
+            Err(bytes) => return Ok(PutOutcome::TooLarge { bytes }),
+        };
         let result = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(lead_item(lead)))
+            .set_item(Some(item))
             .condition_expression("attribute_not_exists(lead_id)")
             .send()
             .await;
@@ -99,7 +103,10 @@ pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
         s(contract_time(lead.created_time)),
     );
     item.insert("page_id".to_owned(), s(&stored.page_id));
-    item.insert("form_id".to_owned(), s(&stored.form_id));
+    // Left out when absent, never "": the by_form index refuses empty keys.
+    if let Some(form_id) = stored.form_id.as_deref().filter(|f| !f.is_empty()) {
+        item.insert("form_id".to_owned(), s(form_id));
+    }
     let optional = [
         ("ad_id", &lead.ad_id),
         ("ad_name", &lead.ad_name),
@@ -158,6 +165,53 @@ pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
         s(contract_time(stored.ingested_at)),
     );
     item
+}
+
+/// DynamoDB's largest item: 400 KB, names and values together.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
+/// The item for `stored` as it can be written: whole; or, when that would pass
+/// [`MAX_ITEM_BYTES`], without `raw` and with `raw_omitted: true` (every other attribute,
+/// the answers included, is still there). `Err` with the size without `raw` when even that
+/// does not fit: a permanent `too_large` failure of this lead alone.
+pub fn fitting_item(stored: &StoredLead) -> Result<HashMap<String, AttributeValue>, usize> {
+    let mut item = lead_item(stored);
+    if item_size(&item) <= MAX_ITEM_BYTES {
+        return Ok(item);
+    }
+    item.remove("raw");
+    item.insert("raw_omitted".to_owned(), AttributeValue::Bool(true));
+    match item_size(&item) {
+        size if size <= MAX_ITEM_BYTES => Ok(item),
+        size => Err(size),
+    }
+}
+
+/// An item's size as DynamoDB counts it (attribute names plus values; lists and maps add
+/// 3 bytes and 1 per element), erring high for numbers (21 bytes each, their most).
+pub fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
+    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
+}
+
+fn value_size(value: &AttributeValue) -> usize {
+    match value {
+        AttributeValue::S(s) => s.len(),
+        AttributeValue::N(_) => 21,
+        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
+        AttributeValue::B(b) => b.as_ref().len(),
+        AttributeValue::Ss(v) => v.iter().map(String::len).sum(),
+        AttributeValue::Ns(v) => 21 * v.len(),
+        AttributeValue::Bs(v) => v.iter().map(|b| b.as_ref().len()).sum(),
+        AttributeValue::L(v) => 3 + v.iter().map(|e| 1 + value_size(e)).sum::<usize>(),
+        AttributeValue::M(m) => {
+            3 + m
+                .iter()
+                .map(|(k, e)| k.len() + 1 + value_size(e))
+                .sum::<usize>()
+        }
+        // A kind this SDK version does not know: count it as the largest scalar.
+        _ => 21,
+    }
 }
 
 /// Creates a leads table with DESIGN.md's keys and `by_form` GSI (on-demand billing). For

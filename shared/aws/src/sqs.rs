@@ -166,6 +166,16 @@ impl SqsQueueControl {
             dead_letter_url: dead_letter_url.into(),
         }
     }
+
+    /// For a caller that only dead-letters (backfill): it never delays a message, so the
+    /// dead-letter queue stands in for the queue.
+    pub fn dead_letters_only(
+        client: aws_sdk_sqs::Client,
+        dead_letter_url: impl Into<String>,
+    ) -> Self {
+        let url = dead_letter_url.into();
+        Self::new(client, url.clone(), url)
+    }
 }
 
 fn string_attribute(value: &str) -> Result<aws_sdk_sqs::types::MessageAttributeValue, QueueError> {
@@ -191,7 +201,10 @@ impl leadpipe_core::ports::QueueControl for SqsQueueControl {
             .send_message()
             .queue_url(&self.dead_letter_url)
             .message_body(body)
-            .message_attributes(REASON_CLASS_ATTRIBUTE, string_attribute(&reason.class)?)
+            .message_attributes(
+                REASON_CLASS_ATTRIBUTE,
+                string_attribute(reason.class.as_str())?,
+            )
             .message_attributes(REASON_ATTRIBUTE, string_attribute(&detail)?)
             .send()
             .await

@@ -53,10 +53,10 @@ fn event(i: usize) -> LeadEvent {
     LeadEvent {
         leadgen_id: format!("{}", 9_000_000 + i),
         page_id: "111".into(),
-        form_id: "222".into(),
+        form_id: Some("222".into()),
         ad_id: i.is_multiple_of(2).then(|| "333".into()),
         adgroup_id: None,
-        created_time: 1_700_000_000 + i as i64,
+        created_time: Some(1_700_000_000 + i as i64),
         received_at: datetime!(2026-11-29 05:00:00 UTC),
     }
 }

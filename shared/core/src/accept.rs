@@ -8,7 +8,7 @@ use crate::event::LeadEvent;
 use crate::ports::{EventQueue, QueueError};
 use crate::secrets::{AppSecrets, SecretsError};
 use crate::signature::{SignatureError, verify_signature};
-use crate::webhook::{JsonError, parse_delivery};
+use crate::webhook::{InvalidChange, JsonError, parse_delivery};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -83,7 +83,8 @@ pub struct Accepted {
     pub entries: usize,
     pub changes: usize,
     pub skipped_changes: usize,
-    pub invalid_changes: usize,
+    /// `leadgen` changes with no readable leadgen id (names only, never values).
+    pub invalid: Vec<InvalidChange>,
     pub leadgen_ids: Vec<String>,
 }
 
@@ -145,7 +146,7 @@ pub async fn accept_delivery<Q: EventQueue>(
         entries: delivery.entries,
         changes: delivery.changes,
         skipped_changes: delivery.skipped_changes,
-        invalid_changes: delivery.invalid_changes,
+        invalid: delivery.invalid,
         leadgen_ids: delivery
             .events
             .into_iter()
@@ -212,6 +213,14 @@ pub async fn handle_webhook_request<Q: EventQueue>(
                 .await
             {
                 Ok(accepted) => {
+                    for change in &accepted.invalid {
+                        tracing::warn!(
+                            entry_id = change.entry_id.as_deref(),
+                            value_fields = %change.value_fields.join(","),
+                            missing = change.missing,
+                            "a leadgen change could not be queued: nothing to read it by"
+                        );
+                    }
                     tracing::info!(
                         outcome = if accepted.object == crate::webhook::PAGE_OBJECT { "queued" } else { "ignored" },
                         status = 200,
@@ -220,7 +229,7 @@ pub async fn handle_webhook_request<Q: EventQueue>(
                         entries = accepted.entries,
                         changes = accepted.changes,
                         skipped_changes = accepted.skipped_changes,
-                        invalid_changes = accepted.invalid_changes,
+                        invalid_changes = accepted.invalid.len(),
                         queued = accepted.leadgen_ids.len(),
                         leadgen_ids = %accepted.leadgen_ids.join(","),
                         "webhook delivery"

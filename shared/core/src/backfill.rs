@@ -8,8 +8,10 @@
 //! unread, and the next run starts at `checkpoint - overlap` with `>=`, so a lead created
 //! in the checkpoint's own second, or one Meta makes visible late, is still read.
 
+use crate::event::LeadEvent;
 use crate::ports::{
-    BackfillSource, CheckpointStore, LeadSourceKind, LeadStore, PutOutcome, RunFacts, StoredLead,
+    BackfillSource, CheckpointStore, DeadLetterClass, DeadLetterReason, LeadSourceKind, LeadStore,
+    PutOutcome, QueueControl, RunFacts, StoredLead,
 };
 use leadpipe_graph::{ErrorClass, GraphError, LeadQuery, LeadgenForm, TimeOperator};
 use serde::{Deserialize, Serialize};
@@ -197,15 +199,58 @@ impl BackfillPlan {
     }
 }
 
+/// What backfill reads a node's leads from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A lead form (`GET /{form-id}/leads`).
+    #[default]
+    Form,
+    /// An ad (`GET /{ad-id}/leads`).
+    Ad,
+}
+
+impl NodeKind {
+    /// `form` or `ad`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Ad => "ad",
+        }
+    }
+
+    /// The state table's key for this node's checkpoint: `form#<id>` or `ad#<id>`.
+    pub fn checkpoint_key(self, id: &str) -> String {
+        format!("{}#{id}", self.as_str())
+    }
+}
+
+/// A lead backfill read but could not store: recorded in the summary, logged at WARN and,
+/// when it has an id, dead-lettered with its class so `redrive` can replay it after a fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProblemLead {
+    /// The lead's id, when Graph's item had a readable one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_id: Option<String>,
+    pub class: DeadLetterClass,
+    /// What was wrong (a parse error's place, a size): never the lead's values.
+    pub detail: String,
+}
+
 /// One form's or ad's part of the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeSummary {
-    pub kind: &'static str,
+    pub kind: NodeKind,
     pub id: String,
     pub leads_read: u64,
     pub new: u64,
     pub already_present: u64,
     pub unreadable: u64,
+    /// Leads too large for the store even without `raw`.
+    pub too_large: u64,
+    /// Each unreadable or too-large lead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problem_leads: Vec<ProblemLead>,
     pub checkpoint_before: Option<i64>,
     pub checkpoint_after: Option<i64>,
     /// `done`, `stopped` (deadline), `skipped`, `failed`.
@@ -248,11 +293,22 @@ enum NodeEnd {
     NodeStop(&'static str, String),
 }
 
+/// The ports a backfill run uses.
+#[derive(Debug, Clone, Copy)]
+pub struct BackfillPorts<'a, S, L, C, Q> {
+    /// Graph, per page.
+    pub source: &'a S,
+    /// The leads table.
+    pub store: &'a L,
+    /// The state table.
+    pub checkpoints: &'a C,
+    /// Where unreadable and too-large leads go, queue-shaped, for a later redrive.
+    pub dead_letters: &'a Q,
+}
+
 /// Runs the plan. Never fails as a whole; what could not be done is in the summary.
-pub async fn run_backfill<S, L, C, D>(
-    source: &S,
-    store: &L,
-    checkpoints: &C,
+pub async fn run_backfill<S, L, C, Q, D>(
+    ports: &BackfillPorts<'_, S, L, C, Q>,
     deadline: &D,
     plan: &BackfillPlan,
     settings: &BackfillSettings,
@@ -262,8 +318,10 @@ where
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
+    Q: QueueControl,
     D: Deadline,
 {
+    let source = ports.source;
     let mut summary = BackfillSummary {
         dry_run: plan.dry_run,
         ..BackfillSummary::default()
@@ -313,7 +371,7 @@ where
                 continue;
             }
         }
-        let mut targets: Vec<(&'static str, String, Option<i64>)> = Vec::new();
+        let mut targets: Vec<(NodeKind, String, Option<i64>)> = Vec::new();
         if plan.pages.iter().any(|p| p == page_id) {
             match source.forms(page_id).await {
                 Ok(forms) => targets.extend(
@@ -321,7 +379,11 @@ where
                         .into_iter()
                         .filter(|f| plan.forms.as_ref().is_none_or(|only| only.contains(&f.id)))
                         .map(|f: LeadgenForm| {
-                            ("form", f.id, f.created_time.map(|t| t.unix_timestamp()))
+                            (
+                                NodeKind::Form,
+                                f.id,
+                                f.created_time.map(|t| t.unix_timestamp()),
+                            )
                         }),
                 ),
                 Err(err) => {
@@ -341,25 +403,25 @@ where
             plan.ads
                 .iter()
                 .filter(|(p, _)| p == page_id)
-                .map(|(_, ad)| ("ad", ad.clone(), None)),
+                .map(|(_, ad)| (NodeKind::Ad, ad.clone(), None)),
         );
         for (index, (kind, node_id, created)) in targets.iter().enumerate() {
             let mut node = NodeSummary {
-                kind,
+                kind: *kind,
                 id: node_id.clone(),
                 status: "done",
                 ..NodeSummary::default()
             };
             let end = read_node(
-                source,
-                store,
-                checkpoints,
+                ports,
                 deadline,
-                plan,
-                settings,
-                now,
-                page_id,
-                *created,
+                &NodeRun {
+                    plan,
+                    settings,
+                    now,
+                    page_id,
+                    created: *created,
+                },
                 &mut node,
             )
             .await;
@@ -383,7 +445,7 @@ where
                     summary.stopped_by_deadline = true;
                     for (kind, id, _) in &targets[index + 1..] {
                         page.nodes.push(NodeSummary {
-                            kind,
+                            kind: *kind,
                             id: id.clone(),
                             status: "stopped",
                             reason: Some("not reached before the deadline".into()),
@@ -443,26 +505,43 @@ fn page_error(err: &GraphError, doing: &str) -> (&'static str, String) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn read_node<S, L, C, D>(
-    source: &S,
-    store: &L,
-    checkpoints: &C,
-    deadline: &D,
-    plan: &BackfillPlan,
-    settings: &BackfillSettings,
+/// What one node's read needs besides the ports.
+struct NodeRun<'a> {
+    plan: &'a BackfillPlan,
+    settings: &'a BackfillSettings,
     now: OffsetDateTime,
-    page_id: &str,
+    page_id: &'a str,
+    /// The form's creation time, where the first run of a new form starts.
     created: Option<i64>,
+}
+
+async fn read_node<S, L, C, Q, D>(
+    ports: &BackfillPorts<'_, S, L, C, Q>,
+    deadline: &D,
+    run: &NodeRun<'_>,
     node: &mut NodeSummary,
 ) -> NodeEnd
 where
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
+    Q: QueueControl,
     D: Deadline,
 {
-    let key = format!("{}#{}", node.kind, node.id);
+    let BackfillPorts {
+        source,
+        store,
+        checkpoints,
+        ..
+    } = *ports;
+    let NodeRun {
+        plan,
+        settings,
+        now,
+        page_id,
+        created,
+    } = *run;
+    let key = node.kind.checkpoint_key(&node.id);
     let now_unix = now.unix_timestamp();
     let (start, end, moves_checkpoint) = match plan.window {
         Some((from, to)) => (from, to.unwrap_or(now_unix), false),
@@ -528,19 +607,28 @@ where
             node.unreadable += page.unreadable.len() as u64;
             node.leads_read += page.items.len() as u64;
             slice_facts.leads_read += page.items.len() as u64;
+            for err in &page.unreadable {
+                let problem = ProblemLead {
+                    lead_id: err.id.clone(),
+                    class: DeadLetterClass::Unreadable,
+                    detail: err.to_string(),
+                };
+                if let Err(stop) = record_problem(ports, run, node, problem).await {
+                    return stop;
+                }
+            }
             if !plan.dry_run && !page.items.is_empty() {
                 let ingested_at = OffsetDateTime::now_utc();
                 let leads: Vec<StoredLead> = page
                     .items
                     .iter()
                     .map(|lead| StoredLead {
-                        form_id: lead.form_id.clone().unwrap_or_else(|| {
-                            if node.kind == "form" {
-                                node.id.clone()
-                            } else {
-                                String::new()
-                            }
-                        }),
+                        // An ad lead with no form keeps no form_id (never ""): by_form
+                        // refuses empty keys.
+                        form_id: lead
+                            .form_id
+                            .clone()
+                            .or_else(|| (node.kind == NodeKind::Form).then(|| node.id.clone())),
                         lead: lead.clone(),
                         page_id: page_id.to_owned(),
                         source: LeadSourceKind::Backfill,
@@ -549,14 +637,31 @@ where
                     .collect();
                 match store.put_leads(&leads).await {
                     Ok(outcomes) => {
-                        let new = outcomes
-                            .iter()
-                            .filter(|o| **o == PutOutcome::Inserted)
-                            .count() as u64;
+                        let (mut new, mut present) = (0u64, 0u64);
+                        for (stored, outcome) in leads.iter().zip(&outcomes) {
+                            match outcome {
+                                PutOutcome::Inserted => new += 1,
+                                PutOutcome::AlreadyPresent => present += 1,
+                                PutOutcome::TooLarge { bytes } => {
+                                    let problem = ProblemLead {
+                                        lead_id: Some(stored.lead.id.clone()),
+                                        class: DeadLetterClass::TooLarge,
+                                        detail: format!(
+                                            "the lead needs {bytes} bytes as a DynamoDB item even without raw, over the 400 KB limit"
+                                        ),
+                                    };
+                                    if let Err(stop) =
+                                        record_problem(ports, run, node, problem).await
+                                    {
+                                        return stop;
+                                    }
+                                }
+                            }
+                        }
                         node.new += new;
-                        node.already_present += outcomes.len() as u64 - new;
+                        node.already_present += present;
                         slice_facts.new += new;
-                        slice_facts.already_present += outcomes.len() as u64 - new;
+                        slice_facts.already_present += present;
                         if new > 0 {
                             tracing::info!(node = %key, recovered = new, "backfill recovered leads");
                         }
@@ -581,4 +686,65 @@ where
         slice_start = slice_end;
     }
     NodeEnd::Done
+}
+
+/// Records a lead that could not be stored: in the node's summary, at WARN, and (unless a
+/// dry run, and when it has an id) as a queue-shaped dead letter with its class, so it is
+/// replayed by a redrive once fixed. If that send fails the node stops before its
+/// checkpoint moves, so the next run reads the lead again: nothing is skipped unrecorded.
+async fn record_problem<S, L, C, Q>(
+    ports: &BackfillPorts<'_, S, L, C, Q>,
+    run: &NodeRun<'_>,
+    node: &mut NodeSummary,
+    problem: ProblemLead,
+) -> Result<(), NodeEnd>
+where
+    Q: QueueControl,
+{
+    tracing::warn!(
+        node = %node.kind.checkpoint_key(&node.id),
+        lead_id = problem.lead_id.as_deref(),
+        class = %problem.class,
+        detail = %problem.detail,
+        "a lead could not be stored; recorded for a redrive"
+    );
+    if problem.class == DeadLetterClass::TooLarge {
+        node.too_large += 1;
+    }
+    if let (false, Some(lead_id)) = (run.plan.dry_run, &problem.lead_id) {
+        let event = LeadEvent {
+            leadgen_id: lead_id.clone(),
+            page_id: run.page_id.to_owned(),
+            form_id: (node.kind == NodeKind::Form).then(|| node.id.clone()),
+            ad_id: (node.kind == NodeKind::Ad).then(|| node.id.clone()),
+            adgroup_id: None,
+            created_time: None,
+            received_at: run.now,
+        };
+        let sent = match event.to_message_body() {
+            Ok(body) => ports
+                .dead_letters
+                .dead_letter(
+                    &body,
+                    &DeadLetterReason {
+                        class: problem.class,
+                        detail: problem.detail.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(err) = sent {
+            return Err(NodeEnd::NodeStop(
+                "failed",
+                format!(
+                    "a {} lead could not be dead-lettered ({err}); the next run reads it again",
+                    problem.class
+                ),
+            ));
+        }
+    }
+    node.problem_leads.push(problem);
+    Ok(())
 }

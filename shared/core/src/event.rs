@@ -5,19 +5,23 @@ use time::OffsetDateTime;
 
 /// One lead announced by a webhook, as it travels on the queue.
 ///
-/// Serialized field order and names are a contract (DESIGN.md, "Queue message body"):
-/// `leadgen_id, page_id, form_id, ad_id?, adgroup_id?, created_time, received_at`.
+/// Serialized field order and names are a contract (docs/architecture.md, "Queue message"):
+/// `leadgen_id, page_id, form_id?, ad_id?, adgroup_id?, created_time?, received_at`.
+/// `form_id` and `created_time` are absent when the webhook did not carry them; ingest
+/// takes both from Graph.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeadEvent {
     pub leadgen_id: String,
     pub page_id: String,
-    pub form_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ad_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adgroup_id: Option<String>,
     /// When Meta says the lead was created, in unix seconds.
-    pub created_time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_time: Option<i64>,
     /// When leadpipe accepted the webhook, RFC 3339 UTC.
     #[serde(with = "time::serde::rfc3339")]
     pub received_at: OffsetDateTime,
@@ -45,10 +49,10 @@ mod tests {
         let event = LeadEvent {
             leadgen_id: "4444".into(),
             page_id: "1111".into(),
-            form_id: "2222".into(),
+            form_id: Some("2222".into()),
             ad_id: Some("3333".into()),
             adgroup_id: Some("5555".into()),
-            created_time: 1_440_120_384,
+            created_time: Some(1_440_120_384),
             received_at: datetime!(2026-11-29 04:50:01.5 UTC),
         };
         assert_eq!(
@@ -62,16 +66,35 @@ mod tests {
         let event = LeadEvent {
             leadgen_id: "4444".into(),
             page_id: "1111".into(),
-            form_id: "2222".into(),
+            form_id: Some("2222".into()),
             ad_id: None,
             adgroup_id: None,
-            created_time: 1,
+            created_time: Some(1),
             received_at: datetime!(2026-11-29 04:50:01 UTC),
         };
         let body = event.to_message_body().unwrap();
         assert_eq!(
             body,
             r#"{"leadgen_id":"4444","page_id":"1111","form_id":"2222","created_time":1,"received_at":"2026-11-29T04:50:01Z"}"#
+        );
+        assert_eq!(LeadEvent::from_message_body(&body).unwrap(), event);
+    }
+
+    #[test]
+    fn a_lead_without_form_or_time_still_travels() {
+        let event = LeadEvent {
+            leadgen_id: "4444".into(),
+            page_id: "1111".into(),
+            form_id: None,
+            ad_id: None,
+            adgroup_id: None,
+            created_time: None,
+            received_at: datetime!(2026-11-29 04:50:01 UTC),
+        };
+        let body = event.to_message_body().unwrap();
+        assert_eq!(
+            body,
+            r#"{"leadgen_id":"4444","page_id":"1111","received_at":"2026-11-29T04:50:01Z"}"#
         );
         assert_eq!(LeadEvent::from_message_body(&body).unwrap(), event);
     }

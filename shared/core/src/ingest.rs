@@ -13,8 +13,10 @@
 //!   with its reason as attributes, then done; if that send fails it is reported failed.
 
 use crate::event::LeadEvent;
+use crate::ids::is_graph_id;
 use crate::ports::{
-    DeadLetterReason, LeadFetcher, LeadSourceKind, LeadStore, PutOutcome, QueueControl, StoredLead,
+    DeadLetterClass, DeadLetterReason, LeadFetcher, LeadSourceKind, LeadStore, PutOutcome,
+    QueueControl, StoredLead,
 };
 use leadpipe_graph::{ErrorClass, GraphError, Lead};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -32,20 +34,61 @@ pub struct QueuedMessage<'a> {
     pub body: &'a str,
 }
 
+/// Why a message is left on the queue to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryCause {
+    /// Graph failed transiently (5xx, time-out, codes 1 and 2).
+    Transient,
+    /// Graph rate-limited the page.
+    RateLimited,
+    /// The lead store could not be written.
+    StoreUnavailable,
+    /// The store answered for other leads than were written.
+    StoreAnswer,
+    /// Graph's batch answer had nothing for this lead.
+    NoAnswer,
+    /// A permanent failure could not be sent to the dead-letter queue.
+    DeadLetterUnavailable,
+}
+
+impl RetryCause {
+    /// A stable name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::RateLimited => "rate_limited",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::StoreAnswer => "store",
+            Self::NoAnswer => "no_answer",
+            Self::DeadLetterUnavailable => "dead_letter_unavailable",
+        }
+    }
+
+    /// The Graph error class behind it, when Graph was the cause.
+    fn graph_class(self) -> Option<ErrorClass> {
+        match self {
+            Self::Transient => Some(ErrorClass::Transient),
+            Self::RateLimited => Some(ErrorClass::RateLimited),
+            _ => None,
+        }
+    }
+}
+
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
-    /// The lead is in the store; `new` is false when an earlier delivery stored it.
+    /// The lead is in the store; `new` is true for exactly one message per lead this batch
+    /// inserted (a lead id repeated in the batch is a duplicate from its second message on).
     Stored { lead_id: String, new: bool },
     /// Sent to the dead-letter queue with this class.
     DeadLettered {
         lead_id: Option<String>,
-        class: String,
+        class: DeadLetterClass,
     },
     /// Left on the queue to come back; `delay` when its visibility was pushed out.
     Retry {
         lead_id: Option<String>,
-        class: String,
+        cause: RetryCause,
         delay: Option<Duration>,
     },
 }
@@ -70,10 +113,12 @@ impl IngestReport {
         self.outcomes.iter().filter(|(_, d)| pick(d)).count()
     }
 
+    /// Leads this batch inserted (each counted once).
     pub fn stored_new(&self) -> usize {
         self.count(|d| matches!(d, Disposition::Stored { new: true, .. }))
     }
 
+    /// Messages whose lead was stored already (earlier, or by an earlier message of this batch).
     pub fn duplicates(&self) -> usize {
         self.count(|d| matches!(d, Disposition::Stored { new: false, .. }))
     }
@@ -86,18 +131,32 @@ impl IngestReport {
         self.count(|d| matches!(d, Disposition::Retry { .. }))
     }
 
+    /// True when the batch had messages and none of them got anywhere: every one is left
+    /// for SQS to deliver again. A store or Graph outage looks like this; the invocation
+    /// itself succeeds (the failures are reported per item), so this is what an alarm watches
+    /// (`BatchesFullyFailed`).
+    pub fn fully_failed(&self) -> bool {
+        !self.outcomes.is_empty() && self.retried() == self.outcomes.len()
+    }
+
     /// Messages per Graph error class (transient, rate_limited, token, ...).
-    pub fn graph_errors(&self) -> BTreeMap<&str, u64> {
+    pub fn graph_errors(&self) -> BTreeMap<&'static str, u64> {
         let mut by_class = BTreeMap::new();
         for (_, disposition) in &self.outcomes {
             let class = match disposition {
-                Disposition::Retry { class, .. } | Disposition::DeadLettered { class, .. } => {
-                    class.as_str()
-                }
-                Disposition::Stored { .. } => continue,
+                Disposition::Retry { cause, .. } => cause.graph_class(),
+                Disposition::DeadLettered { class, .. } => match class {
+                    DeadLetterClass::Token => Some(ErrorClass::Token),
+                    DeadLetterClass::Permission => Some(ErrorClass::Permission),
+                    DeadLetterClass::NotFound => Some(ErrorClass::NotFound),
+                    DeadLetterClass::BadRequest => Some(ErrorClass::BadRequest),
+                    DeadLetterClass::Unreadable => Some(ErrorClass::Unreadable),
+                    DeadLetterClass::Malformed | DeadLetterClass::TooLarge => None,
+                },
+                Disposition::Stored { .. } => None,
             };
-            if GRAPH_CLASSES.contains(&class) {
-                *by_class.entry(class).or_insert(0) += 1;
+            if let Some(class) = class {
+                *by_class.entry(class.as_str()).or_insert(0) += 1;
             }
         }
         by_class
@@ -110,19 +169,11 @@ impl IngestReport {
             ("DuplicatesSkipped", self.duplicates() as u64),
             ("MessagesDeadLettered", self.dead_lettered() as u64),
             ("MessagesRetried", self.retried() as u64),
+            ("BatchesFullyFailed", u64::from(self.fully_failed())),
         ]);
         crate::metrics::emit_graph_errors(self.graph_errors());
     }
 }
-
-const GRAPH_CLASSES: [&str; 6] = [
-    "transient",
-    "rate_limited",
-    "token",
-    "permission",
-    "not_found",
-    "bad_request",
-];
 
 enum Judgement {
     Pending(LeadEvent),
@@ -137,22 +188,25 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
     messages: &[QueuedMessage<'_>],
     now: OffsetDateTime,
 ) -> IngestReport {
-    // 1. Parse each body on its own.
+    // 1. Parse each body on its own; ids that are not Graph ids fail their message alone.
     let mut judgements: Vec<Judgement> = Vec::with_capacity(messages.len());
     for message in messages {
-        match LeadEvent::from_message_body(message.body) {
-            Ok(event) => judgements.push(Judgement::Pending(event)),
-            Err(err) => {
-                tracing::warn!(message_id = message.message_id, error = %err, "malformed queue message");
-                let reason = DeadLetterReason {
-                    class: "malformed".into(),
-                    detail: format!("the message body is not a lead event: {err}"),
-                };
-                judgements.push(Judgement::Done(
-                    dead_letter(queue, message, None, reason).await,
-                ));
+        let malformed = match LeadEvent::from_message_body(message.body) {
+            Ok(event) if is_graph_id(&event.leadgen_id) && is_graph_id(&event.page_id) => {
+                judgements.push(Judgement::Pending(event));
+                continue;
             }
-        }
+            Ok(_) => "the message's leadgen_id or page_id is not a Graph id".to_owned(),
+            Err(err) => format!("the message body is not a lead event: {err}"),
+        };
+        tracing::warn!(message_id = message.message_id, reason = %malformed, "malformed queue message");
+        let reason = DeadLetterReason {
+            class: DeadLetterClass::Malformed,
+            detail: malformed,
+        };
+        judgements.push(Judgement::Done(
+            dead_letter(queue, message, None, reason).await,
+        ));
     }
 
     // 2. Fetch per page, each distinct lead once.
@@ -205,10 +259,7 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
             && seen.insert(lead.id.clone())
         {
             to_store.push(StoredLead {
-                form_id: lead
-                    .form_id
-                    .clone()
-                    .unwrap_or_else(|| event.form_id.clone()),
+                form_id: lead.form_id.clone().or_else(|| event.form_id.clone()),
                 lead: lead.clone(),
                 page_id: event.page_id.clone(),
                 source: LeadSourceKind::Webhook,
@@ -234,6 +285,7 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
 
     // 4. Judge each message.
     let mut report = IngestReport::default();
+    let mut counted_new: BTreeSet<String> = BTreeSet::new();
     for (message, judgement) in messages.iter().zip(judgements) {
         let disposition = match judgement {
             Judgement::Done(done) => done,
@@ -244,14 +296,29 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
                 match (results.get(&key), page_failures.get(&event.page_id)) {
                     (Some(Ok(_)), _) => match &stored {
                         Ok(outcomes) => match outcomes.get(&event.leadgen_id) {
-                            Some(outcome) => Disposition::Stored {
+                            Some(PutOutcome::Inserted) => Disposition::Stored {
                                 lead_id: event.leadgen_id.clone(),
-                                new: *outcome == PutOutcome::Inserted,
+                                // Count what the store did: one new lead, however many
+                                // messages of this batch carried it.
+                                new: counted_new.insert(event.leadgen_id.clone()),
                             },
+                            Some(PutOutcome::AlreadyPresent) => Disposition::Stored {
+                                lead_id: event.leadgen_id.clone(),
+                                new: false,
+                            },
+                            Some(PutOutcome::TooLarge { bytes }) => {
+                                let reason = DeadLetterReason {
+                                    class: DeadLetterClass::TooLarge,
+                                    detail: format!(
+                                        "the lead needs {bytes} bytes as a DynamoDB item even without raw, over the 400 KB limit"
+                                    ),
+                                };
+                                dead_letter(queue, message, Some(&event), reason).await
+                            }
                             // Graph answered for another id than asked; try again later.
-                            None => retry(Some(&event), "store", None),
+                            None => retry(Some(&event), RetryCause::StoreAnswer, None),
                         },
-                        Err(_) => retry(Some(&event), "store_unavailable", None),
+                        Err(_) => retry(Some(&event), RetryCause::StoreUnavailable, None),
                     },
                     (Some(Err(err)), _) | (None, Some(err)) => {
                         if err.class() == ErrorClass::Token
@@ -262,13 +329,19 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
                         }
                         judge_error(queue, message, &event, err).await
                     }
-                    (None, None) => retry(Some(&event), "no_answer", None),
+                    (None, None) => retry(Some(&event), RetryCause::NoAnswer, None),
                 }
             }
         };
         report
             .outcomes
             .push((message.message_id.to_owned(), disposition));
+    }
+    if report.fully_failed() {
+        tracing::error!(
+            messages = messages.len(),
+            "every message of the batch failed; SQS delivers them again (BatchesFullyFailed)"
+        );
     }
     tracing::info!(
         messages = messages.len(),
@@ -282,10 +355,10 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
     report
 }
 
-fn retry(event: Option<&LeadEvent>, class: &str, delay: Option<Duration>) -> Disposition {
+fn retry(event: Option<&LeadEvent>, cause: RetryCause, delay: Option<Duration>) -> Disposition {
     Disposition::Retry {
         lead_id: event.map(|e| e.leadgen_id.clone()),
-        class: class.to_owned(),
+        cause,
         delay,
     }
 }
@@ -297,40 +370,33 @@ async fn judge_error<C: QueueControl>(
     err: &GraphError,
 ) -> Disposition {
     let class = err.class();
-    match class {
-        ErrorClass::Transient => {
-            tracing::warn!(class = %class, error = %err, "transient Graph failure; the message will be redelivered");
-            retry(Some(event), class.as_str(), None)
-        }
-        ErrorClass::RateLimited => {
-            let wait = err
-                .retry_after()
-                .unwrap_or(Duration::from_secs(60))
-                .min(MAX_DELAY);
-            let delay = match message.receipt_handle {
-                Some(handle) => match queue.delay(handle, wait).await {
-                    Ok(()) => Some(wait),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not delay a rate-limited message; it comes back after the queue's visibility timeout");
-                        None
-                    }
-                },
-                None => None,
-            };
-            tracing::warn!(class = %class, code = ?err.code, delay_s = wait.as_secs(), "rate limited; the message is parked");
-            retry(Some(event), class.as_str(), delay)
-        }
-        ErrorClass::Token
-        | ErrorClass::Permission
-        | ErrorClass::NotFound
-        | ErrorClass::BadRequest => {
-            let reason = DeadLetterReason {
-                class: class.as_str().to_owned(),
-                detail: err.to_string(),
-            };
-            dead_letter(queue, message, Some(event), reason).await
-        }
+    if let Some(dead) = DeadLetterClass::of_graph(class) {
+        let reason = DeadLetterReason {
+            class: dead,
+            detail: err.to_string(),
+        };
+        return dead_letter(queue, message, Some(event), reason).await;
     }
+    if class != ErrorClass::RateLimited {
+        tracing::warn!(class = %class, error = %err, "transient Graph failure; the message will be redelivered");
+        return retry(Some(event), RetryCause::Transient, None);
+    }
+    let wait = err
+        .retry_after()
+        .unwrap_or(Duration::from_secs(60))
+        .min(MAX_DELAY);
+    let delay = match message.receipt_handle {
+        Some(handle) => match queue.delay(handle, wait).await {
+            Ok(()) => Some(wait),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delay a rate-limited message; it comes back after the queue's visibility timeout");
+                None
+            }
+        },
+        None => None,
+    };
+    tracing::warn!(class = %class, code = ?err.code, delay_s = wait.as_secs(), "rate limited; the message is parked");
+    retry(Some(event), RetryCause::RateLimited, delay)
 }
 
 async fn dead_letter<C: QueueControl>(
@@ -349,7 +415,7 @@ async fn dead_letter<C: QueueControl>(
         }
         Err(err) => {
             tracing::error!(message_id = message.message_id, error = %err, "could not dead-letter the message; it will be redelivered");
-            retry(event, "dead_letter_unavailable", None)
+            retry(event, RetryCause::DeadLetterUnavailable, None)
         }
     }
 }

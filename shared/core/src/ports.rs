@@ -46,8 +46,9 @@ impl LeadSourceKind {
 pub struct StoredLead {
     pub lead: leadpipe_graph::Lead,
     pub page_id: String,
-    /// The lead's form: Graph's `form_id`, or the webhook's when Graph left it out.
-    pub form_id: String,
+    /// The lead's form: Graph's `form_id`, or the webhook's when Graph left it out; `None`
+    /// for an ad lead with no form (stored without the attribute: `by_form` refuses `""`).
+    pub form_id: Option<String>,
     pub source: LeadSourceKind,
     pub ingested_at: time::OffsetDateTime,
 }
@@ -59,6 +60,12 @@ pub enum PutOutcome {
     Inserted,
     /// The lead was there already; its first ingest's item is kept as it was.
     AlreadyPresent,
+    /// The lead cannot be stored even without `raw` (DynamoDB's 400 KB item limit): a
+    /// permanent failure of this lead alone (class `too_large`).
+    TooLarge {
+        /// The item's size without `raw`.
+        bytes: usize,
+    },
 }
 
 /// Why the store could not write.
@@ -92,11 +99,80 @@ pub trait LeadFetcher: Send + Sync {
     ) -> impl Future<Output = Result<Vec<leadpipe_graph::BatchItem>, leadpipe_graph::GraphError>> + Send;
 }
 
+/// The `leadpipe_reason_class` of a dead letter (docs/architecture.md, "Dead letters").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterClass {
+    /// The message body is not a lead event, or its ids are not Graph ids.
+    Malformed,
+    /// The lead is gone or invisible to the token.
+    NotFound,
+    /// The token lacks a permission.
+    Permission,
+    /// The token is expired or revoked.
+    Token,
+    /// Meta refused the request for another reason.
+    BadRequest,
+    /// The lead does not fit in a DynamoDB item even without `raw`.
+    TooLarge,
+    /// Meta's answer for the lead has a shape the parser refuses.
+    Unreadable,
+}
+
+impl DeadLetterClass {
+    /// Every class, in the contract's order.
+    pub const ALL: [Self; 7] = [
+        Self::Malformed,
+        Self::NotFound,
+        Self::Permission,
+        Self::Token,
+        Self::BadRequest,
+        Self::TooLarge,
+        Self::Unreadable,
+    ];
+
+    /// The attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::NotFound => "not_found",
+            Self::Permission => "permission",
+            Self::Token => "token",
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::Unreadable => "unreadable",
+        }
+    }
+
+    /// The class named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The dead-letter class of a permanent Graph failure; `None` for the retryable ones.
+    pub fn of_graph(class: leadpipe_graph::ErrorClass) -> Option<Self> {
+        use leadpipe_graph::ErrorClass as G;
+        match class {
+            G::Transient | G::RateLimited => None,
+            G::Token => Some(Self::Token),
+            G::Permission => Some(Self::Permission),
+            G::NotFound => Some(Self::NotFound),
+            G::BadRequest => Some(Self::BadRequest),
+            G::Unreadable => Some(Self::Unreadable),
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a message leaves the queue for the dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterReason {
-    /// `malformed`, or a Graph error class (`not_found`, `permission`, `token`, ...).
-    pub class: String,
+    pub class: DeadLetterClass,
     /// One line for the operator: what failed and what to do. Never lead contents.
     pub detail: String,
 }

@@ -609,6 +609,7 @@ impl GraphClient {
             match parse(raw.get()) {
                 Ok(item) => items.push(item),
                 Err(err) => {
+                    let err = err.with_id_from(raw.get());
                     tracing::warn!(operation = %operation, error = %err, "skipping an unreadable item of a page");
                     unreadable.push(err);
                 }
@@ -1057,7 +1058,7 @@ fn parse_failure(operation: String, err: ParseError) -> GraphError {
     let class = if err.is_truncation() {
         ErrorClass::Transient
     } else {
-        ErrorClass::BadRequest
+        ErrorClass::Unreadable
     };
     GraphError::local(operation, class, err.to_string())
 }

@@ -22,6 +22,9 @@ pub enum ErrorClass {
     NotFound,
     /// Anything else Meta refused; sending it again will not help.
     BadRequest,
+    /// Meta answered, but the lead's JSON has a shape the parser refuses: reading it again
+    /// gives the same answer until leadpipe is fixed, so it is kept for a redrive.
+    Unreadable,
 }
 
 impl ErrorClass {
@@ -39,6 +42,7 @@ impl ErrorClass {
             Self::Permission => "permission",
             Self::NotFound => "not_found",
             Self::BadRequest => "bad_request",
+            Self::Unreadable => "unreadable",
         }
     }
 

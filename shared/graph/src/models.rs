@@ -10,8 +10,10 @@ use time::OffsetDateTime;
 
 /// Why a node could not be read. Names the place, never the content.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{node} is not readable: {category} JSON at line {line}, column {column}")]
+#[error("{node}{} is not readable: {category} JSON at line {line}, column {column}", id.as_ref().map(|i| format!(" {i}")).unwrap_or_default())]
 pub struct ParseError {
+    /// The item's id, when it had a readable one (ids are not secret; values are).
+    pub id: Option<String>,
     /// What was being read.
     pub node: &'static str,
     /// What kind of break: malformed, truncated, unexpected shape.
@@ -31,11 +33,30 @@ impl ParseError {
             serde_json::error::Category::Eof => "truncated",
         };
         Self {
+            id: None,
             node,
             category,
             line: err.line(),
             column: err.column(),
         }
+    }
+
+    /// The same error, naming the item's id as read from its raw JSON (when it has one).
+    pub fn with_id_from(mut self, raw_json: &str) -> Self {
+        #[derive(Deserialize)]
+        struct IdOnly {
+            #[serde(default)]
+            id: Option<IdRepr>,
+        }
+        self.id = serde_json::from_str::<IdOnly>(raw_json)
+            .ok()
+            .and_then(|w| w.id)
+            .map(|id| match id {
+                IdRepr::Text(t) => t,
+                IdRepr::Number(n) => n.to_string(),
+            })
+            .filter(|id| !id.is_empty());
+        self
     }
 
     /// Truncated JSON may be a glitch on the way; a wrong shape will not fix itself.

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS leads (
     lead_id TEXT PRIMARY KEY,
     created_time TEXT NOT NULL,
     page_id TEXT NOT NULL,
-    form_id TEXT NOT NULL,
+    form_id TEXT,
     ad_id TEXT, ad_name TEXT, adset_id TEXT, adset_name TEXT,
     campaign_id TEXT, campaign_name TEXT, platform TEXT, partner_name TEXT, retailer_item_id TEXT,
     is_organic INTEGER NOT NULL,
@@ -83,7 +83,8 @@ pub struct LeadRow {
     pub lead_id: String,
     pub created_time: String,
     pub page_id: String,
-    pub form_id: String,
+    /// Absent for an ad lead with no form.
+    pub form_id: Option<String>,
     pub optional: BTreeMap<&'static str, String>,
     pub is_organic: bool,
     pub fields: BTreeMap<String, Vec<String>>,
@@ -105,6 +106,39 @@ pub const OPTIONAL_COLUMNS: [&str; 9] = [
     "partner_name",
     "retailer_item_id",
 ];
+
+/// Files made before form_id became optional (ad leads with no form) have it NOT NULL;
+/// rebuild that one table in a transaction, keeping every row.
+fn migrate_form_id_nullable(conn: &Connection) -> rusqlite::Result<()> {
+    let not_null: bool = conn
+        .query_row(
+            "SELECT \"notnull\" FROM pragma_table_info('leads') WHERE name = 'form_id'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .is_some_and(|n| n != 0);
+    if !not_null {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE leads RENAME TO leads_before_optional_form;
+         DROP INDEX IF EXISTS by_form;
+         CREATE TABLE leads (
+            lead_id TEXT PRIMARY KEY, created_time TEXT NOT NULL, page_id TEXT NOT NULL, form_id TEXT,
+            ad_id TEXT, ad_name TEXT, adset_id TEXT, adset_name TEXT,
+            campaign_id TEXT, campaign_name TEXT, platform TEXT, partner_name TEXT, retailer_item_id TEXT,
+            is_organic INTEGER NOT NULL, fields TEXT NOT NULL, custom_disclaimer_responses TEXT NOT NULL,
+            raw TEXT NOT NULL, source TEXT NOT NULL, ingested_at TEXT NOT NULL);
+         INSERT INTO leads SELECT lead_id, created_time, page_id, NULLIF(form_id, ''), ad_id, ad_name, adset_id,
+            adset_name, campaign_id, campaign_name, platform, partner_name, retailer_item_id, is_organic, fields,
+            custom_disclaimer_responses, raw, source, ingested_at FROM leads_before_optional_form;
+         DROP TABLE leads_before_optional_form;
+         CREATE INDEX by_form ON leads (form_id, created_time);
+         COMMIT;",
+    )
+}
 
 /// Creates `path` with mode 0600 when it does not exist yet; an existing file is left as is.
 fn create_private(path: &Path) -> std::io::Result<()> {
@@ -140,6 +174,7 @@ impl LocalDb {
         let conn = Connection::open(path).map_err(|e| OpenError(e.to_string()))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| OpenError(e.to_string()))?;
+        migrate_form_id_nullable(&conn).map_err(|e| OpenError(e.to_string()))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -315,7 +350,7 @@ impl QueueControl for LocalQueueControl {
             .with(|conn| {
                 conn.execute(
                     "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![body, reason.class, reason.detail, rfc3339(OffsetDateTime::now_utc())],
+                    params![body, reason.class.as_str(), reason.detail, rfc3339(OffsetDateTime::now_utc())],
                 )
             })
             .map(|_| ())

@@ -167,8 +167,10 @@ pub fn three_forms(now: i64) -> Dataset {
 
 pub struct Moto {
     pub ddb: aws_sdk_dynamodb::Client,
+    pub sqs: aws_sdk_sqs::Client,
     pub leads_table: String,
     pub state_table: String,
+    pub dlq_url: String,
 }
 
 impl Moto {
@@ -176,6 +178,15 @@ impl Moto {
         moto_endpoint().expect("moto");
         let config = leadpipe_aws::sdk_config().await;
         let ddb = aws_sdk_dynamodb::Client::new(&config);
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let dlq_url = sqs
+            .create_queue()
+            .queue_name(unique_name("bf-dlq"))
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
         let leads_table = unique_name("bf-leads");
         let state_table = unique_name("bf-state");
         leadpipe_aws::dynamo::create_leads_table(&ddb, &leads_table)
@@ -186,8 +197,49 @@ impl Moto {
             .unwrap();
         Self {
             ddb,
+            sqs,
             leads_table,
             state_table,
+            dlq_url,
+        }
+    }
+
+    /// The backfill side's dead-letter queue on moto.
+    pub fn dead_letters(&self) -> leadpipe_aws::sqs::SqsQueueControl {
+        leadpipe_aws::sqs::SqsQueueControl::dead_letters_only(self.sqs.clone(), &self.dlq_url)
+    }
+
+    /// Every dead letter: (body, reason class, reason).
+    pub async fn dead_letters_received(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        loop {
+            let got = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.dlq_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .visibility_timeout(300)
+                .send()
+                .await
+                .unwrap();
+            if got.messages().is_empty() {
+                return out;
+            }
+            for m in got.messages() {
+                let attr = |k: &str| {
+                    m.message_attributes()
+                        .and_then(|a| a.get(k))
+                        .and_then(|v| v.string_value())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                out.push((
+                    m.body().unwrap_or_default().to_owned(),
+                    attr("leadpipe_reason_class"),
+                    attr("leadpipe_reason"),
+                ));
+            }
         }
     }
 
