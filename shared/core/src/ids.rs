@@ -44,6 +44,12 @@ pub fn lenient_unix_seconds(raw_json: &str) -> Option<i64> {
     (1..=MAX_UNIX_SECONDS).contains(&seconds).then_some(seconds)
 }
 
+/// Whether `id` can stand in a Graph path: letters, digits and `_`, 1 to 128 of them. A
+/// message whose ids are not is malformed on its own; it never reaches a Graph call.
+pub fn is_graph_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,10 +96,4 @@ mod tests {
             assert_eq!(lenient_unix_seconds(none), None, "{none}");
         }
     }
-}
-
-/// Whether `id` can stand in a Graph path: letters, digits and `_`, 1 to 128 of them. A
-/// message whose ids are not is malformed on its own; it never reaches a Graph call.
-pub fn is_graph_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }

@@ -419,3 +419,263 @@ async fn dead_letter<C: QueueControl>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every disposition against in-memory ports: no AWS, no HTTP, a few milliseconds.
+    use super::*;
+    use crate::memory::{MemoryFetcher, MemoryLeadStore, MemoryQueueControl};
+    use leadpipe_graph::GraphError;
+    use time::macros::datetime;
+
+    const NOW: OffsetDateTime = datetime!(2026-11-30 05:00:00 UTC);
+
+    fn lead(id: &str, form: Option<&str>) -> Lead {
+        let form = form
+            .map(|f| format!(r#","form_id":"{f}""#))
+            .unwrap_or_default();
+        Lead::from_json(&format!(
+            r#"{{"id":"{id}","created_time":"2026-11-30T04:00:00+0000"{form},"field_data":[{{"name":"email","values":["p{id}@example.org"]}}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn body(lead_id: &str) -> String {
+        format!(
+            r#"{{"leadgen_id":"{lead_id}","page_id":"77","form_id":"9","created_time":1,"received_at":"2026-11-30T04:59:00Z"}}"#
+        )
+    }
+
+    struct World {
+        fetcher: MemoryFetcher,
+        store: MemoryLeadStore,
+        queue: MemoryQueueControl,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                fetcher: MemoryFetcher::default(),
+                store: MemoryLeadStore::new(),
+                queue: MemoryQueueControl::default(),
+            }
+        }
+
+        async fn ingest(&self, bodies: &[String]) -> IngestReport {
+            let ids: Vec<String> = (0..bodies.len()).map(|i| format!("m{i}")).collect();
+            let messages: Vec<QueuedMessage<'_>> = bodies
+                .iter()
+                .zip(&ids)
+                .map(|(body, id)| QueuedMessage {
+                    message_id: id,
+                    receipt_handle: Some(id),
+                    body,
+                })
+                .collect();
+            ingest_batch(&self.fetcher, &self.store, &self.queue, &messages, NOW).await
+        }
+
+        fn dead_letter_classes(&self) -> Vec<DeadLetterClass> {
+            self.queue
+                .dead_letters
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, r)| r.class)
+                .collect()
+        }
+    }
+
+    fn graph_error(class: ErrorClass) -> GraphError {
+        GraphError::local("GET /x".into(), class, "as the table says")
+    }
+
+    #[tokio::test]
+    async fn every_graph_answer_has_its_disposition() {
+        let world = World::new();
+        world.fetcher.set("1", Ok(lead("1", Some("9"))));
+        world
+            .fetcher
+            .set("2", Err(graph_error(ErrorClass::Transient)));
+        world
+            .fetcher
+            .set("3", Err(graph_error(ErrorClass::RateLimited)));
+        world.fetcher.set("4", Err(graph_error(ErrorClass::Token)));
+        world
+            .fetcher
+            .set("5", Err(graph_error(ErrorClass::Permission)));
+        // 6 is unknown to the fetcher: not found.
+        world
+            .fetcher
+            .set("7", Err(graph_error(ErrorClass::BadRequest)));
+        world
+            .fetcher
+            .set("8", Err(graph_error(ErrorClass::Unreadable)));
+        let bodies: Vec<String> = (1..=8).map(|i| body(&i.to_string())).collect();
+        let report = world.ingest(&bodies).await;
+        let got: Vec<&Disposition> = report.outcomes.iter().map(|(_, d)| d).collect();
+        let retry = |cause, delay| Disposition::Retry {
+            lead_id: None,
+            cause,
+            delay,
+        };
+        let dead = |class| Disposition::DeadLettered {
+            lead_id: None,
+            class,
+        };
+        let strip = |d: &Disposition| match d.clone() {
+            Disposition::Retry { cause, delay, .. } => retry(cause, delay),
+            Disposition::DeadLettered { class, .. } => dead(class),
+            stored => stored,
+        };
+        let got: Vec<Disposition> = got.into_iter().map(strip).collect();
+        assert_eq!(
+            got,
+            [
+                Disposition::Stored {
+                    lead_id: "1".into(),
+                    new: true
+                },
+                retry(RetryCause::Transient, None),
+                retry(RetryCause::RateLimited, Some(Duration::from_secs(60))),
+                dead(DeadLetterClass::Token),
+                dead(DeadLetterClass::Permission),
+                dead(DeadLetterClass::NotFound),
+                dead(DeadLetterClass::BadRequest),
+                dead(DeadLetterClass::Unreadable),
+            ]
+        );
+        assert_eq!(report.failed_message_ids(), ["m1", "m2"]);
+        assert_eq!(
+            world.queue.delays.lock().unwrap().as_slice(),
+            [("m2".to_owned(), Duration::from_secs(60))]
+        );
+        assert_eq!(world.store.len(), 1);
+        assert!(!report.fully_failed());
+    }
+
+    #[tokio::test]
+    async fn one_bad_id_dead_letters_alone_and_never_reaches_graph() {
+        // Hardening item 2: one id Graph's client refused used to fail the whole page.
+        let world = World::new();
+        world.fetcher.set("10", Ok(lead("10", Some("9"))));
+        world.fetcher.set("11", Ok(lead("11", Some("9"))));
+        let report = world
+            .ingest(&[
+                body("10"),
+                body("../me"),
+                "not json".to_owned(),
+                body("11"),
+                r#"{"leadgen_id":"12","page_id":"7 7","received_at":"2026-11-30T04:59:00Z"}"#
+                    .to_owned(),
+            ])
+            .await;
+        assert_eq!(report.stored_new(), 2);
+        assert_eq!(report.dead_lettered(), 3);
+        assert_eq!(world.dead_letter_classes(), [DeadLetterClass::Malformed; 3]);
+        let asked: Vec<String> = world
+            .fetcher
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|(_, ids)| ids.clone())
+            .collect();
+        assert_eq!(asked, ["10", "11"]);
+    }
+
+    #[tokio::test]
+    async fn a_lead_repeated_in_one_batch_counts_as_stored_once() {
+        // Hardening item 5: LeadsStored said 7 for 5 new items.
+        let world = World::new();
+        for id in ["1", "2", "3"] {
+            world.fetcher.set(id, Ok(lead(id, Some("9"))));
+        }
+        world.ingest(&[body("3")]).await;
+        let report = world
+            .ingest(&[
+                body("1"),
+                body("1"),
+                body("2"),
+                body("1"),
+                body("2"),
+                body("3"),
+            ])
+            .await;
+        assert_eq!(report.stored_new(), 2, "{report:?}");
+        assert_eq!(report.duplicates(), 4);
+        assert_eq!(world.store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_batch_where_every_message_failed_says_so() {
+        // Hardening item 6: a store outage looked like a healthy invocation.
+        let world = World::new();
+        world.fetcher.set("1", Ok(lead("1", Some("9"))));
+        world.fetcher.set("2", Ok(lead("2", Some("9"))));
+        world.store.set_failing(true);
+        let report = world.ingest(&[body("1"), body("2")]).await;
+        assert!(report.fully_failed());
+        assert_eq!(report.failed_message_ids(), ["m0", "m1"]);
+        world.store.set_failing(false);
+        let report = world.ingest(&[body("1"), body("2")]).await;
+        assert!(!report.fully_failed());
+        assert!(
+            !IngestReport::default().fully_failed(),
+            "an empty batch is not a failure"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lead_too_large_for_the_store_is_dead_lettered_with_its_class() {
+        let world = World::new();
+        world.fetcher.set("1", Ok(lead("1", Some("9"))));
+        world.fetcher.set("2", Ok(lead("2", Some("9"))));
+        world.store.set_too_large(&["2"]);
+        let report = world.ingest(&[body("1"), body("2")]).await;
+        assert_eq!(report.stored_new(), 1);
+        assert!(
+            report.failed_message_ids().is_empty(),
+            "not retried forever"
+        );
+        assert_eq!(world.dead_letter_classes(), [DeadLetterClass::TooLarge]);
+        let detail = world.queue.dead_letters.lock().unwrap()[0].1.detail.clone();
+        assert!(detail.contains("400 KB"), "{detail}");
+    }
+
+    #[tokio::test]
+    async fn a_message_without_form_or_time_takes_them_from_graph() {
+        let world = World::new();
+        world.fetcher.set("1", Ok(lead("1", Some("9"))));
+        world.fetcher.set("2", Ok(lead("2", None)));
+        let bare = |id: &str| {
+            format!(
+                r#"{{"leadgen_id":"{id}","page_id":"77","received_at":"2026-11-30T04:59:00Z"}}"#
+            )
+        };
+        let report = world.ingest(&[bare("1"), bare("2")]).await;
+        assert_eq!(report.stored_new(), 2);
+        assert_eq!(world.store.get("1").unwrap().form_id.as_deref(), Some("9"));
+        assert_eq!(world.store.get("2").unwrap().form_id, None, "never \"\"");
+        assert_eq!(
+            world.store.get("1").unwrap().lead.created_time,
+            datetime!(2026-11-30 04:00:00 UTC)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_page_wide_failure_judges_each_message_by_its_class() {
+        let world = World::new();
+        world
+            .fetcher
+            .fail_every_call(Some(graph_error(ErrorClass::Token)));
+        let report = world.ingest(&[body("1"), body("2")]).await;
+        assert_eq!(report.dead_lettered(), 2);
+        assert_eq!(world.dead_letter_classes(), [DeadLetterClass::Token; 2]);
+        world
+            .fetcher
+            .fail_every_call(Some(graph_error(ErrorClass::Transient)));
+        let report = world.ingest(&[body("1")]).await;
+        assert!(report.fully_failed());
+    }
+}

@@ -160,6 +160,17 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
+    /// A last page (no next), e.g. from a stand-in of Graph in tests of the use cases.
+    pub fn last(items: Vec<T>, unreadable: Vec<ParseError>) -> Self {
+        Self {
+            items,
+            unreadable,
+            after: None,
+            has_next: false,
+            next: None,
+        }
+    }
+
     /// Where the next page is, when there is one; hold it to read on later in the same run.
     pub fn next_page(&self) -> Option<NextPage> {
         self.next.clone().map(NextPage)
