@@ -13,6 +13,9 @@ pub const SQS_BATCH_LIMIT: usize = 10;
 /// whole calls that fail in transit).
 const ENTRY_ATTEMPTS: u32 = 3;
 const ENTRY_RETRY_BASE: Duration = Duration::from_millis(50);
+/// SendMessageBatch calls in flight at once for one post: a 10,000-change post must not
+/// open a thousand connections at once (hardening item 16).
+pub const MAX_CONCURRENT_SENDS: usize = 8;
 
 /// Sends lead events to one SQS queue.
 #[derive(Debug, Clone)]
@@ -108,10 +111,18 @@ impl SqsEventQueue {
 
 impl EventQueue for SqsEventQueue {
     async fn enqueue(&self, events: &[LeadEvent]) -> Result<(), QueueError> {
-        // Chunks go out concurrently: a 100-change post costs one round trip, not ten.
-        let results =
-            futures::future::join_all(events.chunks(SQS_BATCH_LIMIT).map(|c| self.send_chunk(c)))
-                .await;
+        // Chunks go out concurrently, at most MAX_CONCURRENT_SENDS at a time: a 100-change
+        // post costs about two round trips, not ten, and a huge one stays bounded.
+        let permits = tokio::sync::Semaphore::new(MAX_CONCURRENT_SENDS);
+        let results = futures::future::join_all(events.chunks(SQS_BATCH_LIMIT).map(|chunk| {
+            let permits = &permits;
+            async move {
+                // The semaphore is never closed, so a permit always comes.
+                let _permit = permits.acquire().await.ok();
+                self.send_chunk(chunk).await
+            }
+        }))
+        .await;
         let mut failed = 0;
         let mut first_error = None;
         for (result, chunk) in results.into_iter().zip(events.chunks(SQS_BATCH_LIMIT)) {

@@ -108,3 +108,32 @@ async fn an_unreachable_endpoint_is_unavailable() {
     let err = queue.enqueue(&[event(1), event(2)]).await.unwrap_err();
     assert!(matches!(err, QueueError::Unavailable(_)), "{err:?}");
 }
+
+#[tokio::test]
+#[ignore = "needs moto: run scripts/test"]
+async fn a_large_post_keeps_at_most_eight_sends_in_flight() {
+    // Hardening item 16: a 10,000-change post opened ~1,000 SendMessageBatch calls at once.
+    let moto = moto_endpoint().expect("moto");
+    let proxy =
+        leadpipe_lambda_harness::TcpProxy::start(moto.trim_start_matches("http://").to_owned())
+            .await
+            .unwrap();
+    let config = leadpipe_aws::sdk_config().await;
+    let (client, url) = moto_queue().await;
+    let through_proxy = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&config)
+            .endpoint_url(&proxy.url)
+            .build(),
+    );
+    let queue = SqsEventQueue::from_client(through_proxy, &url);
+    let events: Vec<_> = (0..300).map(event).collect();
+    queue.enqueue(&events).await.expect("enqueue");
+    // Connections, not requests, are what the proxy sees: a connection the server is still
+    // closing counts a moment longer, so allow twice the bound. Unbounded, 30 calls go out
+    // together and open ~30.
+    let max = proxy.state.max_active();
+    assert_eq!(leadpipe_aws::sqs::MAX_CONCURRENT_SENDS, 8);
+    let bound = 16;
+    assert!((1..=bound).contains(&max), "{max} connections at once");
+    assert_eq!(drain(&client, &url).await.len(), 300, "every event sent");
+}

@@ -416,3 +416,64 @@ pub fn aws_env() -> Vec<(String, String)> {
     .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
     .collect()
 }
+
+/// What a [`TcpProxy`] saw, and its switch.
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    /// While true, new connections are accepted and dropped at once, as an unreachable
+    /// endpoint behaves.
+    pub down: std::sync::atomic::AtomicBool,
+    active: AtomicU64,
+    /// The most connections open at once so far.
+    pub max_active: AtomicU64,
+}
+
+impl ProxyState {
+    /// The most connections that were open at the same time.
+    pub fn max_active(&self) -> u64 {
+        self.max_active.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP proxy on loopback in front of `upstream` (`host:port`): for faults (an endpoint
+/// that goes away) and for counting how many connections a client opens at once.
+pub struct TcpProxy {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub state: Arc<ProxyState>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: String) -> Result<Self, HarnessError> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(HarnessError::Io)?;
+        let address = listener.local_addr().map_err(HarnessError::Io)?;
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if shared.down.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let now = shared.active.fetch_add(1, Ordering::SeqCst) + 1;
+                shared.max_active.fetch_max(now, Ordering::SeqCst);
+                let (upstream, shared) = (upstream.clone(), shared.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Ok(Self {
+            url: format!("http://{address}"),
+            state,
+        })
+    }
+}

@@ -45,31 +45,6 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A TCP proxy in front of moto for DynamoDB only; while `down`, connections are refused
-/// (accepted and dropped), as an unreachable endpoint behaves.
-async fn fault_proxy(upstream: String, down: Arc<AtomicBool>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut inbound, _)) = listener.accept().await else {
-                return;
-            };
-            if down.load(Ordering::SeqCst) {
-                drop(inbound);
-                continue;
-            }
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    });
-    format!("http://{address}")
-}
-
 struct Function {
     api: RuntimeApi,
     process: FunctionProcess,
@@ -207,9 +182,13 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         .unwrap()
         .arn
         .unwrap();
-    let dynamodb_down = Arc::new(AtomicBool::new(false));
-    let upstream = moto.trim_start_matches("http://").to_owned();
-    let dynamodb_proxy = fault_proxy(upstream, dynamodb_down.clone()).await;
+    // A TCP proxy in front of moto for DynamoDB only; while down, connections are refused.
+    let proxy =
+        leadpipe_lambda_harness::TcpProxy::start(moto.trim_start_matches("http://").to_owned())
+            .await
+            .unwrap();
+    let dynamodb_down = proxy.state.clone();
+    let dynamodb_proxy = proxy.url.clone();
 
     // ---- the three functions, as the template wires them -----------------------------------
     let mut env = leadpipe_lambda_harness::aws_env();
@@ -378,11 +357,11 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
                 regain_minutes: 0.05,
                 ..Faults::default()
             });
-            dynamodb_down.store(true, Ordering::SeqCst);
-            let down = dynamodb_down.clone();
+            dynamodb_down.down.store(true, Ordering::SeqCst);
+            let state = dynamodb_down.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                down.store(false, Ordering::SeqCst);
+                state.down.store(false, Ordering::SeqCst);
             });
         }
         let kept: Vec<&leadpipe_sandbox::SandboxLead> = chunk
@@ -416,7 +395,7 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
             assert_eq!(answer["statusCode"], 200, "{answer}");
         }
     }
-    dynamodb_down.store(false, Ordering::SeqCst);
+    dynamodb_down.down.store(false, Ordering::SeqCst);
 
     // ---- drain, then the schedule tick --------------------------------------------------------
     let mut last_progress = Instant::now();
