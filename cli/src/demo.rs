@@ -165,7 +165,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
             .local_addr()
             .map_err(|e| CliError::Failed(e.to_string()))?
     );
-    let server = pipeline.spawn_http(listener);
+    let server = pipeline.spawn_http(listener, crate::pipeline::ServerLimits::default());
     let stop = Arc::new(AtomicBool::new(false));
     let workers = pipeline.spawn_workers(4, stop.clone());
 

@@ -170,8 +170,12 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
         to: args.to.map(TimeArg::Text),
         dry_run: args.dry_run,
     };
-    let plan = BackfillPlan::from_request(request, &pipeline.configured_pages())
-        .map_err(|e| CliError::Settings(e.to_string()))?;
+    let plan = BackfillPlan::from_request(
+        request,
+        &pipeline.configured_pages(),
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| CliError::Settings(e.to_string()))?;
     let summary = pipeline.backfill(&plan).await;
     println!(
         "{}",

@@ -2,8 +2,7 @@
 //! backfill, all on one [`LocalDb`].
 
 use crate::CliError;
-use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::IntoResponse;
 use leadpipe_core::accept::{WebhookRequest, WebhookSecrets, handle_webhook_request};
@@ -16,7 +15,6 @@ use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::settings::Env;
 use leadpipe_graph::{GraphClient, GraphConfig};
 use leadpipe_local::{LocalDb, LocalQueueControl};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,9 +55,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens the SQLite file and builds the Graph client from the environment's
     /// `GRAPH_API_BASE` / `GRAPH_API_VERSION`.
-    pub fn open(db: &Path, secrets: AppSecrets, tuning: Tuning) -> Result<Self, CliError> {
-        let config = graph_config(&Env::process(), &secrets)
-            .map_err(|e| CliError::Settings(e.to_string()))?;
+    /// The `BACKFILL_*` settings of the environment replace `tuning.backfill`, as on Lambda.
+    pub fn open(db: &Path, secrets: AppSecrets, mut tuning: Tuning) -> Result<Self, CliError> {
+        let env = Env::process();
+        let config = graph_config(&env, &secrets).map_err(|e| CliError::Settings(e.to_string()))?;
+        tuning.backfill =
+            BackfillSettings::from_env(&env).map_err(|e| CliError::Settings(e.to_string()))?;
         Self::with_graph(db, secrets, config, tuning)
     }
 
@@ -191,35 +192,125 @@ impl Pipeline {
         self.backfill_within(plan, Duration::from_secs(3600)).await
     }
 
-    /// Serves the webhook at `/webhook` (and `/`) on `listener` until the task is dropped.
+    /// Serves the webhook at `/webhook` (and `/`) and `/health` on `listener` until the task
+    /// is dropped, within `limits`: at most `max_connections` open at once (the rest wait in
+    /// the listen backlog), request headers within `header_timeout` (idle keep-alive
+    /// connections included), the body within `body_timeout`. So slow or idle clients cannot
+    /// hold the sockets Meta's posts need (hardening item 11).
     pub fn spawn_http(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
+        limits: ServerLimits,
     ) -> tokio::task::JoinHandle<()> {
+        let state = Http {
+            pipeline: self.clone(),
+            body_timeout: limits.body_timeout,
+        };
         let app = axum::Router::new()
             .route("/webhook", axum::routing::any(webhook))
             .route("/", axum::routing::any(webhook))
-            .route("/health", axum::routing::get(|| async { "ok" }))
-            // The use case answers 413 itself; let a little more than its limit reach it.
-            .layer(axum::extract::DefaultBodyLimit::max(
-                leadpipe_core::accept::MAX_BODY_BYTES + 1,
-            ))
-            .with_state(self.clone());
+            .route("/health", axum::routing::get(health))
+            .with_state(state);
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
         tokio::spawn(async move {
-            if let Err(err) = axum::serve(listener, app).await {
-                tracing::error!(error = %err, "webhook server stopped");
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(err) => {
+                        // Out of file descriptors and the like: wait a moment, go on.
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    if let Err(err) = connection.await {
+                        tracing::debug!(error = %err, "connection ended");
+                    }
+                    drop(slot);
+                });
             }
         })
     }
 }
 
+/// The local webhook server's limits (hardening item 11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Time for a request's headers to arrive (and for an idle keep-alive connection).
+    pub header_timeout: Duration,
+    /// Time for a request's body to arrive.
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Http {
+    pipeline: Arc<Pipeline>,
+    body_timeout: Duration,
+}
+
+/// The first value of `name` in a query string, as the Lambda reads it
+/// (`query_string_parameters().first`), so both answer a repeated parameter alike.
+fn first_query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn health(State(http): State<Http>) -> axum::response::Response {
+    // The store's real state: a write lock taken and given back, and the queue's depth.
+    let db = http.pipeline.db.clone();
+    let probe = tokio::task::spawn_blocking(move || {
+        db.check_writable()?;
+        db.queue_len()
+    });
+    let unavailable = |why: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "unavailable", "store": why})),
+        )
+            .into_response()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(Ok(queued))) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ok", "store": "writable", "queued": queued})),
+        )
+            .into_response(),
+        Ok(Ok(Err(reason))) => unavailable(reason),
+        Ok(Err(_)) | Err(_) => unavailable("no answer within 5 s".into()),
+    }
+}
+
 async fn webhook(
-    State(pipeline): State<Arc<Pipeline>>,
+    State(http): State<Http>,
     method: Method,
-    Query(query): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> axum::response::Response {
+    let pipeline = &http.pipeline;
     let Some(secrets) = &pipeline.webhook else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -227,17 +318,32 @@ async fn webhook(
         )
             .into_response();
     };
+    // The use case answers 413 itself; let a little more than its limit reach it.
+    let limit = leadpipe_core::accept::MAX_BODY_BYTES + 1;
+    let body = match tokio::time::timeout(http.body_timeout, axum::body::to_bytes(body, limit))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response(),
+        Err(_) => return (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response(),
+    };
     let signature = headers
         .get(leadpipe_core::signature::SIGNATURE_HEADER)
         .map(|v| v.to_str().unwrap_or("non-ascii"));
+    let query = query.as_deref();
+    let (mode, token, challenge) = (
+        first_query_value(query, "hub.mode"),
+        first_query_value(query, "hub.verify_token"),
+        first_query_value(query, "hub.challenge"),
+    );
     let answer = handle_webhook_request(
         secrets,
         &pipeline.db,
         WebhookRequest {
             method: method.as_str(),
-            hub_mode: query.get("hub.mode").map(String::as_str),
-            hub_verify_token: query.get("hub.verify_token").map(String::as_str),
-            hub_challenge: query.get("hub.challenge").map(String::as_str),
+            hub_mode: mode.as_deref(),
+            hub_verify_token: token.as_deref(),
+            hub_challenge: challenge.as_deref(),
             signature,
             body: &body,
         },
@@ -274,6 +380,15 @@ pub struct ServeArgs {
     /// Seconds a leased message stays invisible.
     #[arg(long, env = "LEADPIPE_VISIBILITY_SECONDS", default_value_t = 30)]
     pub visibility_seconds: u64,
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, env = "LEADPIPE_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (idle keep-alive connections too).
+    #[arg(long, env = "LEADPIPE_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub header_timeout_seconds: u64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, env = "LEADPIPE_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub body_timeout_seconds: u64,
 }
 
 /// `leadpipe serve`: runs until interrupted.
@@ -284,6 +399,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         ..Tuning::default()
     };
     let pipeline = Arc::new(Pipeline::open(&args.db, secrets, tuning)?);
+    // A file that cannot be written would answer every post 503: refuse to start instead.
+    pipeline.db.check_writable().map_err(|reason| {
+        CliError::Settings(format!(
+            "the database {} is not writable ({reason}): serve needs to write every post it answers",
+            args.db.display()
+        ))
+    })?;
     if pipeline.webhook.is_none() {
         return Err(CliError::Settings(
             "the secret has no verify_token (VERIFY_TOKEN): the webhook cannot answer Meta".into(),
@@ -296,7 +418,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         .local_addr()
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
-    let server = pipeline.spawn_http(listener);
+    let limits = ServerLimits {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
+        body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
+    };
+    let server = pipeline.spawn_http(listener, limits);
     let workers = pipeline.spawn_workers(args.workers, stop.clone());
     tracing::info!(address = %address, db = %args.db.display(), workers = args.workers, "leadpipe serving; webhook at /webhook");
     println!(

@@ -236,3 +236,43 @@ fn the_demo_cleans_up_after_itself_unless_kept_and_its_hint_runs() {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
 }
+
+#[test]
+fn backfill_reads_the_backfill_settings_as_the_lambda_does() {
+    let dir = temp_dir("settings");
+    let db = dir.join("x.db");
+    let out = leadpipe(
+        &["backfill", "--db", db.to_str().unwrap(), "--dry-run"],
+        &[
+            ("APP_SECRET", "s"),
+            ("ACCESS_TOKEN", "t"),
+            ("BACKFILL_PAGE_SIZE", "5000"),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("BACKFILL_PAGE_SIZE"), "{stderr}");
+    assert!(stderr.contains("1 to 1000"), "{stderr}");
+}
+
+#[test]
+fn a_backfill_window_out_of_range_is_refused_clearly() {
+    let dir = temp_dir("window");
+    let db = dir.join("x.db");
+    let out = leadpipe(
+        &[
+            "backfill",
+            "--db",
+            db.to_str().unwrap(),
+            "--from",
+            "9223372036854775000",
+        ],
+        &[("APP_SECRET", "s"), ("ACCESS_TOKEN", "t")],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("from must be between 2015-01-01"),
+        "{stderr}"
+    );
+}

@@ -49,18 +49,6 @@ fn seconds<F: Fn(&str) -> Option<String>>(
 
 impl BackfillFunctionSettings {
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
-        let defaults = BackfillSettings::default();
-        let page_size = match env.optional("BACKFILL_PAGE_SIZE") {
-            None => defaults.page_size,
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or(SettingsError::Invalid {
-                    name: "BACKFILL_PAGE_SIZE",
-                    why: "it must be a number from 1 to 1000".into(),
-                })?,
-        };
         Ok(Self {
             leads_table: env.required("LEADS_TABLE", "the DynamoDB table leads are written to")?,
             dead_letter_queue_url: env.required(
@@ -72,12 +60,7 @@ impl BackfillFunctionSettings {
                 "the DynamoDB table backfill checkpoints live in",
             )?,
             secret_source: env.secret_source()?,
-            backfill: BackfillSettings {
-                overlap: seconds(env, "BACKFILL_OVERLAP_SECONDS", defaults.overlap)?,
-                slice: seconds(env, "BACKFILL_SLICE_SECONDS", defaults.slice)?,
-                page_size,
-                lookback: seconds(env, "BACKFILL_LOOKBACK_SECONDS", defaults.lookback)?,
-            },
+            backfill: BackfillSettings::from_env(env)?,
             deadline_margin: seconds(
                 env,
                 "BACKFILL_DEADLINE_MARGIN_SECONDS",
@@ -121,7 +104,7 @@ pub fn plan_for(
     }
     let request: BackfillRequest = serde_json::from_value(payload.clone())
         .map_err(|e| RequestError(format!("the payload is not a backfill request ({e}); expected {{\"pages\",\"forms\",\"ads\",\"from\",\"to\",\"dry_run\"}}")))?;
-    BackfillPlan::from_request(request, configured_pages)
+    BackfillPlan::from_request(request, configured_pages, OffsetDateTime::now_utc())
 }
 
 /// Clients, secrets and settings, built once per container.

@@ -63,6 +63,49 @@ impl Default for BackfillSettings {
     }
 }
 
+impl BackfillSettings {
+    /// The `BACKFILL_*` settings (README, "Settings"), each defaulting as [`Default`] says:
+    /// `BACKFILL_OVERLAP_SECONDS`, `BACKFILL_SLICE_SECONDS`, `BACKFILL_PAGE_SIZE` (1 to
+    /// 1000), `BACKFILL_LOOKBACK_SECONDS`. Read by the Lambda and by the local binary alike.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &crate::settings::Env<F>,
+    ) -> Result<Self, crate::settings::SettingsError> {
+        use crate::settings::SettingsError;
+        let defaults = Self::default();
+        let seconds = |name: &'static str, default: Duration| match env.optional(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0 || name == "BACKFILL_OVERLAP_SECONDS")
+                .map(Duration::from_secs)
+                .ok_or(SettingsError::Invalid {
+                    name,
+                    why: "it must be a whole number of seconds".into(),
+                }),
+        };
+        let page_size = match env.optional("BACKFILL_PAGE_SIZE") {
+            None => defaults.page_size,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or(SettingsError::Invalid {
+                    name: "BACKFILL_PAGE_SIZE",
+                    why: "it must be a number from 1 to 1000".into(),
+                })?,
+        };
+        Ok(Self {
+            overlap: seconds("BACKFILL_OVERLAP_SECONDS", defaults.overlap)?,
+            slice: seconds("BACKFILL_SLICE_SECONDS", defaults.slice)?,
+            page_size,
+            lookback: seconds("BACKFILL_LOOKBACK_SECONDS", defaults.lookback)?,
+        })
+    }
+}
+
 /// A time given as unix seconds or RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
@@ -71,7 +114,24 @@ pub enum TimeArg {
     Text(String),
 }
 
+/// Lead Ads began in 2015: no lead is older than this (2015-01-01T00:00:00Z).
+pub const EARLIEST_LEAD: i64 = 1_420_070_400;
+
 impl TimeArg {
+    /// The time as unix seconds, between [`EARLIEST_LEAD`] and a day after `now`: a time
+    /// outside that is a mistake, and far outside it would overflow the slice arithmetic.
+    fn unix_within(&self, name: &'static str, now: i64) -> Result<i64, RequestError> {
+        let at = self.unix(name)?;
+        let latest = now.saturating_add(86_400);
+        if (EARLIEST_LEAD..=latest).contains(&at) {
+            Ok(at)
+        } else {
+            Err(RequestError(format!(
+                "{name} must be between 2015-01-01T00:00:00Z ({EARLIEST_LEAD}) and a day from now ({latest}), as unix seconds or RFC 3339"
+            )))
+        }
+    }
+
     fn unix(&self, name: &'static str) -> Result<i64, RequestError> {
         match self {
             TimeArg::Unix(s) => Ok(*s),
@@ -151,7 +211,9 @@ impl BackfillPlan {
     pub fn from_request(
         request: BackfillRequest,
         configured_pages: &[String],
+        now: OffsetDateTime,
     ) -> Result<Self, RequestError> {
+        let now = now.unix_timestamp();
         let pages = if request.pages.is_empty() {
             configured_pages.to_vec()
         } else {
@@ -171,8 +233,16 @@ impl BackfillPlan {
                 },
             }
         }
-        let from = request.from.as_ref().map(|f| f.unix("from")).transpose()?;
-        let to = request.to.as_ref().map(|t| t.unix("to")).transpose()?;
+        let from = request
+            .from
+            .as_ref()
+            .map(|f| f.unix_within("from", now))
+            .transpose()?;
+        let to = request
+            .to
+            .as_ref()
+            .map(|t| t.unix_within("to", now))
+            .transpose()?;
         let window = match (from, to) {
             (Some(from), to) => Some((from, to)),
             (None, Some(_)) => return Err(RequestError("\"to\" needs a \"from\"".into())),
@@ -975,6 +1045,7 @@ mod tests {
                 ..BackfillRequest::default()
             },
             &["1".to_owned()],
+            NOW,
         )
         .unwrap();
         let summary = world.run(&plan, &Never).await;
@@ -1065,6 +1136,7 @@ mod tests {
                 ..BackfillRequest::default()
             },
             &["1".to_owned()],
+            NOW,
         )
         .unwrap();
         let summary = world.run(&plan, &Never).await;
@@ -1089,9 +1161,53 @@ mod tests {
                 ..BackfillRequest::default()
             },
             &["1".to_owned()],
+            NOW,
         )
         .unwrap();
         let summary = world.run(&plan, &Never).await;
         assert_eq!(summary.leads_read, 1, "{summary:?}");
+    }
+
+    #[test]
+    fn a_window_outside_2015_to_tomorrow_is_refused_clearly() {
+        // Hardening item 15: --from 9223372036854775000 wrapped in release builds.
+        let plan = |from: TimeArg, to: Option<TimeArg>| {
+            BackfillPlan::from_request(
+                BackfillRequest {
+                    from: Some(from),
+                    to,
+                    ..BackfillRequest::default()
+                },
+                &["1".to_owned()],
+                NOW,
+            )
+        };
+        for from in [
+            TimeArg::Unix(9_223_372_036_854_775_000),
+            TimeArg::Unix(i64::MIN),
+            TimeArg::Unix(-1),
+            TimeArg::Unix(1_000_000_000),
+            TimeArg::Text("9223372036854775000".into()),
+            TimeArg::Text("2014-12-31T23:59:59Z".into()),
+            TimeArg::Unix(NOW.unix_timestamp() + 2 * DAY),
+        ] {
+            let err = plan(from.clone(), None).unwrap_err().to_string();
+            assert!(
+                err.contains("from must be between 2015-01-01"),
+                "{from:?}: {err}"
+            );
+        }
+        let err = plan(TimeArg::Unix(EARLIEST_LEAD), Some(TimeArg::Unix(i64::MAX)))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("to must be between"), "{err}");
+        assert!(plan(TimeArg::Unix(EARLIEST_LEAD), None).is_ok());
+        assert!(
+            plan(
+                TimeArg::Text("2026-11-01T00:00:00Z".into()),
+                Some(TimeArg::Unix(NOW.unix_timestamp() + DAY))
+            )
+            .is_ok()
+        );
     }
 }

@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS leads (
     ingested_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS by_form ON leads (form_id, created_time);
+CREATE TABLE IF NOT EXISTS write_probe (at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (
     pk TEXT PRIMARY KEY,
     checkpoint INTEGER NOT NULL,
@@ -194,12 +195,38 @@ impl LocalDb {
         })
     }
 
+    /// Runs `f` on the connection. SQLite blocks (fsync, the lock): on a multi-threaded
+    /// tokio runtime the calling worker hands its other tasks to the rest first
+    /// (`block_in_place`), so a slow commit never stalls the HTTP server or `/health`
+    /// (hardening item 12).
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, String> {
-        let mut conn = self
-            .conn
-            .lock()
-            .map_err(|_| "database lock poisoned".to_owned())?;
-        f(&mut conn).map_err(|e| e.to_string())
+        let run = || {
+            let mut conn = self
+                .conn
+                .lock()
+                .map_err(|_| "database lock poisoned".to_owned())?;
+            f(&mut conn).map_err(|e| e.to_string())
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
+    }
+
+    /// Whether the file can be written: a row written and rolled back, so nothing stays
+    /// and nothing is synced. A read-only file, directory or mount fails here (SQLite opens
+    /// such a file read-only without a word), not at the first post.
+    pub fn check_writable(&self) -> Result<(), String> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO write_probe (at) VALUES (?1)",
+                params![now_unix_ms()],
+            )?;
+            tx.rollback()
+        })
     }
 
     /// Leases up to `max` visible messages for `visibility`. Messages received
