@@ -84,9 +84,13 @@ class TemplateContracts(unittest.TestCase):
     def test_every_policy_statement_is_scoped_to_this_stack(self):
         statements = 0
         for name, fn in self.functions.items():
-            for policy in fn["Properties"]["Policies"]:
-                self.assertIn("Statement", policy, f"{name}: only inline statements, no managed policies")
-                for statement in policy["Statement"]:
+            props = fn["Properties"]
+            self.assertNotIn("Policies", props, f"{name}: its own role, not SAM's policies")
+            role = self.resources[ref_target(props["Role"])]
+            self.assertEqual(role["Type"], "AWS::IAM::Role", name)
+            self.assertNotIn("ManagedPolicyArns", role["Properties"], f"{name}: no managed policies")
+            for policy in role["Properties"]["Policies"]:
+                for statement in policy["PolicyDocument"]["Statement"]:
                     statements += 1
                     resources = statement["Resource"]
                     resources = resources if isinstance(resources, list) else [resources]
@@ -98,7 +102,7 @@ class TemplateContracts(unittest.TestCase):
                     actions = actions if isinstance(actions, list) else [actions]
                     for action in actions:
                         self.assertNotIn("*", action, f"{name} {statement['Sid']}")
-        self.assertGreaterEqual(statements, 9)
+        self.assertGreaterEqual(statements, 13)
 
     def test_no_secret_in_a_parameter_or_an_environment_variable(self):
         for name in self.t["Parameters"]:
@@ -135,6 +139,14 @@ class TemplateContracts(unittest.TestCase):
         self.assertEqual(schedule["Type"], "ScheduleV2")
         self.assertEqual(schedule["Properties"]["ScheduleExpression"], {"Ref": "BackfillSchedule"})
         self.assertEqual(backfill["ReservedConcurrentExecutions"], 1)
+        # Two stacks in one account must not collide on the schedule's name.
+        self.assertIn("${AWS::StackName}", schedule["Properties"]["Name"]["Fn::Sub"])
+
+    def test_ingest_alarms_on_a_batch_where_every_message_failed(self):
+        alarms = [v["Properties"] for v in self.resources.values() if v["Type"] == "AWS::CloudWatch::Alarm"]
+        (alarm,) = [a for a in alarms if a["MetricName"] == "BatchesFullyFailed"]
+        self.assertEqual(alarm["Namespace"], "leadpipe")
+        self.assertEqual(ref_target(alarm["Dimensions"][0]["Value"]), "IngestFunction")
 
 
 if __name__ == "__main__":

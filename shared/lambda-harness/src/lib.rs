@@ -426,6 +426,73 @@ pub struct ProxyState {
     active: AtomicU64,
     /// The most connections open at once so far.
     pub max_active: AtomicU64,
+    /// The AWS API calls seen (`sqs:SendMessageBatch`, `dynamodb:PutItem`, ...), read from
+    /// the `X-Amz-Target` header every JSON-protocol request carries.
+    calls: Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl ProxyState {
+    /// The AWS API calls seen so far, as `service:Action`.
+    pub fn aws_calls(&self) -> std::collections::BTreeSet<String> {
+        lock(&self.calls).clone()
+    }
+
+    fn record(&self, header_line: &[u8]) {
+        const NAME: &[u8] = b"x-amz-target:";
+        if header_line.len() <= NAME.len() || !header_line[..NAME.len()].eq_ignore_ascii_case(NAME)
+        {
+            return;
+        }
+        let value = String::from_utf8_lossy(&header_line[NAME.len()..]);
+        let Some((prefix, action)) = value.trim().split_once('.') else {
+            return;
+        };
+        let service = match prefix {
+            "AmazonSQS" => "sqs",
+            // DynamoDB_20120810 and DynamoDBStreams_20120810 alike.
+            p if p.starts_with("DynamoDB") => "dynamodb",
+            "secretsmanager" => "secretsmanager",
+            "AWSEvents" => "events",
+            other => other,
+        };
+        lock(&self.calls).insert(format!("{service}:{action}"));
+    }
+}
+
+/// Copies client bytes to the server, handing each header-sized line to `state.record`.
+async fn copy_recording(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    state: Arc<ProxyState>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const MAX_LINE: usize = 512;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut line: Vec<u8> = Vec::with_capacity(MAX_LINE);
+    let mut overlong = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &byte in &buf[..n] {
+            if byte == b'\n' {
+                if !overlong {
+                    state.record(line.strip_suffix(b"\r").unwrap_or(&line));
+                }
+                line.clear();
+                overlong = false;
+            } else if line.len() < MAX_LINE {
+                line.push(byte);
+            } else {
+                overlong = true;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 impl ProxyState {
@@ -453,7 +520,7 @@ impl TcpProxy {
         let shared = state.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if shared.down.load(Ordering::SeqCst) {
@@ -464,8 +531,18 @@ impl TcpProxy {
                 shared.max_active.fetch_max(now, Ordering::SeqCst);
                 let (upstream, shared) = (upstream.clone(), shared.clone());
                 tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                        let (in_read, mut in_write) = inbound.into_split();
+                        let (mut out_read, out_write) = outbound.into_split();
+                        let up = copy_recording(in_read, out_write, shared.clone());
+                        // When the server ends its side, end the client's too, as
+                        // copy_bidirectional does: a client must see the close, not hang.
+                        let down = async {
+                            use tokio::io::AsyncWriteExt;
+                            let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                            let _ = in_write.shutdown().await;
+                        };
+                        tokio::join!(up, down);
                     }
                     shared.active.fetch_sub(1, Ordering::SeqCst);
                 });
