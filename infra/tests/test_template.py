@@ -62,7 +62,7 @@ class TemplateContracts(unittest.TestCase):
         ingest_timeout = self.functions["IngestFunction"]["Properties"]["Timeout"]
         self.assertGreaterEqual(queue["VisibilityTimeout"], 6 * ingest_timeout)
 
-    def test_tables_as_design_md(self):
+    def test_tables_as_the_contract(self):
         leads = self.resources["LeadsTable"]["Properties"]
         self.assertEqual(leads["KeySchema"], [{"AttributeName": "lead_id", "KeyType": "HASH"}])
         types = {a["AttributeName"]: a["AttributeType"] for a in leads["AttributeDefinitions"]}

@@ -1,4 +1,4 @@
-//! The DynamoDB lead store, exactly as DESIGN.md's leads-table contract.
+//! The DynamoDB lead store, exactly as the leads-table contract (docs/architecture.md).
 //!
 //! Writes are conditional puts (`attribute_not_exists(lead_id)`): the first ingest's item,
 //! with its `source` and `ingested_at`, is the one that stays. BatchWriteItem cannot carry
@@ -93,7 +93,7 @@ fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-/// The item for one lead, attribute by attribute as DESIGN.md lists them.
+/// The item for one lead, attribute by attribute as docs/architecture.md lists them.
 pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
     let lead = &stored.lead;
     let mut item = HashMap::new();
@@ -214,7 +214,7 @@ fn value_size(value: &AttributeValue) -> usize {
     }
 }
 
-/// Creates a leads table with DESIGN.md's keys and `by_form` GSI (on-demand billing). For
+/// Creates a leads table with the contract's keys (docs/architecture.md) and `by_form` GSI (on-demand billing). For
 /// tests and local runs against moto; in AWS the SAM template owns the table.
 pub async fn create_leads_table(
     client: &aws_sdk_dynamodb::Client,

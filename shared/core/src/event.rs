@@ -1,4 +1,4 @@
-//! The queue message: one per lead, as DESIGN.md's contract spells it.
+//! The queue message: one per lead, as docs/architecture.md's contract spells it.
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

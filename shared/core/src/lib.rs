@@ -2,7 +2,7 @@
 //!
 //! * [`webhook`]: Meta's `leadgen` webhook payload, tolerant of ids sent as strings or numbers.
 //! * [`signature`]: the `X-Hub-Signature-256` check over the raw body, in constant time.
-//! * [`event`]: the [`LeadEvent`](event::LeadEvent) queue message, exactly as DESIGN.md's contract.
+//! * [`event`]: the [`LeadEvent`](event::LeadEvent) queue message, exactly as docs/architecture.md's contract.
 //! * [`ports`]: the narrow traits the adapters implement (queue, lead store, Graph reads, checkpoints).
 //! * [`accept`]: the webhook use case: verify, parse, queue, and say what to answer Meta.
 //! * [`ingest`]: queued lead events to stored leads, message by message.

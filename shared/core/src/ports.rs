@@ -32,7 +32,7 @@ pub enum LeadSourceKind {
 }
 
 impl LeadSourceKind {
-    /// The `source` attribute's value (DESIGN.md: `webhook` | `backfill`).
+    /// The `source` attribute's value (docs/architecture.md: `webhook` | `backfill`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Webhook => "webhook",

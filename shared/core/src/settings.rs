@@ -50,7 +50,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
     }
 
     /// Where the app's secrets come from: `SECRET_ARN` wins; otherwise `APP_SECRET` (and
-    /// `VERIFY_TOKEN`, `ACCESS_TOKEN`) stand in, as DESIGN.md allows for local runs.
+    /// `VERIFY_TOKEN`, `ACCESS_TOKEN`) stand in, as docs/architecture.md allows for local runs.
     pub fn secret_source(&self) -> Result<SecretSource, SettingsError> {
         if let Some(arn) = self.optional("SECRET_ARN") {
             return Ok(SecretSource::SecretsManager { arn });

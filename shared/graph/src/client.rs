@@ -19,9 +19,9 @@ use url::Url;
 
 /// Meta's Graph host.
 pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
-/// The current Graph API version (graph-facts.md: v26.0, July 2026).
+/// The current Graph API version (docs/graph-api.md, "Versions": v26.0, July 2026).
 pub const DEFAULT_API_VERSION: &str = "v26.0";
-/// Every lead field graph-facts.md lists.
+/// Every lead field Meta documents (docs/graph-api.md, "Reading a lead").
 pub const DEFAULT_LEAD_FIELDS: &str = "id,created_time,ad_id,ad_name,adset_id,adset_name,campaign_id,campaign_name,form_id,field_data,custom_disclaimer_responses,is_organic,platform,partner_name,retailer_item_id,home_listing,vehicle,post";
 /// The batch API takes at most 50 requests per call.
 const BATCH_LIMIT: usize = 50;

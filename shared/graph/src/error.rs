@@ -1,5 +1,5 @@
-//! One error type for every Graph failure, classified once by the table in graph-facts.md
-//! (and DESIGN.md's failure classes), so every caller decides retry, delay, skip or
+//! One error type for every Graph failure, classified once by the table in docs/graph-api.md
+//! (and docs/architecture.md's failure classes), so every caller decides retry, delay, skip or
 //! dead-letter from [`ErrorClass`] alone.
 
 use crate::usage::Usage;
@@ -46,7 +46,7 @@ impl ErrorClass {
         }
     }
 
-    /// Classifies a Graph error body's fields (graph-facts.md, "Errors and rate limits").
+    /// Classifies a Graph error body's fields (docs/graph-api.md, "Errors and rate limits").
     pub fn classify(
         status: Option<u16>,
         code: Option<i64>,

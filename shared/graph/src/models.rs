@@ -482,7 +482,7 @@ pub struct TokenInfo {
     pub profile_id: Option<String>,
 }
 
-/// The permissions leadpipe needs (graph-facts.md).
+/// The permissions leadpipe needs (docs/graph-api.md, "Access").
 pub const REQUIRED_SCOPES: [&str; 4] = [
     "leads_retrieval",
     "pages_show_list",
