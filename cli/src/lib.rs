@@ -2,7 +2,6 @@
 
 pub mod demo;
 pub mod export;
-pub mod logging;
 pub mod pipeline;
 
 use clap::{Parser, Subcommand};
@@ -145,7 +144,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         (Command::Demo(_), 0) => LevelFilter::ERROR,
         (_, 0) => LevelFilter::WARN,
     };
-    logging::init_stderr(default);
+    leadpipe_telemetry::init_stderr(default);
     match cli.command {
         Command::Serve(args) => pipeline::serve(args).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
@@ -187,7 +186,7 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
 async fn doctor(args: DoctorArgs) -> Result<(), CliError> {
     let secrets = load_secrets(args.secret_file.as_ref())?;
     let env = Env::process();
-    let config = leadpipe_core::graph_source::graph_config(&env, &secrets)
+    let config = leadpipe_graph_source::graph_config(&env, &secrets)
         .map_err(|e| CliError::Settings(e.to_string()))?;
     let client =
         leadpipe_graph::GraphClient::new(config).map_err(|e| CliError::Settings(e.to_string()))?;

@@ -9,11 +9,11 @@ use leadpipe_core::accept::{WebhookRequest, WebhookSecrets, handle_webhook_reque
 use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillSettings, BackfillSummary, InstantDeadline, run_backfill,
 };
-use leadpipe_core::graph_source::{GraphBackfillSource, GraphLeadFetcher, graph_config};
 use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::settings::Env;
 use leadpipe_graph::{GraphClient, GraphConfig};
+use leadpipe_graph_source::{GraphBackfillSource, GraphLeadFetcher, graph_config};
 use leadpipe_local::{LocalDb, LocalQueueControl};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -14,12 +14,12 @@ use axum::routing::get;
 use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillSettings, Deadline, run_backfill,
 };
-use leadpipe_core::graph_source::GraphBackfillSource;
 use leadpipe_core::ports::{
     CheckpointStore, LeadStore, PutOutcome, RunFacts, StoreError, StoredLead,
 };
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_graph::{GraphClient, GraphConfig};
+use leadpipe_graph_source::GraphBackfillSource;
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

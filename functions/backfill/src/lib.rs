@@ -8,11 +8,11 @@ use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillRequest, BackfillSettings, BackfillSummary, Deadline,
     InstantDeadline, RequestError, run_backfill,
 };
-use leadpipe_core::graph_source::{GraphBackfillSource, graph_config};
 use leadpipe_core::ports::{BackfillSource, CheckpointStore, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
 use leadpipe_graph::{GraphClient, GraphError};
+use leadpipe_graph_source::{GraphBackfillSource, graph_config};
 use serde_json::Value;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use time::OffsetDateTime;
@@ -179,14 +179,19 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
             checkpoints: &self.checkpoints,
             dead_letters: &self.dead_letters,
         };
-        Ok(run_backfill(
+        let summary = run_backfill(
             &ports,
             deadline,
             &plan,
             &self.settings,
             OffsetDateTime::now_utc(),
         )
-        .await)
+        .await;
+        leadpipe_telemetry::emf::emit(&summary.metrics());
+        leadpipe_telemetry::emf::emit_graph_errors(
+            summary.graph_errors.iter().map(|(k, v)| (k.as_str(), *v)),
+        );
+        Ok(summary)
     }
 
     /// The Lambda handler: the deadline comes from the invocation context.

@@ -3,7 +3,7 @@ use leadpipe_backfill::BackfillApp;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    leadpipe_core::telemetry::init();
+    leadpipe_telemetry::init();
     let app = BackfillApp::from_env().await.inspect_err(|err| {
         tracing::error!(error = %err, "leadpipe-backfill cannot start");
     })?;

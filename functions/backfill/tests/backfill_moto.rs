@@ -10,9 +10,9 @@ use leadpipe_backfill::BackfillApp;
 use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillSettings, Deadline, run_backfill,
 };
-use leadpipe_core::graph_source::GraphBackfillSource;
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_graph::{GraphClient, GraphConfig};
+use leadpipe_graph_source::GraphBackfillSource;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

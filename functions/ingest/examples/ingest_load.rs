@@ -11,11 +11,11 @@
 
 use axum::extract::{Form, State};
 use axum::routing::post;
-use leadpipe_core::graph_source::GraphLeadFetcher;
 use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
 use leadpipe_core::memory::{MemoryLeadStore, MemoryQueueControl};
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_graph::{GraphClient, GraphConfig};
+use leadpipe_graph_source::GraphLeadFetcher;
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

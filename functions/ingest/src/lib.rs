@@ -4,12 +4,12 @@
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 use leadpipe_aws::{DynamoLeadStore, SqsQueueControl};
-use leadpipe_core::graph_source::{GraphLeadFetcher, graph_config};
 use leadpipe_core::ingest::{IngestReport, QueuedMessage, ingest_batch};
 use leadpipe_core::ports::{LeadFetcher, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
 use leadpipe_graph::{GraphClient, GraphError};
+use leadpipe_graph_source::{GraphLeadFetcher, graph_config};
 use time::OffsetDateTime;
 
 /// The ingest function's settings, read once at start.
@@ -93,14 +93,17 @@ impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
                 body: record.body.as_deref().unwrap_or_default(),
             })
             .collect();
-        ingest_batch(
+        let report = ingest_batch(
             &self.fetcher,
             &self.store,
             &self.queue,
             &messages,
             OffsetDateTime::now_utc(),
         )
-        .await
+        .await;
+        leadpipe_telemetry::emf::emit(&report.metrics());
+        leadpipe_telemetry::emf::emit_graph_errors(report.graph_errors());
+        report
     }
 
     /// The Lambda handler.

@@ -3,7 +3,7 @@ use leadpipe_ingest::IngestApp;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    leadpipe_core::telemetry::init();
+    leadpipe_telemetry::init();
     let app = IngestApp::from_env().await.inspect_err(|err| {
         tracing::error!(error = %err, "leadpipe-ingest cannot start");
     })?;

@@ -88,6 +88,7 @@ impl<Q: EventQueue> WebhookApp<Q> {
             OffsetDateTime::now_utc(),
         )
         .await;
+        leadpipe_telemetry::emf::emit(&answer.metrics);
         let mut response = Response::new(Body::Text(answer.body));
         *response.status_mut() = lambda_http::http::StatusCode::from_u16(answer.status)
             .unwrap_or(lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR);

@@ -3,7 +3,7 @@ use leadpipe_webhook::WebhookApp;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    leadpipe_core::telemetry::init();
+    leadpipe_telemetry::init();
     let app = WebhookApp::from_env().await.inspect_err(|err| {
         tracing::error!(error = %err, "leadpipe-webhook cannot start");
     })?;

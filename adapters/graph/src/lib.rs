@@ -1,0 +1,186 @@
+//! The Graph read ports over the Graph API client: ingest's [`LeadFetcher`] (the batch API,
+//! 50 leads a call) and backfill's [`BackfillSource`](leadpipe_core::ports::BackfillSource)
+//! (access checks, forms, time-filtered lead pages), each page read with its own token
+//! from the secrets. Graph's wire types (batch items, `paging.next`) stop here: the core
+//! sees leads, pages of leads and an opaque cursor.
+
+// GraphError is large but only built after a network round trip (see leadpipe-graph).
+#![allow(clippy::result_large_err)]
+
+use leadpipe_core::ports::LeadFetcher;
+use leadpipe_core::ports::{FetchedLead, LeadPage, PageCursor, TimeWindow};
+use leadpipe_core::secrets::AppSecrets;
+use leadpipe_core::settings::{Env, SettingsError};
+use leadpipe_graph::{
+    BatchItem, ErrorClass, GraphClient, GraphConfig, GraphError, Lead, LeadQuery, Page,
+    TimeOperator,
+};
+
+/// The error for a page the secret holds no token for: a token problem, fixed in the secret.
+fn missing_page_token(page_id: &str) -> GraphError {
+    GraphError::local(
+        format!("read page {page_id}"),
+        ErrorClass::Token,
+        "the secret has no page_tokens entry for this page and no access_token",
+    )
+}
+
+/// Reads leads through Graph's batch API with the page's token.
+#[derive(Debug, Clone)]
+pub struct GraphLeadFetcher {
+    client: GraphClient,
+    secrets: AppSecrets,
+}
+
+impl GraphLeadFetcher {
+    pub fn new(client: GraphClient, secrets: AppSecrets) -> Self {
+        Self { client, secrets }
+    }
+
+    pub fn client(&self) -> &GraphClient {
+        &self.client
+    }
+}
+
+impl LeadFetcher for GraphLeadFetcher {
+    async fn fetch(
+        &self,
+        page_id: &str,
+        lead_ids: &[String],
+    ) -> Result<Vec<FetchedLead>, GraphError> {
+        let token = self
+            .secrets
+            .token_for_page(page_id)
+            .ok_or_else(|| missing_page_token(page_id))?;
+        let items: Vec<BatchItem> = self.client.leads(token, lead_ids).await?;
+        Ok(items
+            .into_iter()
+            .map(|item| FetchedLead {
+                lead_id: item.lead_id,
+                result: item.result,
+            })
+            .collect())
+    }
+}
+
+/// The Graph client's settings from the environment: `GRAPH_API_BASE`, `GRAPH_API_VERSION`
+/// (defaults: Meta's host, the current version), with `appsecret_proof` from the secret.
+pub fn graph_config<F: Fn(&str) -> Option<String>>(
+    env: &Env<F>,
+    secrets: &AppSecrets,
+) -> Result<GraphConfig, SettingsError> {
+    let mut config = GraphConfig {
+        app_secret: Some(secrets.app_secret.clone()),
+        ..GraphConfig::default()
+    };
+    if let Some(base) = env.optional("GRAPH_API_BASE") {
+        if !(base.starts_with("https://") || base.starts_with("http://")) {
+            return Err(SettingsError::Invalid {
+                name: "GRAPH_API_BASE",
+                why: "it must be an http(s) URL".into(),
+            });
+        }
+        config.base_url = base;
+    }
+    if let Some(version) = env.optional("GRAPH_API_VERSION") {
+        let well_formed = version.strip_prefix('v').is_some_and(|rest| {
+            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
+        });
+        if !well_formed {
+            return Err(SettingsError::Invalid {
+                name: "GRAPH_API_VERSION",
+                why: "it must look like v26.0".into(),
+            });
+        }
+        config.api_version = version;
+    }
+    Ok(config)
+}
+
+/// [`BackfillSource`](leadpipe_core::ports::BackfillSource) over the Graph client.
+#[derive(Debug, Clone)]
+pub struct GraphBackfillSource {
+    client: GraphClient,
+    secrets: AppSecrets,
+}
+
+impl GraphBackfillSource {
+    pub fn new(client: GraphClient, secrets: AppSecrets) -> Self {
+        Self { client, secrets }
+    }
+
+    fn token(&self, page_id: &str) -> Result<&secrecy::SecretString, GraphError> {
+        self.secrets
+            .token_for_page(page_id)
+            .ok_or_else(|| missing_page_token(page_id))
+    }
+}
+
+impl leadpipe_core::ports::BackfillSource for GraphBackfillSource {
+    async fn lead_access(
+        &self,
+        page_id: &str,
+    ) -> Result<leadpipe_graph::HasLeadAccess, GraphError> {
+        let token = self.token(page_id)?;
+        // has_lead_access asks about a user; the token's own user is the one that matters.
+        let info = self.client.debug_token(token, token).await?;
+        let user_id = info.user_id.clone().unwrap_or_default();
+        self.client
+            .has_lead_access(token, page_id, &user_id, info.app_id.as_deref())
+            .await
+    }
+
+    async fn forms(&self, page_id: &str) -> Result<Vec<leadpipe_graph::LeadgenForm>, GraphError> {
+        use futures::TryStreamExt;
+        let token = self.token(page_id)?;
+        let pages: Vec<_> = self
+            .client
+            .leadgen_forms(token, page_id)
+            .try_collect()
+            .await?;
+        Ok(pages.into_iter().flat_map(|p| p.items).collect())
+    }
+
+    async fn lead_page(
+        &self,
+        page_id: &str,
+        node_id: &str,
+        window: &TimeWindow,
+    ) -> Result<LeadPage, GraphError> {
+        // `[start, end)`: a lead on a slice boundary is read by exactly one slice.
+        let query = LeadQuery::default()
+            .with_time(TimeOperator::GreaterThanOrEqual, window.start)
+            .with_time(TimeOperator::LessThan, window.end)
+            .with_limit(window.page_size);
+        let page = self
+            .client
+            .lead_page(self.token(page_id)?, node_id, &query)
+            .await?;
+        Ok(lead_page(page))
+    }
+
+    async fn lead_page_after(
+        &self,
+        page_id: &str,
+        next: &PageCursor,
+    ) -> Result<LeadPage, GraphError> {
+        let next = self.client.next_page_from(next.as_str())?;
+        let page = self
+            .client
+            .lead_page_after(self.token(page_id)?, &next)
+            .await?;
+        Ok(lead_page(page))
+    }
+}
+
+/// Graph's page as the core's: the leads, the unreadable items, and the next page's address
+/// as an opaque cursor.
+fn lead_page(page: Page<Lead>) -> LeadPage {
+    LeadPage {
+        next: page
+            .next_page()
+            .map(|n| PageCursor::new(n.as_str().to_owned())),
+        leads: page.items,
+        unreadable: page.unreadable,
+    }
+}

@@ -1,0 +1,54 @@
+//! Telemetry at the edges: one JSON log line per event, set up once per process, and
+//! CloudWatch embedded-metric-format lines ([`emf`]) from the counts the use cases report.
+//!
+//! Spans carry message and lead ids and counts only. Lead contents and secrets are never
+//! given to `tracing` in the first place; nothing here tries to scrub them afterwards.
+
+pub mod emf;
+
+use std::str::FromStr;
+use tracing_subscriber::filter::LevelFilter;
+
+/// Installs a JSON subscriber on stdout (CloudWatch reads stdout) at the level `RUST_LOG`
+/// names (`error`, `warn`, `info`, `debug`, `trace`; default `info`). A plain level rather
+/// than per-target directives keeps the regex engine out of every bootstrap. Safe to call
+/// twice: the second call changes nothing.
+pub fn init() {
+    init_with_default(LevelFilter::INFO);
+}
+
+/// Like [`init`] with another level when `RUST_LOG` is unset (the demo shows warnings only).
+pub fn init_with_default(default: LevelFilter) {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| LevelFilter::from_str(v.trim()).ok())
+        .unwrap_or(default);
+    let _already_set = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(level)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
+/// Like [`init_with_default`], on stderr: for the `leadpipe` binary, whose stdout carries
+/// only what a command reports (tables, verdicts, exported leads).
+pub fn init_stderr(default: LevelFilter) {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| LevelFilter::from_str(v.trim()).ok())
+        .unwrap_or(default);
+    let _already_set = tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
+pub use tracing_subscriber::filter::LevelFilter as Level;

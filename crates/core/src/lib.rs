@@ -1,0 +1,31 @@
+//! leadpipe's domain, free of AWS and of Lambda.
+//!
+//! * [`webhook`]: Meta's `leadgen` webhook payload, tolerant of ids sent as strings or numbers.
+//! * [`signature`]: the `X-Hub-Signature-256` check over the raw body, in constant time.
+//! * [`event`]: the [`LeadEvent`](event::LeadEvent) queue message, exactly as docs/architecture.md's contract.
+//! * [`ports`]: the narrow traits the adapters implement (queue, lead store, Graph reads, checkpoints).
+//! * [`accept`]: the webhook use case: verify, parse, queue, and say what to answer Meta.
+//! * [`ingest`]: queued lead events to stored leads, message by message.
+//! * [`backfill`]: forms' and ads' leads since their checkpoints, in resumable time slices.
+//! * [`memory`]: in-memory fakes of every port, for the use cases' own tests.
+//!
+//! The use cases return reports ([`ingest::IngestReport`], [`backfill::BackfillSummary`],
+//! [`accept::WebhookResponse`]) with their counts; the edges turn those into metrics. No
+//! adapter is a dependency here: no HTTP client, AWS SDK, SQLite or log subscriber
+//! (docs/architecture.md, "Layers").
+//! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
+
+// GraphError is large but only built after a network round trip (see leadpipe-graph).
+#![allow(clippy::result_large_err)]
+
+pub mod accept;
+pub mod backfill;
+pub mod event;
+pub mod ids;
+pub mod ingest;
+pub mod memory;
+pub mod ports;
+pub mod secrets;
+pub mod settings;
+pub mod signature;
+pub mod webhook;

@@ -1,0 +1,360 @@
+//! In-memory adapters, for unit tests and benchmarks of the use cases.
+
+use crate::event::LeadEvent;
+use crate::ports::{EventQueue, QueueError};
+use std::sync::Mutex;
+
+/// A queue that keeps events in a `Vec`, and can be told to fail.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    events: Mutex<Vec<LeadEvent>>,
+    failing: Mutex<bool>,
+}
+
+impl MemoryQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later `enqueue` fail (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        if let Ok(mut flag) = self.failing.lock() {
+            *flag = failing;
+        }
+    }
+
+    /// A copy of every event queued so far.
+    pub fn events(&self) -> Vec<LeadEvent> {
+        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// Removes and returns every event queued so far.
+    pub fn drain(&self) -> Vec<LeadEvent> {
+        self.events
+            .lock()
+            .map(|mut e| std::mem::take(&mut *e))
+            .unwrap_or_default()
+    }
+}
+
+impl EventQueue for MemoryQueue {
+    async fn enqueue(&self, events: &[LeadEvent]) -> Result<(), QueueError> {
+        if self.failing.lock().map(|f| *f).unwrap_or(true) {
+            return Err(QueueError::Unavailable("memory queue set to fail".into()));
+        }
+        self.events
+            .lock()
+            .map_err(|_| QueueError::Unavailable("memory queue poisoned".into()))?
+            .extend_from_slice(events);
+        Ok(())
+    }
+}
+
+/// A lead store in a `HashMap`, with the same first-write-wins rule as the real ones.
+#[derive(Debug, Default)]
+pub struct MemoryLeadStore {
+    leads: Mutex<std::collections::HashMap<String, crate::ports::StoredLead>>,
+    failing: Mutex<bool>,
+    too_large: Mutex<std::collections::HashSet<String>>,
+}
+
+impl MemoryLeadStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every later write fail (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        if let Ok(mut flag) = self.failing.lock() {
+            *flag = failing;
+        }
+    }
+
+    /// Makes these leads fail as the DynamoDB store fails a lead over 400 KB without raw.
+    pub fn set_too_large(&self, lead_ids: &[&str]) {
+        if let Ok(mut set) = self.too_large.lock() {
+            set.extend(lead_ids.iter().map(|id| (*id).to_owned()));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.leads.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn get(&self, lead_id: &str) -> Option<crate::ports::StoredLead> {
+        self.leads.lock().ok().and_then(|l| l.get(lead_id).cloned())
+    }
+}
+
+impl crate::ports::LeadStore for MemoryLeadStore {
+    async fn put_leads(
+        &self,
+        leads: &[crate::ports::StoredLead],
+    ) -> Result<Vec<crate::ports::PutOutcome>, crate::ports::StoreError> {
+        use crate::ports::{PutOutcome, StoreError};
+        if self.failing.lock().map(|f| *f).unwrap_or(true) {
+            return Err(StoreError::Unavailable("memory store set to fail".into()));
+        }
+        let mut stored = self
+            .leads
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store poisoned".into()))?;
+        let too_large = self
+            .too_large
+            .lock()
+            .map_err(|_| StoreError::Unavailable("memory store poisoned".into()))?;
+        Ok(leads
+            .iter()
+            .map(|lead| {
+                if too_large.contains(&lead.lead.id) {
+                    PutOutcome::TooLarge { bytes: 500_000 }
+                } else if stored.contains_key(&lead.lead.id) {
+                    PutOutcome::AlreadyPresent
+                } else {
+                    stored.insert(lead.lead.id.clone(), lead.clone());
+                    PutOutcome::Inserted
+                }
+            })
+            .collect())
+    }
+}
+
+/// Queue control that records what it was asked to do.
+#[derive(Debug, Default)]
+pub struct MemoryQueueControl {
+    pub dead_letters: Mutex<Vec<(String, crate::ports::DeadLetterReason)>>,
+    pub delays: Mutex<Vec<(String, std::time::Duration)>>,
+    /// When set, dead-lettering fails (the DLQ unreachable).
+    pub failing: Mutex<bool>,
+}
+
+impl crate::ports::QueueControl for MemoryQueueControl {
+    async fn dead_letter(
+        &self,
+        body: &str,
+        reason: &crate::ports::DeadLetterReason,
+    ) -> Result<(), QueueError> {
+        if self.failing.lock().map(|f| *f).unwrap_or(true) {
+            return Err(QueueError::Unavailable("memory DLQ set to fail".into()));
+        }
+        self.dead_letters
+            .lock()
+            .map_err(|_| QueueError::Unavailable("poisoned".into()))?
+            .push((body.to_owned(), reason.clone()));
+        Ok(())
+    }
+
+    async fn delay(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> Result<(), QueueError> {
+        self.delays
+            .lock()
+            .map_err(|_| QueueError::Unavailable("poisoned".into()))?
+            .push((receipt_handle.to_owned(), delay));
+        Ok(())
+    }
+}
+
+/// Graph as a map from lead id to what reading it gives; ids it does not hold are gone
+/// (not found). Counts its calls.
+#[derive(Debug, Default)]
+pub struct MemoryFetcher {
+    answers: Mutex<
+        std::collections::HashMap<String, Result<leadpipe_graph::Lead, leadpipe_graph::GraphError>>,
+    >,
+    page_failure: Mutex<Option<leadpipe_graph::GraphError>>,
+    /// `(page_id, ids asked)` of every call.
+    pub calls: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+impl MemoryFetcher {
+    /// Reading `lead_id` gives `answer`.
+    pub fn set(
+        &self,
+        lead_id: &str,
+        answer: Result<leadpipe_graph::Lead, leadpipe_graph::GraphError>,
+    ) {
+        if let Ok(mut answers) = self.answers.lock() {
+            answers.insert(lead_id.to_owned(), answer);
+        }
+    }
+
+    /// Every call fails as a whole with `error` (or works again with `None`).
+    pub fn fail_every_call(&self, error: Option<leadpipe_graph::GraphError>) {
+        if let Ok(mut failure) = self.page_failure.lock() {
+            *failure = error;
+        }
+    }
+}
+
+impl crate::ports::LeadFetcher for MemoryFetcher {
+    async fn fetch(
+        &self,
+        page_id: &str,
+        lead_ids: &[String],
+    ) -> Result<Vec<crate::ports::FetchedLead>, leadpipe_graph::GraphError> {
+        use crate::ports::FetchedLead;
+        use leadpipe_graph::{ErrorClass, GraphError};
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push((page_id.to_owned(), lead_ids.to_vec()));
+        }
+        if let Some(err) = self.page_failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(err);
+        }
+        let answers = self
+            .answers
+            .lock()
+            .map_err(|_| GraphError::local("memory".into(), ErrorClass::Transient, "poisoned"))?;
+        Ok(lead_ids
+            .iter()
+            .map(|id| FetchedLead {
+                lead_id: id.clone(),
+                result: answers.get(id).cloned().unwrap_or_else(|| {
+                    Err(GraphError::local(
+                        format!("GET /{id}"),
+                        ErrorClass::NotFound,
+                        "no such lead",
+                    ))
+                }),
+            })
+            .collect())
+    }
+}
+
+/// The state table in a map, with the real stores' rule: a checkpoint never moves back.
+#[derive(Debug, Default)]
+pub struct MemoryCheckpoints {
+    checkpoints: Mutex<std::collections::HashMap<String, i64>>,
+}
+
+impl MemoryCheckpoints {
+    /// The checkpoint under `key`.
+    pub fn get(&self, key: &str) -> Option<i64> {
+        self.checkpoints
+            .lock()
+            .ok()
+            .and_then(|c| c.get(key).copied())
+    }
+}
+
+impl crate::ports::CheckpointStore for MemoryCheckpoints {
+    async fn checkpoint(&self, key: &str) -> Result<Option<i64>, crate::ports::StoreError> {
+        Ok(self.get(key))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        key: &str,
+        checkpoint: i64,
+        _facts: &crate::ports::RunFacts,
+    ) -> Result<(), crate::ports::StoreError> {
+        let mut all = self
+            .checkpoints
+            .lock()
+            .map_err(|_| crate::ports::StoreError::Unavailable("poisoned".into()))?;
+        let slot = all.entry(key.to_owned()).or_insert(checkpoint);
+        *slot = (*slot).max(checkpoint);
+        Ok(())
+    }
+}
+
+/// Graph as backfill sees it, in memory: per page its lead access and forms, per form or
+/// ad its leads (filtered by the query's `time_created` clauses, one page per query), its
+/// unreadable items, or an error.
+#[derive(Debug, Default)]
+pub struct MemoryBackfillSource {
+    /// page id -> lead access (Err: that error), forms.
+    pub pages: std::collections::BTreeMap<
+        String,
+        (
+            Result<leadpipe_graph::HasLeadAccess, leadpipe_graph::GraphError>,
+            Vec<leadpipe_graph::LeadgenForm>,
+        ),
+    >,
+    /// form or ad id -> its leads.
+    pub leads: std::collections::BTreeMap<String, Vec<leadpipe_graph::Lead>>,
+    /// form or ad id -> items Graph returned that do not parse, with the time whose slice
+    /// returns them.
+    pub unreadable: std::collections::BTreeMap<String, Vec<(i64, leadpipe_graph::ParseError)>>,
+    /// form or ad id -> the error reading its leads gives.
+    pub lead_errors: std::collections::BTreeMap<String, leadpipe_graph::GraphError>,
+}
+
+impl crate::ports::BackfillSource for MemoryBackfillSource {
+    async fn lead_access(
+        &self,
+        page_id: &str,
+    ) -> Result<leadpipe_graph::HasLeadAccess, leadpipe_graph::GraphError> {
+        match self.pages.get(page_id) {
+            Some((access, _)) => access.clone(),
+            None => Err(leadpipe_graph::GraphError::local(
+                format!("GET /{page_id}"),
+                leadpipe_graph::ErrorClass::NotFound,
+                "no such page",
+            )),
+        }
+    }
+
+    async fn forms(
+        &self,
+        page_id: &str,
+    ) -> Result<Vec<leadpipe_graph::LeadgenForm>, leadpipe_graph::GraphError> {
+        Ok(self
+            .pages
+            .get(page_id)
+            .map(|(_, forms)| forms.clone())
+            .unwrap_or_default())
+    }
+
+    async fn lead_page(
+        &self,
+        _page_id: &str,
+        node_id: &str,
+        window: &crate::ports::TimeWindow,
+    ) -> Result<crate::ports::LeadPage, leadpipe_graph::GraphError> {
+        if let Some(err) = self.lead_errors.get(node_id) {
+            return Err(err.clone());
+        }
+        let within = |t: i64| (window.start..window.end).contains(&t);
+        let leads = self
+            .leads
+            .get(node_id)
+            .map(|leads| {
+                leads
+                    .iter()
+                    .filter(|l| within(l.created_time.unix_timestamp()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let unreadable = self
+            .unreadable
+            .get(node_id)
+            .map(|bad| {
+                bad.iter()
+                    .filter(|(t, _)| within(*t))
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(crate::ports::LeadPage {
+            leads,
+            unreadable,
+            next: None,
+        })
+    }
+
+    async fn lead_page_after(
+        &self,
+        _page_id: &str,
+        _next: &crate::ports::PageCursor,
+    ) -> Result<crate::ports::LeadPage, leadpipe_graph::GraphError> {
+        Ok(crate::ports::LeadPage::default())
+    }
+}

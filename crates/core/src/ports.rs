@@ -1,0 +1,293 @@
+//! The narrow traits that adapters (SQS, SQLite, memory) implement.
+
+use crate::event::LeadEvent;
+use std::future::Future;
+
+/// Why events could not all be queued. The webhook answers 5xx on any of these so that
+/// Meta delivers the post again; nothing is acknowledged that is not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("the queue could not be reached: {0}")]
+    Unavailable(String),
+    #[error("the queue refused {failed} of {total} events: {reason}")]
+    Rejected {
+        failed: usize,
+        total: usize,
+        reason: String,
+    },
+}
+
+/// Where accepted lead events go to be ingested.
+pub trait EventQueue: Send + Sync {
+    /// Queues every event, or fails. On failure some events may have been queued already;
+    /// that is safe because ingest is idempotent and Meta will deliver the post again.
+    fn enqueue(&self, events: &[LeadEvent]) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// Where a lead came from into the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeadSourceKind {
+    Webhook,
+    Backfill,
+}
+
+impl LeadSourceKind {
+    /// The `source` attribute's value (docs/architecture.md: `webhook` | `backfill`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Backfill => "backfill",
+        }
+    }
+}
+
+/// A lead as the store keeps it: Graph's lead plus what only leadpipe knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredLead {
+    pub lead: leadpipe_graph::Lead,
+    pub page_id: String,
+    /// The lead's form: Graph's `form_id`, or the webhook's when Graph left it out; `None`
+    /// for an ad lead with no form (stored without the attribute: `by_form` refuses `""`).
+    pub form_id: Option<String>,
+    pub source: LeadSourceKind,
+    pub ingested_at: time::OffsetDateTime,
+}
+
+/// What writing one lead did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// A new item.
+    Inserted,
+    /// The lead was there already; its first ingest's item is kept as it was.
+    AlreadyPresent,
+    /// The lead cannot be stored even without `raw` (DynamoDB's 400 KB item limit): a
+    /// permanent failure of this lead alone (class `too_large`).
+    TooLarge {
+        /// The item's size without `raw`.
+        bytes: usize,
+    },
+}
+
+/// Why the store could not write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the lead store could not be reached: {0}")]
+    Unavailable(String),
+    #[error("the lead store refused the write: {0}")]
+    Rejected(String),
+}
+
+/// The leads table: idempotent writes keyed by lead id.
+pub trait LeadStore: Send + Sync {
+    /// Writes each lead unless it is there already. The result has one entry per lead, in
+    /// order; an `Err` means none of the leads can be assumed written (some may be: a
+    /// retry is safe because writes are idempotent).
+    fn put_leads(
+        &self,
+        leads: &[StoredLead],
+    ) -> impl Future<Output = Result<Vec<PutOutcome>, StoreError>> + Send;
+}
+
+/// One lead asked for by id, and what reading it gave.
+#[derive(Debug)]
+pub struct FetchedLead {
+    pub lead_id: String,
+    /// The lead, or why it could not be read (classified: see docs/architecture.md).
+    pub result: Result<leadpipe_graph::Lead, leadpipe_graph::GraphError>,
+}
+
+/// Reads leads from Graph with as few round trips as it can.
+pub trait LeadFetcher: Send + Sync {
+    /// Fetches leads of one page (the page decides the token), one result per id. An `Err`
+    /// is a failure of the whole call.
+    fn fetch(
+        &self,
+        page_id: &str,
+        lead_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<FetchedLead>, leadpipe_graph::GraphError>> + Send;
+}
+
+/// Which leads of a form or an ad to read: created in `[start, end)` (unix seconds),
+/// `page_size` to a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindow {
+    pub start: i64,
+    pub end: i64,
+    pub page_size: u32,
+}
+
+/// Where the next page of a read is. Opaque to the core: only the adapter that made it
+/// reads it, and only within the run (cursors are not for long-term storage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageCursor(String);
+
+impl PageCursor {
+    /// Wraps the adapter's own marker.
+    pub fn new(opaque: String) -> Self {
+        Self(opaque)
+    }
+
+    /// The adapter's marker, for the adapter.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One page of a form's or an ad's leads.
+#[derive(Debug, Clone, Default)]
+pub struct LeadPage {
+    /// The leads of this page that could be read.
+    pub leads: Vec<leadpipe_graph::Lead>,
+    /// Items of this page that could not be read: their place and id, never their content.
+    pub unreadable: Vec<leadpipe_graph::ParseError>,
+    /// The next page, when there is one.
+    pub next: Option<PageCursor>,
+}
+
+/// The `leadpipe_reason_class` of a dead letter (docs/architecture.md, "Dead letters").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterClass {
+    /// The message body is not a lead event, or its ids are not Graph ids.
+    Malformed,
+    /// The lead is gone or invisible to the token.
+    NotFound,
+    /// The token lacks a permission.
+    Permission,
+    /// The token is expired or revoked.
+    Token,
+    /// Meta refused the request for another reason.
+    BadRequest,
+    /// The lead does not fit in a DynamoDB item even without `raw`.
+    TooLarge,
+    /// Meta's answer for the lead has a shape the parser refuses.
+    Unreadable,
+}
+
+impl DeadLetterClass {
+    /// Every class, in the contract's order.
+    pub const ALL: [Self; 7] = [
+        Self::Malformed,
+        Self::NotFound,
+        Self::Permission,
+        Self::Token,
+        Self::BadRequest,
+        Self::TooLarge,
+        Self::Unreadable,
+    ];
+
+    /// The attribute's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::NotFound => "not_found",
+            Self::Permission => "permission",
+            Self::Token => "token",
+            Self::BadRequest => "bad_request",
+            Self::TooLarge => "too_large",
+            Self::Unreadable => "unreadable",
+        }
+    }
+
+    /// The class named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
+    /// The dead-letter class of a permanent Graph failure; `None` for the retryable ones.
+    pub fn of_graph(class: leadpipe_graph::ErrorClass) -> Option<Self> {
+        use leadpipe_graph::ErrorClass as G;
+        match class {
+            G::Transient | G::RateLimited => None,
+            G::Token => Some(Self::Token),
+            G::Permission => Some(Self::Permission),
+            G::NotFound => Some(Self::NotFound),
+            G::BadRequest => Some(Self::BadRequest),
+            G::Unreadable => Some(Self::Unreadable),
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a message leaves the queue for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterReason {
+    pub class: DeadLetterClass,
+    /// One line for the operator: what failed and what to do. Never lead contents.
+    pub detail: String,
+}
+
+/// The queue operations ingest needs besides receiving: park a message, or dead-letter it.
+pub trait QueueControl: Send + Sync {
+    /// Sends `body` to the dead-letter queue with its reason as message attributes.
+    fn dead_letter(
+        &self,
+        body: &str,
+        reason: &DeadLetterReason,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Makes the message invisible for `delay` (rate limits), so it comes back after it.
+    fn delay(
+        &self,
+        receipt_handle: &str,
+        delay: std::time::Duration,
+    ) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
+/// What backfill reads from Graph, per page (the page decides the token).
+pub trait BackfillSource: Send + Sync {
+    /// Whether this page's leads can be read with its token, with Meta's reasons if not.
+    fn lead_access(
+        &self,
+        page_id: &str,
+    ) -> impl Future<Output = Result<leadpipe_graph::HasLeadAccess, leadpipe_graph::GraphError>> + Send;
+
+    /// Every lead form of the page.
+    fn forms(
+        &self,
+        page_id: &str,
+    ) -> impl Future<Output = Result<Vec<leadpipe_graph::LeadgenForm>, leadpipe_graph::GraphError>> + Send;
+
+    /// The first page of a form's or an ad's leads created within `window`.
+    fn lead_page(
+        &self,
+        page_id: &str,
+        node_id: &str,
+        window: &TimeWindow,
+    ) -> impl Future<Output = Result<LeadPage, leadpipe_graph::GraphError>> + Send;
+
+    /// The page at `next`.
+    fn lead_page_after(
+        &self,
+        page_id: &str,
+        next: &PageCursor,
+    ) -> impl Future<Output = Result<LeadPage, leadpipe_graph::GraphError>> + Send;
+}
+
+/// Facts about the run that moved a checkpoint, kept beside it for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunFacts {
+    pub leads_read: u64,
+    pub new: u64,
+    pub already_present: u64,
+}
+
+/// The state table: one checkpoint (unix seconds) per form or ad.
+pub trait CheckpointStore: Send + Sync {
+    /// The checkpoint under `key` (`form#<id>`, `ad#<id>`), if any.
+    fn checkpoint(&self, key: &str)
+    -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Moves the checkpoint forward (never back) and records the run's facts.
+    fn save_checkpoint(
+        &self,
+        key: &str,
+        checkpoint: i64,
+        facts: &RunFacts,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
