@@ -48,4 +48,4 @@ health=$!
 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s "$work/post.lua" "http://127.0.0.1:$port/webhook"
 wait "$health"
 cat "$work/health.txt"
-echo "queued: $(curl -fs "http://127.0.0.1:$port/health")"
+echo "health after: $(curl -fs "http://127.0.0.1:$port/health")"
