@@ -124,7 +124,7 @@ impl PostWriter {
 
 fn write_group(conn: &mut Connection, group: &[PostRequest]) -> rusqlite::Result<()> {
     let now = now_unix_ms();
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
@@ -313,7 +313,7 @@ impl LocalDb {
     /// such a file read-only without a word), not at the first post.
     pub fn check_writable(&self) -> Result<(), String> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "INSERT INTO write_probe (at) VALUES (?1)",
                 params![now_unix_ms()],
@@ -333,7 +333,7 @@ impl LocalDb {
         let now = now_unix_ms();
         let until = now + visibility.as_millis() as i64;
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let exhausted: Vec<(i64, String, i64)> = {
                 let mut stmt = tx.prepare("SELECT id, body, receive_count FROM queue WHERE visible_at <= ?1 AND receive_count >= ?2")?;
                 stmt.query_map(params![now, max_receives], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -365,7 +365,7 @@ impl LocalDb {
     /// Deletes handled messages.
     pub fn ack(&self, ids: &[i64]) -> Result<(), String> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for id in ids {
                 tx.execute("DELETE FROM queue WHERE id = ?1", params![id])?;
             }
@@ -501,7 +501,7 @@ impl QueueControl for LocalQueueControl {
 impl LeadStore for LocalDb {
     async fn put_leads(&self, leads: &[StoredLead]) -> Result<Vec<PutOutcome>, StoreError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(leads.len());
             for stored in leads {
                 let lead = &stored.lead;
