@@ -115,3 +115,29 @@ async fn an_ad_lead_without_a_form_is_stored_without_form_id() {
         assert!(!item.contains_key("form_id"), "never \"\": {item:?}");
     }
 }
+
+#[tokio::test]
+#[ignore = "needs moto: run scripts/test"]
+async fn the_dynamodb_stores_keep_the_contract() {
+    let (client, name) = table().await;
+    let store = DynamoLeadStore::from_client(client.clone(), &name);
+    leadpipe_core::contract::first_write_wins(&store, "d", async |id: &str| {
+        let item = get(&client, &name, id).await?;
+        let at = time::OffsetDateTime::parse(
+            item["ingested_at"].as_s().ok()?,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok()?;
+        Some((item["source"].as_s().ok()?.clone(), at.unix_timestamp()))
+    })
+    .await
+    .unwrap();
+    let state = unique_name("state-contract");
+    leadpipe_aws::dynamo::create_state_table(&client, &state)
+        .await
+        .unwrap();
+    let checkpoints = leadpipe_aws::DynamoCheckpointStore::from_client(client.clone(), &state);
+    leadpipe_core::contract::checkpoint_never_moves_back(&checkpoints, "form#1")
+        .await
+        .unwrap();
+}

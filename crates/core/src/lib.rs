@@ -20,6 +20,7 @@
 
 pub mod accept;
 pub mod backfill;
+pub mod contract;
 pub mod event;
 pub mod ids;
 pub mod ingest;

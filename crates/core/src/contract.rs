@@ -1,0 +1,151 @@
+//! The contract every store keeps, as cases any store can be run through: the in-memory
+//! fakes here, SQLite in leadpipe-local's tests, DynamoDB (on moto) in leadpipe-aws's.
+//! Each case returns what broke, in words, so a test of any adapter reads the same.
+
+use crate::ports::{CheckpointStore, LeadSourceKind, LeadStore, PutOutcome, RunFacts, StoredLead};
+use time::OffsetDateTime;
+
+/// A lead as Graph would give it, with `id` and a form.
+pub fn sample_lead(id: &str, source: LeadSourceKind, ingested_at: OffsetDateTime) -> StoredLead {
+    let raw = format!(
+        r#"{{"id":"{id}","created_time":"2026-11-30T04:00:00+0000","form_id":"9","field_data":[{{"name":"email","values":["p{id}@example.org"]}}]}}"#
+    );
+    StoredLead {
+        // A literal that parses: the contract is about the store, not the parser.
+        lead: leadpipe_graph::Lead::from_json(&raw).unwrap_or_else(|_| unreachable_lead()),
+        page_id: "77".into(),
+        form_id: Some("9".into()),
+        source,
+        ingested_at,
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_lead() -> leadpipe_graph::Lead {
+    panic!("the sample lead literal always parses")
+}
+
+/// First write wins: a lead written again (a duplicate webhook, a backfill re-read) leaves
+/// the first write's item, `source` and `ingested_at` included; a lead twice in one call is
+/// one insert. `read` gives back the stored `(source, ingested_at as unix seconds)`.
+pub async fn first_write_wins<S, R>(store: &S, prefix: &str, read: R) -> Result<(), String>
+where
+    S: LeadStore,
+    R: AsyncFn(&str) -> Option<(String, i64)>,
+{
+    let first = OffsetDateTime::from_unix_timestamp(1_764_470_000).map_err(|e| e.to_string())?;
+    let later = OffsetDateTime::from_unix_timestamp(1_764_480_000).map_err(|e| e.to_string())?;
+    let (a, b, c) = (
+        format!("{prefix}1"),
+        format!("{prefix}2"),
+        format!("{prefix}3"),
+    );
+    let outcomes = store
+        .put_leads(&[
+            sample_lead(&a, LeadSourceKind::Webhook, first),
+            sample_lead(&b, LeadSourceKind::Webhook, first),
+        ])
+        .await
+        .map_err(|e| format!("the first write failed: {e}"))?;
+    expect(
+        &outcomes,
+        &[PutOutcome::Inserted, PutOutcome::Inserted],
+        "two new leads",
+    )?;
+    let outcomes = store
+        .put_leads(&[
+            sample_lead(&a, LeadSourceKind::Backfill, later),
+            sample_lead(&c, LeadSourceKind::Backfill, later),
+            sample_lead(&c, LeadSourceKind::Backfill, later),
+        ])
+        .await
+        .map_err(|e| format!("the second write failed: {e}"))?;
+    // The two writes of the new lead may race (DynamoDB's puts of a call run at once):
+    // exactly one of them inserts.
+    let mut pair = outcomes
+        .get(1..)
+        .map(<[PutOutcome]>::to_vec)
+        .unwrap_or_default();
+    pair.sort_by_key(|o| matches!(o, PutOutcome::AlreadyPresent));
+    expect(
+        &[
+            outcomes.first().copied(),
+            pair.first().copied(),
+            pair.get(1).copied(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>(),
+        &[
+            PutOutcome::AlreadyPresent,
+            PutOutcome::Inserted,
+            PutOutcome::AlreadyPresent,
+        ],
+        "a lead again, then a new one twice in the same call",
+    )?;
+    match read(&a).await {
+        Some((source, at)) if source == "webhook" && at == first.unix_timestamp() => Ok(()),
+        other => Err(format!(
+            "lead {a} should keep its first write (webhook, {}), found {other:?}",
+            first.unix_timestamp()
+        )),
+    }
+}
+
+/// A checkpoint never moves back, and is absent until first saved.
+pub async fn checkpoint_never_moves_back<C: CheckpointStore>(
+    checkpoints: &C,
+    key: &str,
+) -> Result<(), String> {
+    let read = async |what: &str| {
+        checkpoints
+            .checkpoint(key)
+            .await
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    if let Some(found) = read("before any save").await? {
+        return Err(format!("{key} had a checkpoint before any save: {found}"));
+    }
+    for (save, want) in [(1_000, 1_000), (500, 1_000), (2_000, 2_000), (2_000, 2_000)] {
+        checkpoints
+            .save_checkpoint(key, save, &RunFacts::default())
+            .await
+            .map_err(|e| format!("save {save}: {e}"))?;
+        let found = read("after a save").await?;
+        if found != Some(want) {
+            return Err(format!(
+                "after saving {save}, {key} is {found:?}, not {want}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn expect(got: &[PutOutcome], want: &[PutOutcome], what: &str) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {want:?}, got {got:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryCheckpoints, MemoryLeadStore};
+
+    #[tokio::test]
+    async fn the_memory_stores_keep_the_contract() {
+        let store = MemoryLeadStore::new();
+        first_write_wins(&store, "m", async |id: &str| {
+            store
+                .get(id)
+                .map(|l| (l.source.as_str().to_owned(), l.ingested_at.unix_timestamp()))
+        })
+        .await
+        .unwrap();
+        checkpoint_never_moves_back(&MemoryCheckpoints::default(), "form#1")
+            .await
+            .unwrap();
+    }
+}
