@@ -196,6 +196,17 @@ pub struct BackfillPlan {
 }
 
 impl BackfillPlan {
+    /// The pages the run visits: the planned ones, then those only the planned ads name.
+    pub fn page_ids(&self) -> Vec<&str> {
+        let mut pages: Vec<&str> = self.pages.iter().map(String::as_str).collect();
+        for (page, _) in &self.ads {
+            if !pages.contains(&page.as_str()) {
+                pages.push(page);
+            }
+        }
+        pages
+    }
+
     /// The scheduled run: every configured page, every form, from the checkpoints.
     pub fn scheduled(configured_pages: &[String]) -> Self {
         Self {
@@ -308,6 +319,38 @@ pub struct ProblemLead {
     pub detail: String,
 }
 
+/// How a form's or ad's read ended (the summary's `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Read to the end of its window; its checkpoint is at the end.
+    #[default]
+    Done,
+    /// The deadline, a rate limit or a refused token stopped it; the next run resumes.
+    Stopped,
+    /// Graph refused it for good (permission, gone); nothing to resume.
+    Skipped,
+    /// A transient failure or the store stopped it; the next run reads it again.
+    Failed,
+}
+
+/// How a page ended (the summary's `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageStatus {
+    /// Every form and ad read.
+    #[default]
+    Done,
+    /// Not read: no lead access, a refused token, or Graph refused it.
+    Skipped,
+    /// Rate limited; the next run resumes.
+    RateLimited,
+    /// The run's deadline came first; the next run resumes.
+    Stopped,
+    /// Some forms or ads failed; the others were read.
+    Partial,
+}
+
 /// One form's or ad's part of the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeSummary {
@@ -324,8 +367,7 @@ pub struct NodeSummary {
     pub problem_leads: Vec<ProblemLead>,
     pub checkpoint_before: Option<i64>,
     pub checkpoint_after: Option<i64>,
-    /// `done`, `stopped` (deadline), `skipped`, `failed`.
-    pub status: &'static str,
+    pub status: NodeStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The class of the Graph error that stopped this node, if one did.
@@ -337,8 +379,7 @@ pub struct NodeSummary {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PageSummary {
     pub page_id: String,
-    /// `done`, `skipped` (access, token), `rate_limited`, `stopped` (deadline), `partial`.
-    pub status: &'static str,
+    pub status: PageStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub nodes: Vec<NodeSummary>,
@@ -371,8 +412,8 @@ pub struct BackfillSummary {
 enum NodeEnd {
     Done,
     Deadline,
-    PageStop(&'static str, String),
-    NodeStop(&'static str, String),
+    PageStop(PageStatus, String),
+    NodeStop(NodeStatus, String),
 }
 
 /// The ports a backfill run uses.
@@ -403,149 +444,14 @@ where
     Q: QueueControl,
     D: Deadline,
 {
-    let source = ports.source;
     let mut summary = BackfillSummary {
         dry_run: plan.dry_run,
         ..BackfillSummary::default()
     };
-    let mut ad_pages: Vec<&str> = plan.ads.iter().map(|(p, _)| p.as_str()).collect();
-    ad_pages.dedup();
-    let mut page_ids: Vec<&str> = plan.pages.iter().map(String::as_str).collect();
-    for page in ad_pages {
-        if !page_ids.contains(&page) {
-            page_ids.push(page);
-        }
-    }
-    for page_id in page_ids {
+    for page_id in plan.page_ids() {
         let span = tracing::info_span!("backfill_page", page_id);
         let _entered = span.enter();
-        let mut page = PageSummary {
-            page_id: page_id.to_owned(),
-            status: "done",
-            ..PageSummary::default()
-        };
-        if deadline.near() {
-            page.status = "stopped";
-            page.reason = Some("the run's deadline came first; the next run covers it".into());
-            summary.stopped_by_deadline = true;
-            summary.pages.push(page);
-            continue;
-        }
-        match source.lead_access(page_id).await {
-            Ok(access) if access.can_access_lead => {}
-            Ok(access) => {
-                let diagnosis = access.diagnosis();
-                tracing::warn!(diagnosis = %diagnosis, "page skipped: no lead access");
-                page.status = "skipped";
-                page.reason = Some(format!("no lead access: {diagnosis}"));
-                summary.pages.push(page);
-                continue;
-            }
-            Err(err) => {
-                *summary
-                    .graph_errors
-                    .entry(err.class().as_str().to_owned())
-                    .or_insert(0) += 1;
-                let (status, reason) = page_error(&err, "checking lead access");
-                page.status = status;
-                page.reason = Some(reason);
-                summary.pages.push(page);
-                continue;
-            }
-        }
-        let mut targets: Vec<(NodeKind, String, Option<i64>)> = Vec::new();
-        if plan.pages.iter().any(|p| p == page_id) {
-            match source.forms(page_id).await {
-                Ok(forms) => targets.extend(
-                    forms
-                        .into_iter()
-                        .filter(|f| plan.forms.as_ref().is_none_or(|only| only.contains(&f.id)))
-                        .map(|f: LeadgenForm| {
-                            (
-                                NodeKind::Form,
-                                f.id,
-                                f.created_time.map(|t| t.unix_timestamp()),
-                            )
-                        }),
-                ),
-                Err(err) => {
-                    *summary
-                        .graph_errors
-                        .entry(err.class().as_str().to_owned())
-                        .or_insert(0) += 1;
-                    let (status, reason) = page_error(&err, "listing forms");
-                    page.status = status;
-                    page.reason = Some(reason);
-                    summary.pages.push(page);
-                    continue;
-                }
-            }
-        }
-        targets.extend(
-            plan.ads
-                .iter()
-                .filter(|(p, _)| p == page_id)
-                .map(|(_, ad)| (NodeKind::Ad, ad.clone(), None)),
-        );
-        for (index, (kind, node_id, created)) in targets.iter().enumerate() {
-            let mut node = NodeSummary {
-                kind: *kind,
-                id: node_id.clone(),
-                status: "done",
-                ..NodeSummary::default()
-            };
-            let end = read_node(
-                ports,
-                deadline,
-                &NodeRun {
-                    plan,
-                    settings,
-                    now,
-                    page_id,
-                    created: *created,
-                },
-                &mut node,
-            )
-            .await;
-            summary.leads_read += node.leads_read;
-            summary.new += node.new;
-            summary.already_present += node.already_present;
-            match end {
-                NodeEnd::Done => page.nodes.push(node),
-                NodeEnd::NodeStop(status, reason) => {
-                    node.status = status;
-                    node.reason = Some(reason);
-                    page.status = "partial";
-                    page.nodes.push(node);
-                }
-                NodeEnd::Deadline => {
-                    node.status = "stopped";
-                    node.reason =
-                        Some("the run's deadline came first; the next run resumes here".into());
-                    page.nodes.push(node);
-                    page.status = "stopped";
-                    summary.stopped_by_deadline = true;
-                    for (kind, id, _) in &targets[index + 1..] {
-                        page.nodes.push(NodeSummary {
-                            kind: *kind,
-                            id: id.clone(),
-                            status: "stopped",
-                            reason: Some("not reached before the deadline".into()),
-                            ..NodeSummary::default()
-                        });
-                    }
-                    break;
-                }
-                NodeEnd::PageStop(status, reason) => {
-                    node.status = "stopped";
-                    node.reason = Some(reason.clone());
-                    page.nodes.push(node);
-                    page.status = status;
-                    page.reason = Some(reason);
-                    break;
-                }
-            }
-        }
+        let page = backfill_page(ports, deadline, plan, settings, now, page_id, &mut summary).await;
         summary.pages.push(page);
     }
     tracing::info!(
@@ -560,23 +466,177 @@ where
     summary
 }
 
+/// One form or ad to read, with the form's creation (where its first run starts).
+type Target = (NodeKind, String, Option<i64>);
+
+/// One page: its lead access, its targets, each target read in turn.
+async fn backfill_page<S, L, C, Q, D>(
+    ports: &BackfillPorts<'_, S, L, C, Q>,
+    deadline: &D,
+    plan: &BackfillPlan,
+    settings: &BackfillSettings,
+    now: OffsetDateTime,
+    page_id: &str,
+    summary: &mut BackfillSummary,
+) -> PageSummary
+where
+    S: BackfillSource,
+    L: LeadStore,
+    C: CheckpointStore,
+    Q: QueueControl,
+    D: Deadline,
+{
+    let mut page = PageSummary {
+        page_id: page_id.to_owned(),
+        ..PageSummary::default()
+    };
+    if deadline.near() {
+        page.status = PageStatus::Stopped;
+        page.reason = Some("the run's deadline came first; the next run covers it".into());
+        summary.stopped_by_deadline = true;
+        return page;
+    }
+    let targets = match page_targets(ports.source, plan, page_id).await {
+        Ok(Ok(targets)) => targets,
+        Ok(Err(denied)) => {
+            tracing::warn!(diagnosis = %denied, "page skipped: no lead access");
+            page.status = PageStatus::Skipped;
+            page.reason = Some(format!("no lead access: {denied}"));
+            return page;
+        }
+        Err((err, doing)) => {
+            *summary
+                .graph_errors
+                .entry(err.class().as_str().to_owned())
+                .or_insert(0) += 1;
+            let (status, reason) = page_error(&err, doing);
+            page.status = status;
+            page.reason = Some(reason);
+            return page;
+        }
+    };
+    for (index, (kind, node_id, created)) in targets.iter().enumerate() {
+        let mut node = NodeSummary {
+            kind: *kind,
+            id: node_id.clone(),
+            ..NodeSummary::default()
+        };
+        let run = NodeRun {
+            plan,
+            settings,
+            now,
+            page_id,
+            created: *created,
+        };
+        let end = read_node(ports, deadline, &run, &mut node).await;
+        summary.leads_read += node.leads_read;
+        summary.new += node.new;
+        summary.already_present += node.already_present;
+        match end {
+            NodeEnd::Done => page.nodes.push(node),
+            NodeEnd::NodeStop(status, reason) => {
+                node.status = status;
+                node.reason = Some(reason);
+                page.status = PageStatus::Partial;
+                page.nodes.push(node);
+            }
+            NodeEnd::Deadline => {
+                node.status = NodeStatus::Stopped;
+                node.reason =
+                    Some("the run's deadline came first; the next run resumes here".into());
+                page.nodes.push(node);
+                page.status = PageStatus::Stopped;
+                summary.stopped_by_deadline = true;
+                page.nodes.extend(
+                    targets[index + 1..]
+                        .iter()
+                        .map(|(kind, id, _)| NodeSummary {
+                            kind: *kind,
+                            id: id.clone(),
+                            status: NodeStatus::Stopped,
+                            reason: Some("not reached before the deadline".into()),
+                            ..NodeSummary::default()
+                        }),
+                );
+                break;
+            }
+            NodeEnd::PageStop(status, reason) => {
+                node.status = NodeStatus::Stopped;
+                node.reason = Some(reason.clone());
+                page.nodes.push(node);
+                page.status = status;
+                page.reason = Some(reason);
+                break;
+            }
+        }
+    }
+    page
+}
+
+/// What to read on a page: its forms (when the plan covers the page; only the planned forms
+/// when it names some) and the planned ads, after checking the token may read the page's
+/// leads. `Ok(Err(diagnosis))` when access is denied, in Meta's words; `Err` with what was
+/// being done when Graph failed.
+async fn page_targets<S: BackfillSource>(
+    source: &S,
+    plan: &BackfillPlan,
+    page_id: &str,
+) -> Result<Result<Vec<Target>, String>, (GraphError, &'static str)> {
+    let access = source
+        .lead_access(page_id)
+        .await
+        .map_err(|e| (e, "checking lead access"))?;
+    if !access.can_access_lead {
+        return Ok(Err(access.diagnosis()));
+    }
+    let mut targets: Vec<Target> = Vec::new();
+    if plan.pages.iter().any(|p| p == page_id) {
+        let forms = source
+            .forms(page_id)
+            .await
+            .map_err(|e| (e, "listing forms"))?;
+        targets.extend(
+            forms
+                .into_iter()
+                .filter(|f| plan.forms.as_ref().is_none_or(|only| only.contains(&f.id)))
+                .map(|f: LeadgenForm| {
+                    let created = f.created_time.map(|t| t.unix_timestamp());
+                    (NodeKind::Form, f.id, created)
+                }),
+        );
+    }
+    targets.extend(
+        plan.ads
+            .iter()
+            .filter(|(p, _)| p == page_id)
+            .map(|(_, ad)| (NodeKind::Ad, ad.clone(), None)),
+    );
+    Ok(Ok(targets))
+}
+
 /// How a page-level Graph failure is reported.
-fn page_error(err: &GraphError, doing: &str) -> (&'static str, String) {
+fn page_error(err: &GraphError, doing: &str) -> (PageStatus, String) {
     match err.class() {
         ErrorClass::Token => {
             tracing::error!(error = %err, "ACCESS TOKEN REFUSED: page skipped until a new token is put in the secret");
-            ("skipped", format!("token refused while {doing}: {err}"))
+            (
+                PageStatus::Skipped,
+                format!("token refused while {doing}: {err}"),
+            )
         }
         ErrorClass::RateLimited => {
             tracing::warn!(error = %err, "rate limited; page left for the next run");
             (
-                "rate_limited",
+                PageStatus::RateLimited,
                 format!("rate limited while {doing}; the next run resumes: {err}"),
             )
         }
         _ => {
             tracing::warn!(error = %err, class = %err.class(), "page skipped");
-            ("skipped", format!("{} while {doing}: {err}", err.class()))
+            (
+                PageStatus::Skipped,
+                format!("{} while {doing}: {err}", err.class()),
+            )
         }
     }
 }
@@ -625,7 +685,10 @@ where
             let checkpoint = match checkpoints.checkpoint(&key).await {
                 Ok(c) => c,
                 Err(err) => {
-                    return NodeEnd::NodeStop("failed", format!("checkpoint unreadable: {err}"));
+                    return NodeEnd::NodeStop(
+                        NodeStatus::Failed,
+                        format!("checkpoint unreadable: {err}"),
+                    );
                 }
             };
             node.checkpoint_before = checkpoint;
@@ -671,9 +734,9 @@ where
                             tracing::warn!(node = %key, error = %err, "leads could not be read");
                             NodeEnd::NodeStop(
                                 if class == ErrorClass::Transient {
-                                    "failed"
+                                    NodeStatus::Failed
                                 } else {
-                                    "skipped"
+                                    NodeStatus::Skipped
                                 },
                                 format!("{class} while reading leads: {err}"),
                             )
@@ -743,7 +806,9 @@ where
                             tracing::info!(node = %key, recovered = new, "backfill recovered leads");
                         }
                     }
-                    Err(err) => return NodeEnd::NodeStop("failed", format!("lead store: {err}")),
+                    Err(err) => {
+                        return NodeEnd::NodeStop(NodeStatus::Failed, format!("lead store: {err}"));
+                    }
                 }
             }
             match page.next {
@@ -756,7 +821,10 @@ where
                 .save_checkpoint(&key, slice_end, &slice_facts)
                 .await
             {
-                return NodeEnd::NodeStop("failed", format!("checkpoint not saved: {err}"));
+                return NodeEnd::NodeStop(
+                    NodeStatus::Failed,
+                    format!("checkpoint not saved: {err}"),
+                );
             }
             node.checkpoint_after = Some(slice_end);
         }
@@ -814,7 +882,7 @@ where
         };
         if let Err(err) = sent {
             return Err(NodeEnd::NodeStop(
-                "failed",
+                NodeStatus::Failed,
                 format!(
                     "a {} lead could not be dead-lettered ({err}); the next run reads it again",
                     problem.class
@@ -948,7 +1016,7 @@ mod tests {
         let world = World::new();
         let summary = world.scheduled().await;
         assert_eq!((summary.leads_read, summary.new), (6, 6));
-        assert_eq!(summary.pages[0].status, "done");
+        assert_eq!(summary.pages[0].status, PageStatus::Done);
         for f in ["10", "11"] {
             assert_eq!(
                 world.checkpoints.get(&format!("form#{f}")),
@@ -1010,7 +1078,7 @@ mod tests {
         *world.dlq.failing.lock().unwrap() = true;
         let summary = world.scheduled().await;
         let node = &summary.pages[0].nodes[0];
-        assert_eq!(node.status, "failed");
+        assert_eq!(node.status, NodeStatus::Failed);
         let checkpoint = world.checkpoints.get("form#10").unwrap_or(0);
         assert!(
             checkpoint < NOW.unix_timestamp() - DAY,
@@ -1030,7 +1098,7 @@ mod tests {
         let node = &summary.pages[0].nodes[0];
         assert_eq!((node.new, node.too_large), (2, 1));
         assert_eq!(node.problem_leads[0].class, DeadLetterClass::TooLarge);
-        assert_eq!(node.status, "done");
+        assert_eq!(node.status, NodeStatus::Done);
         assert_eq!(world.checkpoints.get("form#10"), Some(NOW.unix_timestamp()));
         assert_eq!(
             world.dlq.dead_letters.lock().unwrap()[0].1.class,
@@ -1071,7 +1139,7 @@ mod tests {
             )
             .await;
         assert!(summary.stopped_by_deadline);
-        assert_eq!(summary.pages[0].status, "stopped");
+        assert_eq!(summary.pages[0].status, PageStatus::Stopped);
         assert!(world.store.len() < 6);
         let resumed = world.scheduled().await;
         assert_eq!(world.store.len(), 6);
@@ -1102,7 +1170,7 @@ mod tests {
         );
         let pages: Vec<String> = ["1", "2", "3", "4"].map(String::from).to_vec();
         let summary = world.run(&BackfillPlan::scheduled(&pages), &Never).await;
-        let status: Vec<(&str, &str)> = summary
+        let status: Vec<(&str, PageStatus)> = summary
             .pages
             .iter()
             .map(|p| (p.page_id.as_str(), p.status))
@@ -1110,10 +1178,10 @@ mod tests {
         assert_eq!(
             status,
             [
-                ("1", "done"),
-                ("2", "skipped"),
-                ("3", "skipped"),
-                ("4", "rate_limited")
+                ("1", PageStatus::Done),
+                ("2", PageStatus::Skipped),
+                ("3", PageStatus::Skipped),
+                ("4", PageStatus::RateLimited)
             ]
         );
         assert!(
