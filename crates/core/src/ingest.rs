@@ -188,100 +188,9 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
     messages: &[QueuedMessage<'_>],
     now: OffsetDateTime,
 ) -> IngestReport {
-    // 1. Parse each body on its own; ids that are not Graph ids fail their message alone.
-    let mut judgements: Vec<Judgement> = Vec::with_capacity(messages.len());
-    for message in messages {
-        let malformed = match LeadEvent::from_message_body(message.body) {
-            Ok(event) if is_graph_id(&event.leadgen_id) && is_graph_id(&event.page_id) => {
-                judgements.push(Judgement::Pending(event));
-                continue;
-            }
-            Ok(_) => "the message's leadgen_id or page_id is not a Graph id".to_owned(),
-            Err(err) => format!("the message body is not a lead event: {err}"),
-        };
-        tracing::warn!(message_id = message.message_id, reason = %malformed, "malformed queue message");
-        let reason = DeadLetterReason {
-            class: DeadLetterClass::Malformed,
-            detail: malformed,
-        };
-        judgements.push(Judgement::Done(
-            dead_letter(queue, message, None, reason).await,
-        ));
-    }
-
-    // 2. Fetch per page, each distinct lead once.
-    let mut by_page: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for judgement in &judgements {
-        if let Judgement::Pending(event) = judgement {
-            by_page
-                .entry(&event.page_id)
-                .or_default()
-                .insert(&event.leadgen_id);
-        }
-    }
-    let fetches = by_page.iter().map(|(page_id, ids)| {
-        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
-        async move { (*page_id, fetcher.fetch(page_id, &ids).await) }
-    });
-    let fetched = futures::future::join_all(fetches).await;
-    let mut results: HashMap<(String, String), Result<Lead, GraphError>> = HashMap::new();
-    let mut page_failures: HashMap<String, GraphError> = HashMap::new();
-    for (page_id, outcome) in fetched {
-        match outcome {
-            Ok(items) => {
-                for item in items {
-                    results.insert((page_id.to_owned(), item.lead_id), item.result);
-                }
-            }
-            Err(err) => {
-                page_failures.insert(page_id.to_owned(), err);
-            }
-        }
-    }
-    for (page_id, err) in &page_failures {
-        if err.class() == ErrorClass::Token {
-            tracing::error!(page_id = %page_id, code = ?err.code, subcode = ?err.subcode, error = %err,
-                "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
-        }
-    }
-    let mut token_pages_logged: BTreeSet<String> = page_failures
-        .iter()
-        .filter(|(_, e)| e.class() == ErrorClass::Token)
-        .map(|(p, _)| p.clone())
-        .collect();
-
-    // 3. Store every lead that was read, once.
-    let mut to_store: Vec<StoredLead> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for judgement in &judgements {
-        if let Judgement::Pending(event) = judgement
-            && let Some(Ok(lead)) = results.get(&(event.page_id.clone(), event.leadgen_id.clone()))
-            && seen.insert(lead.id.clone())
-        {
-            to_store.push(StoredLead {
-                form_id: lead.form_id.clone().or_else(|| event.form_id.clone()),
-                lead: lead.clone(),
-                page_id: event.page_id.clone(),
-                source: LeadSourceKind::Webhook,
-                ingested_at: now,
-            });
-        }
-    }
-    let stored: Result<HashMap<String, PutOutcome>, String> = if to_store.is_empty() {
-        Ok(HashMap::new())
-    } else {
-        match store.put_leads(&to_store).await {
-            Ok(outcomes) => Ok(to_store
-                .iter()
-                .map(|s| s.lead.id.clone())
-                .zip(outcomes)
-                .collect()),
-            Err(err) => {
-                tracing::error!(leads = to_store.len(), error = %err, "lead store write failed; the batch will be redelivered");
-                Err(err.to_string())
-            }
-        }
-    };
+    let judgements = parse_messages(queue, messages).await;
+    let mut fetched = fetch_by_page(fetcher, &judgements).await;
+    let stored = store_read_leads(store, &judgements, &fetched.results, now).await;
 
     // 4. Judge each message.
     let mut report = IngestReport::default();
@@ -293,7 +202,7 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
                 let span = tracing::info_span!("ingest_message", message_id = message.message_id, leadgen_id = %event.leadgen_id, page_id = %event.page_id);
                 let _entered = span.enter();
                 let key = (event.page_id.clone(), event.leadgen_id.clone());
-                match (results.get(&key), page_failures.get(&event.page_id)) {
+                match (fetched.results.get(&key), fetched.page_failures.get(&event.page_id)) {
                     (Some(Ok(_)), _) => match &stored {
                         Ok(outcomes) => match outcomes.get(&event.leadgen_id) {
                             Some(PutOutcome::Inserted) => Disposition::Stored {
@@ -322,7 +231,7 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
                     },
                     (Some(Err(err)), _) | (None, Some(err)) => {
                         if err.class() == ErrorClass::Token
-                            && token_pages_logged.insert(event.page_id.clone())
+                            && fetched.token_pages_logged.insert(event.page_id.clone())
                         {
                             tracing::error!(page_id = %event.page_id, error = %err,
                                 "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
@@ -352,6 +261,125 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
         "ingest batch"
     );
     report
+}
+
+/// Step 1: each body parsed on its own; ids that are not Graph ids fail their message alone
+/// (dead-lettered `malformed` at once).
+async fn parse_messages<C: QueueControl>(
+    queue: &C,
+    messages: &[QueuedMessage<'_>],
+) -> Vec<Judgement> {
+    let mut judgements: Vec<Judgement> = Vec::with_capacity(messages.len());
+    for message in messages {
+        let malformed = match LeadEvent::from_message_body(message.body) {
+            Ok(event) if is_graph_id(&event.leadgen_id) && is_graph_id(&event.page_id) => {
+                judgements.push(Judgement::Pending(event));
+                continue;
+            }
+            Ok(_) => "the message's leadgen_id or page_id is not a Graph id".to_owned(),
+            Err(err) => format!("the message body is not a lead event: {err}"),
+        };
+        tracing::warn!(message_id = message.message_id, reason = %malformed, "malformed queue message");
+        let reason = DeadLetterReason {
+            class: DeadLetterClass::Malformed,
+            detail: malformed,
+        };
+        judgements.push(Judgement::Done(
+            dead_letter(queue, message, None, reason).await,
+        ));
+    }
+    judgements
+}
+
+/// What step 2 read: each `(page, lead)`'s result, and the pages whose whole call failed.
+struct Fetched {
+    results: HashMap<(String, String), Result<Lead, GraphError>>,
+    page_failures: HashMap<String, GraphError>,
+    /// Pages whose refused token was logged already (once per page per batch).
+    token_pages_logged: BTreeSet<String>,
+}
+
+/// Step 2: the leads read per page (the page decides the token), each distinct lead once,
+/// the pages at once.
+async fn fetch_by_page<F: LeadFetcher>(fetcher: &F, judgements: &[Judgement]) -> Fetched {
+    let mut by_page: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for judgement in judgements {
+        if let Judgement::Pending(event) = judgement {
+            by_page
+                .entry(&event.page_id)
+                .or_default()
+                .insert(&event.leadgen_id);
+        }
+    }
+    let fetches = by_page.iter().map(|(page_id, ids)| {
+        let ids: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+        async move { (*page_id, fetcher.fetch(page_id, &ids).await) }
+    });
+    let mut fetched = Fetched {
+        results: HashMap::new(),
+        page_failures: HashMap::new(),
+        token_pages_logged: BTreeSet::new(),
+    };
+    for (page_id, outcome) in futures::future::join_all(fetches).await {
+        match outcome {
+            Ok(items) => {
+                for item in items {
+                    fetched
+                        .results
+                        .insert((page_id.to_owned(), item.lead_id), item.result);
+                }
+            }
+            Err(err) => {
+                if err.class() == ErrorClass::Token {
+                    tracing::error!(page_id = %page_id, code = ?err.code, subcode = ?err.subcode, error = %err,
+                        "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
+                    fetched.token_pages_logged.insert(page_id.to_owned());
+                }
+                fetched.page_failures.insert(page_id.to_owned(), err);
+            }
+        }
+    }
+    fetched
+}
+
+/// Step 3: every lead that was read, stored once (one store call for the batch). The
+/// store's answer per lead id, or why the whole write failed.
+async fn store_read_leads<S: LeadStore>(
+    store: &S,
+    judgements: &[Judgement],
+    results: &HashMap<(String, String), Result<Lead, GraphError>>,
+    now: OffsetDateTime,
+) -> Result<HashMap<String, PutOutcome>, String> {
+    let mut to_store: Vec<StoredLead> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for judgement in judgements {
+        if let Judgement::Pending(event) = judgement
+            && let Some(Ok(lead)) = results.get(&(event.page_id.clone(), event.leadgen_id.clone()))
+            && seen.insert(lead.id.clone())
+        {
+            to_store.push(StoredLead {
+                form_id: lead.form_id.clone().or_else(|| event.form_id.clone()),
+                lead: lead.clone(),
+                page_id: event.page_id.clone(),
+                source: LeadSourceKind::Webhook,
+                ingested_at: now,
+            });
+        }
+    }
+    if to_store.is_empty() {
+        return Ok(HashMap::new());
+    }
+    match store.put_leads(&to_store).await {
+        Ok(outcomes) => Ok(to_store
+            .iter()
+            .map(|s| s.lead.id.clone())
+            .zip(outcomes)
+            .collect()),
+        Err(err) => {
+            tracing::error!(leads = to_store.len(), error = %err, "lead store write failed; the batch will be redelivered");
+            Err(err.to_string())
+        }
+    }
 }
 
 fn retry(event: Option<&LeadEvent>, cause: RetryCause, delay: Option<Duration>) -> Disposition {
