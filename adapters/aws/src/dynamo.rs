@@ -9,7 +9,6 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use leadpipe_core::ports::{LeadStore, PutOutcome, StoreError, StoredLead};
 use std::collections::HashMap;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// Puts in flight at once per `put_leads` call.
 const CONCURRENT_PUTS: usize = 16;
@@ -79,91 +78,64 @@ impl LeadStore for DynamoLeadStore {
     }
 }
 
-/// RFC 3339 UTC to the second, as the contract's example: `2015-02-28T08:49:14Z`.
-pub fn contract_time(at: OffsetDateTime) -> String {
-    let at = at
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(at);
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
-}
+pub use leadpipe_core::record::contract_time;
 
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
-/// The item for one lead, attribute by attribute as docs/architecture.md lists them.
+/// The item for one lead: core's projection ([`StoredLead::record`]) encoded as DynamoDB
+/// attributes (docs/architecture.md, "Leads table").
 pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
-    let lead = &stored.lead;
+    let record = stored.record();
     let mut item = HashMap::new();
-    item.insert("lead_id".to_owned(), s(&lead.id));
-    item.insert(
-        "created_time".to_owned(),
-        s(contract_time(lead.created_time)),
-    );
-    item.insert("page_id".to_owned(), s(&stored.page_id));
+    item.insert("lead_id".to_owned(), s(record.lead_id));
+    item.insert("created_time".to_owned(), s(record.created_time));
+    item.insert("page_id".to_owned(), s(record.page_id));
     // Left out when absent, never "": the by_form index refuses empty keys.
-    if let Some(form_id) = stored.form_id.as_deref().filter(|f| !f.is_empty()) {
+    if let Some(form_id) = record.form_id {
         item.insert("form_id".to_owned(), s(form_id));
     }
-    let optional = [
-        ("ad_id", &lead.ad_id),
-        ("ad_name", &lead.ad_name),
-        ("adset_id", &lead.adset_id),
-        ("adset_name", &lead.adset_name),
-        ("campaign_id", &lead.campaign_id),
-        ("campaign_name", &lead.campaign_name),
-        ("platform", &lead.platform),
-        ("partner_name", &lead.partner_name),
-        ("retailer_item_id", &lead.retailer_item_id),
-    ];
-    for (name, value) in optional {
-        if let Some(value) = value {
-            item.insert(name.to_owned(), s(value));
-        }
+    for (name, value) in record.optional {
+        item.insert(name.to_owned(), s(value));
     }
     item.insert(
         "is_organic".to_owned(),
-        AttributeValue::Bool(lead.is_organic),
+        AttributeValue::Bool(record.is_organic),
     );
-    let mut fields: HashMap<String, Vec<AttributeValue>> = HashMap::new();
-    for field in &lead.field_data {
-        // A name given twice keeps every value rather than the last one.
-        fields
-            .entry(field.name.clone())
-            .or_default()
-            .extend(field.values.iter().map(s));
-    }
     item.insert(
         "fields".to_owned(),
         AttributeValue::M(
-            fields
+            record
+                .fields
                 .into_iter()
-                .map(|(k, v)| (k, AttributeValue::L(v)))
+                .map(|(name, values)| {
+                    (
+                        name.to_owned(),
+                        AttributeValue::L(values.into_iter().map(s).collect()),
+                    )
+                })
                 .collect(),
         ),
     );
     item.insert(
         "custom_disclaimer_responses".to_owned(),
         AttributeValue::L(
-            lead.custom_disclaimer_responses
-                .iter()
-                .map(|r| {
+            record
+                .disclaimers
+                .into_iter()
+                .map(|(key, checked)| {
                     AttributeValue::M(HashMap::from([
-                        ("checkbox_key".to_owned(), s(&r.checkbox_key)),
-                        ("is_checked".to_owned(), AttributeValue::Bool(r.is_checked)),
+                        ("checkbox_key".to_owned(), s(key)),
+                        ("is_checked".to_owned(), AttributeValue::Bool(checked)),
                     ]))
                 })
                 .collect(),
         ),
     );
-    item.insert("raw".to_owned(), s(&lead.raw));
-    item.insert("source".to_owned(), s(stored.source.as_str()));
-    item.insert(
-        "ingested_at".to_owned(),
-        s(contract_time(stored.ingested_at)),
-    );
+    item.insert("raw".to_owned(), s(record.raw));
+    item.insert("source".to_owned(), s(record.source));
+    item.insert("ingested_at".to_owned(), s(record.ingested_at));
     item
 }
 

@@ -169,18 +169,8 @@ pub struct LeadRow {
     pub ingested_at: String,
 }
 
-/// The optional string columns, in contract order.
-pub const OPTIONAL_COLUMNS: [&str; 9] = [
-    "ad_id",
-    "ad_name",
-    "adset_id",
-    "adset_name",
-    "campaign_id",
-    "campaign_name",
-    "platform",
-    "partner_name",
-    "retailer_item_id",
-];
+/// The optional string columns, in contract order (core's one list).
+pub use leadpipe_core::record::OPTIONAL_ATTRIBUTES as OPTIONAL_COLUMNS;
 
 /// Files made before form_id became optional (ad leads with no form) have it NOT NULL;
 /// rebuild that one table in a transaction, keeping every row.
@@ -504,15 +494,15 @@ impl LeadStore for LocalDb {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(leads.len());
             for stored in leads {
-                let lead = &stored.lead;
-                let mut fields: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-                for f in &lead.field_data {
-                    fields.entry(f.name.as_str()).or_default().extend(f.values.iter().map(String::as_str));
-                }
-                let disclaimers: Vec<serde_json::Value> = lead
-                    .custom_disclaimer_responses
+                // Core's projection, encoded as a row: `fields` and the disclaimers as JSON.
+                let record = stored.record();
+                let optional = |name: &str| {
+                    record.optional.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+                };
+                let disclaimers: Vec<serde_json::Value> = record
+                    .disclaimers
                     .iter()
-                    .map(|d| serde_json::json!({"checkbox_key": d.checkbox_key, "is_checked": d.is_checked}))
+                    .map(|(key, checked)| serde_json::json!({"checkbox_key": key, "is_checked": checked}))
                     .collect();
                 let changed = tx.execute(
                     "INSERT OR IGNORE INTO leads (lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id,
@@ -520,25 +510,25 @@ impl LeadStore for LocalDb {
                         fields, custom_disclaimer_responses, raw, source, ingested_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                     params![
-                        lead.id,
-                        rfc3339(lead.created_time.to_offset(time::UtcOffset::UTC)),
-                        stored.page_id,
-                        stored.form_id,
-                        lead.ad_id,
-                        lead.ad_name,
-                        lead.adset_id,
-                        lead.adset_name,
-                        lead.campaign_id,
-                        lead.campaign_name,
-                        lead.platform,
-                        lead.partner_name,
-                        lead.retailer_item_id,
-                        lead.is_organic as i64,
-                        serde_json::to_string(&fields).unwrap_or_else(|_| "{}".into()),
+                        record.lead_id,
+                        record.created_time,
+                        record.page_id,
+                        record.form_id,
+                        optional("ad_id"),
+                        optional("ad_name"),
+                        optional("adset_id"),
+                        optional("adset_name"),
+                        optional("campaign_id"),
+                        optional("campaign_name"),
+                        optional("platform"),
+                        optional("partner_name"),
+                        optional("retailer_item_id"),
+                        record.is_organic as i64,
+                        serde_json::to_string(&record.fields).unwrap_or_else(|_| "{}".into()),
                         serde_json::Value::Array(disclaimers).to_string(),
-                        lead.raw,
-                        stored.source.as_str(),
-                        rfc3339(stored.ingested_at),
+                        record.raw,
+                        record.source,
+                        record.ingested_at,
                     ],
                 )?;
                 outcomes.push(if changed == 1 { PutOutcome::Inserted } else { PutOutcome::AlreadyPresent });

@@ -202,7 +202,10 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
                 let span = tracing::info_span!("ingest_message", message_id = message.message_id, leadgen_id = %event.leadgen_id, page_id = %event.page_id);
                 let _entered = span.enter();
                 let key = (event.page_id.clone(), event.leadgen_id.clone());
-                match (fetched.results.get(&key), fetched.page_failures.get(&event.page_id)) {
+                match (
+                    fetched.results.get(&key),
+                    fetched.page_failures.get(&event.page_id),
+                ) {
                     (Some(Ok(_)), _) => match &stored {
                         Ok(outcomes) => match outcomes.get(&event.leadgen_id) {
                             Some(PutOutcome::Inserted) => Disposition::Stored {

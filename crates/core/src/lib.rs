@@ -26,6 +26,7 @@ pub mod ids;
 pub mod ingest;
 pub mod memory;
 pub mod ports;
+pub mod record;
 pub mod secrets;
 pub mod settings;
 pub mod signature;
