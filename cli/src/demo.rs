@@ -187,7 +187,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     // 2. Ingest drains the queue.
     let ingesting = bar(args.quiet, sent.delivered.len(), "ingested by webhook");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while pipeline.db.queue_len().map_err(CliError::Failed)? > 0 && Instant::now() < deadline {
+    while pipeline.db.queue_len()? > 0 && Instant::now() < deadline {
         ingesting.set_position(pipeline.db.lead_count().unwrap_or(0) as u64);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -215,7 +215,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     recovering.finish();
 
     // 4. Compare with the sandbox, field for field.
-    let rows = pipeline.db.leads().map_err(CliError::Failed)?;
+    let rows = pipeline.db.leads()?;
     let stored: BTreeMap<&str, &leadpipe_local::LeadRow> =
         rows.iter().map(|r| (r.lead_id.as_str(), r)).collect();
     let mut report = DemoReport {
@@ -226,7 +226,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         by_webhook: rows.iter().filter(|r| r.source == "webhook").count(),
         by_backfill: rows.iter().filter(|r| r.source == "backfill").count(),
         stored: rows.len(),
-        dead_letters: pipeline.db.dead_letters().map_err(CliError::Failed)?.len(),
+        dead_letters: pipeline.db.dead_letters()?.len(),
         db: db.clone(),
         ..DemoReport::default()
     };

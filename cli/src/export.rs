@@ -174,8 +174,8 @@ pub fn run(args: ExportArgs) -> Result<(), CliError> {
             args.db.display()
         )));
     }
-    let db = LocalDb::open_read_only(&args.db).map_err(|e| CliError::Settings(e.to_string()))?;
-    let rows = db.leads().map_err(CliError::Failed)?;
+    let db = LocalDb::open_read_only(&args.db)?;
+    let rows = db.leads()?;
     let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(create_out(path, args.force)?),
         None => Box::new(std::io::stdout().lock()),

@@ -49,6 +49,21 @@ pub enum CliError {
     /// Writing the command's output failed; a closed pipe (`| head`) is not an error.
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+    /// The SQLite file could not be opened.
+    #[error(transparent)]
+    Open(#[from] leadpipe_local::OpenError),
+    /// Reading or writing the SQLite file failed.
+    #[error("the local database: {0}")]
+    Local(#[from] leadpipe_local::LocalError),
+    /// A setting (flag, environment variable) is missing or unusable.
+    #[error(transparent)]
+    Setting(#[from] leadpipe_core::settings::SettingsError),
+    /// The Graph client could not be built, or a Graph call failed.
+    #[error(transparent)]
+    Graph(#[from] leadpipe_graph::GraphError),
+    /// An on-demand backfill request cannot be run.
+    #[error(transparent)]
+    Request(#[from] leadpipe_core::backfill::RequestError),
 }
 
 impl CliError {
@@ -173,8 +188,7 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
         request,
         &pipeline.configured_pages(),
         time::OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| CliError::Settings(e.to_string()))?;
+    )?;
     let summary = pipeline.backfill(&plan).await;
     println!(
         "{}",
@@ -186,10 +200,8 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
 async fn doctor(args: DoctorArgs) -> Result<(), CliError> {
     let secrets = load_secrets(args.secret_file.as_ref())?;
     let env = Env::process();
-    let config = leadpipe_graph_source::graph_config(&env, &secrets)
-        .map_err(|e| CliError::Settings(e.to_string()))?;
-    let client =
-        leadpipe_graph::GraphClient::new(config).map_err(|e| CliError::Settings(e.to_string()))?;
+    let config = leadpipe_graph_source::graph_config(&env, &secrets)?;
+    let client = leadpipe_graph::GraphClient::new(config)?;
     let pages: Vec<String> = if args.pages.is_empty() {
         secrets.page_tokens.keys().cloned().collect()
     } else {

@@ -71,8 +71,8 @@ impl Pipeline {
         graph: GraphConfig,
         tuning: Tuning,
     ) -> Result<Self, CliError> {
-        let db = LocalDb::open(db).map_err(|e| CliError::Settings(e.to_string()))?;
-        let graph = GraphClient::new(graph).map_err(|e| CliError::Settings(e.to_string()))?;
+        let db = LocalDb::open(db)?;
+        let graph = GraphClient::new(graph)?;
         let webhook = WebhookSecrets::try_from(&secrets).ok();
         Ok(Self {
             db,
@@ -93,7 +93,7 @@ impl Pipeline {
         &self,
         fetcher: &GraphLeadFetcher,
         control: &LocalQueueControl,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, leadpipe_local::LocalError> {
         let leased = self
             .db
             .lease(10, self.tuning.visibility, self.tuning.max_receives)?;

@@ -276,3 +276,30 @@ fn a_backfill_window_out_of_range_is_refused_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_damaged_stored_lead_is_an_error_naming_it_never_an_empty_export() {
+    let dir = temp_dir("corrupt");
+    let db = demo_db(&dir);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let lead_id: String = conn
+        .query_row("SELECT lead_id FROM leads LIMIT 1", [], |r| r.get(0))
+        .unwrap();
+    conn.execute(
+        "UPDATE leads SET fields = '{not json' WHERE lead_id = ?1",
+        [&lead_id],
+    )
+    .unwrap();
+    drop(conn);
+    let out = leadpipe(&["export", "--db", db.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&lead_id) && stderr.contains("fields"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not json"),
+        "the content is not echoed: {stderr}"
+    );
+}

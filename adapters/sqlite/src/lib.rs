@@ -61,8 +61,34 @@ CREATE TABLE IF NOT EXISTS state (
 
 /// Why the database could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("the SQLite file could not be opened: {0}")]
-pub struct OpenError(String);
+pub enum OpenError {
+    /// SQLite refused the file, its schema or its settings.
+    #[error("the SQLite file could not be opened: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file could not be created (with mode 0600) or the writer thread started.
+    #[error("the SQLite file could not be opened: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a read or write of the local file failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// SQLite failed (busy past the timeout, read-only, disk full, corrupt file).
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A thread panicked holding the connection; nothing can be trusted to be consistent.
+    #[error("the database connection was poisoned by a failed thread")]
+    Poisoned,
+    /// A stored lead's JSON column does not parse: the file was changed by hand or is
+    /// damaged. Names the lead and the column, never the content.
+    #[error("lead {lead_id}: the stored {column} is not valid JSON ({source})")]
+    Corrupt {
+        lead_id: String,
+        column: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
 
 /// The SQLite file, shared by the queue, store and checkpoint adapters.
 #[derive(Debug, Clone)]
@@ -93,11 +119,10 @@ const MAX_GROUP: usize = 512;
 
 impl PostWriter {
     fn start(path: &Path) -> Result<Self, OpenError> {
-        let mut conn = Connection::open(path).map_err(|e| OpenError(e.to_string()))?;
+        let mut conn = Connection::open(path)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(|e| OpenError(e.to_string()))?;
+        )?;
         let (sender, receiver) = std::sync::mpsc::channel::<PostRequest>();
         std::thread::Builder::new()
             .name("leadpipe-post-writer".into())
@@ -116,8 +141,7 @@ impl PostWriter {
                         let _ = answer.send(result.clone());
                     }
                 }
-            })
-            .map_err(|e| OpenError(e.to_string()))?;
+            })?;
         Ok(Self { sender })
     }
 }
@@ -235,11 +259,10 @@ impl LocalDb {
     /// A new file is created readable by its owner only (0600): it holds personal data.
     /// SQLite gives its `-wal` and `-shm` files the same mode.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
-        create_private(path).map_err(|e| OpenError(e.to_string()))?;
-        let conn = Connection::open(path).map_err(|e| OpenError(e.to_string()))?;
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| OpenError(e.to_string()))?;
-        migrate_form_id_nullable(&conn).map_err(|e| OpenError(e.to_string()))?;
+        create_private(path)?;
+        let conn = Connection::open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        migrate_form_id_nullable(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             posts: Some(PostWriter::start(path)?),
@@ -251,10 +274,8 @@ impl LocalDb {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| OpenError(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| OpenError(e.to_string()))?;
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             posts: None,
@@ -265,13 +286,13 @@ impl LocalDb {
     /// tokio runtime the calling worker hands its other tasks to the rest first
     /// (`block_in_place`), so a slow commit never stalls the HTTP server or `/health`
     /// (hardening item 12).
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, String> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, LocalError> {
         let run = || {
-            let mut conn = self
-                .conn
-                .lock()
-                .map_err(|_| "database lock poisoned".to_owned())?;
-            f(&mut conn).map_err(|e| e.to_string())
+            let mut conn = self.conn.lock().map_err(|_| LocalError::Poisoned)?;
+            Ok(f(&mut conn)?)
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -301,7 +322,7 @@ impl LocalDb {
     /// Whether the file can be written: a row written and rolled back, so nothing stays
     /// and nothing is synced. A read-only file, directory or mount fails here (SQLite opens
     /// such a file read-only without a word), not at the first post.
-    pub fn check_writable(&self) -> Result<(), String> {
+    pub fn check_writable(&self) -> Result<(), LocalError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
@@ -319,7 +340,7 @@ impl LocalDb {
         max: usize,
         visibility: Duration,
         max_receives: i64,
-    ) -> Result<Vec<Leased>, String> {
+    ) -> Result<Vec<Leased>, LocalError> {
         let now = now_unix_ms();
         let until = now + visibility.as_millis() as i64;
         self.with(|conn| {
@@ -353,7 +374,7 @@ impl LocalDb {
     }
 
     /// Deletes handled messages.
-    pub fn ack(&self, ids: &[i64]) -> Result<(), String> {
+    pub fn ack(&self, ids: &[i64]) -> Result<(), LocalError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for id in ids {
@@ -364,12 +385,12 @@ impl LocalDb {
     }
 
     /// Messages in the queue, visible or not.
-    pub fn queue_len(&self) -> Result<i64, String> {
+    pub fn queue_len(&self) -> Result<i64, LocalError> {
         self.with(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)))
     }
 
     /// `(body, class, reason)` of every dead letter.
-    pub fn dead_letters(&self) -> Result<Vec<(String, String, String)>, String> {
+    pub fn dead_letters(&self) -> Result<Vec<(String, String, String)>, LocalError> {
         self.with(|conn| {
             let mut stmt =
                 conn.prepare("SELECT body, reason_class, reason FROM dead_letters ORDER BY id")?;
@@ -379,8 +400,11 @@ impl LocalDb {
     }
 
     /// Every stored lead, ordered by form and time.
-    pub fn leads(&self) -> Result<Vec<LeadRow>, String> {
-        self.with(|conn| {
+    pub fn leads(&self) -> Result<Vec<LeadRow>, LocalError> {
+        // The JSON columns are parsed outside the SQLite closure so that a damaged one is
+        // an error naming the lead, never a lead exported with its answers silently empty.
+        type Raw = (LeadRow, String, String);
+        let raws: Vec<Raw> = self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id, adset_name, campaign_id,
                         campaign_name, platform, partner_name, retailer_item_id, is_organic, fields,
@@ -394,28 +418,40 @@ impl LocalDb {
                         optional.insert(*name, v);
                     }
                 }
-                let fields: String = r.get(14)?;
-                let disclaimers: String = r.get(15)?;
-                Ok(LeadRow {
+                let row = LeadRow {
                     lead_id: r.get(0)?,
                     created_time: r.get(1)?,
                     page_id: r.get(2)?,
                     form_id: r.get(3)?,
                     optional,
                     is_organic: r.get::<_, i64>(13)? != 0,
-                    fields: serde_json::from_str(&fields).unwrap_or_default(),
-                    custom_disclaimer_responses: serde_json::from_str(&disclaimers).unwrap_or_default(),
+                    fields: BTreeMap::new(),
+                    custom_disclaimer_responses: serde_json::Value::Null,
                     raw: r.get(16)?,
                     source: r.get(17)?,
                     ingested_at: r.get(18)?,
-                })
+                };
+                Ok((row, r.get(14)?, r.get(15)?))
             })?
             .collect()
-        })
+        })?;
+        raws.into_iter()
+            .map(|(mut row, fields, disclaimers)| {
+                let corrupt = |column, source| LocalError::Corrupt {
+                    lead_id: row.lead_id.clone(),
+                    column,
+                    source,
+                };
+                row.fields = serde_json::from_str(&fields).map_err(|e| corrupt("fields", e))?;
+                row.custom_disclaimer_responses = serde_json::from_str(&disclaimers)
+                    .map_err(|e| corrupt("custom_disclaimer_responses", e))?;
+                Ok(row)
+            })
+            .collect()
     }
 
     /// Number of stored leads.
-    pub fn lead_count(&self) -> Result<i64, String> {
+    pub fn lead_count(&self) -> Result<i64, LocalError> {
         self.with(|conn| conn.query_row("SELECT COUNT(*) FROM leads", [], |r| r.get(0)))
     }
 }
@@ -445,7 +481,7 @@ impl EventQueue for LocalDb {
         durable
             .await
             .map_err(|_| QueueError::Unavailable("the post writer has stopped".into()))?
-            .map_err(QueueError::Unavailable)
+            .map_err(|e| QueueError::Unavailable(e.to_string()))
     }
 }
 
@@ -466,7 +502,7 @@ impl QueueControl for LocalQueueControl {
                 )
             })
             .map(|_| ())
-            .map_err(QueueError::Unavailable)
+            .map_err(|e| QueueError::Unavailable(e.to_string()))
     }
 
     async fn delay(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
@@ -484,7 +520,7 @@ impl QueueControl for LocalQueueControl {
                 )
             })
             .map(|_| ())
-            .map_err(QueueError::Unavailable)
+            .map_err(|e| QueueError::Unavailable(e.to_string()))
     }
 }
 
@@ -536,7 +572,7 @@ impl LeadStore for LocalDb {
             tx.commit()?;
             Ok(outcomes)
         })
-        .map_err(StoreError::Unavailable)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 }
 
@@ -550,7 +586,7 @@ impl CheckpointStore for LocalDb {
             )
             .optional()
         })
-        .map_err(StoreError::Unavailable)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 
     async fn save_checkpoint(
@@ -571,6 +607,6 @@ impl CheckpointStore for LocalDb {
             )
         })
         .map(|_| ())
-        .map_err(StoreError::Unavailable)
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 }

@@ -17,32 +17,28 @@ pub fn init() {
     init_with_default(LevelFilter::INFO);
 }
 
-/// Like [`init`] with another level when `RUST_LOG` is unset (the demo shows warnings only).
+/// Like [`init`] with another level when `RUST_LOG` is unset.
 pub fn init_with_default(default: LevelFilter) {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| LevelFilter::from_str(v.trim()).ok())
-        .unwrap_or(default);
-    let _already_set = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(level)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(false)
-        .with_ansi(false)
-        .try_init();
+    install(default, std::io::stdout);
 }
 
 /// Like [`init_with_default`], on stderr: for the `leadpipe` binary, whose stdout carries
 /// only what a command reports (tables, verdicts, exported leads).
 pub fn init_stderr(default: LevelFilter) {
+    install(default, std::io::stderr);
+}
+
+fn install<W>(default: LevelFilter, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let level = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| LevelFilter::from_str(v.trim()).ok())
         .unwrap_or(default);
     let _already_set = tracing_subscriber::fmt()
         .json()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_max_level(level)
         .with_current_span(true)
         .with_span_list(false)

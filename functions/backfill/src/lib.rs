@@ -210,8 +210,11 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
         };
         self.run(&event.payload, &deadline).await.map_err(|err| {
             tracing::error!(error = %err, "backfill request refused");
-            let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
-            lambda_runtime::Diagnostic::from(boxed)
+            // A named errorType, not a Rust type path: what an operator filters on.
+            lambda_runtime::Diagnostic {
+                error_type: "BackfillRequestRefused".to_owned(),
+                error_message: err.to_string(),
+            }
         })
     }
 }

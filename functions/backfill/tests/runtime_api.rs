@@ -76,7 +76,8 @@ async fn the_binary_runs_a_scheduled_backfill_through_the_runtime_api() {
         .unwrap();
     match outcome {
         leadpipe_lambda_harness::Outcome::Error(err) => {
-            assert!(err.to_string().contains("RFC 3339"), "{err}")
+            assert!(err.to_string().contains("RFC 3339"), "{err}");
+            assert!(err.to_string().contains("BackfillRequestRefused"), "{err}")
         }
         other => panic!("expected an error, got {other:?}"),
     }
