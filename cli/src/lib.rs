@@ -1,5 +1,8 @@
 //! The `leadpipe` binary: the same use cases as the Lambda functions, on one SQLite file.
 
+// GraphError is large but only built after a network round trip (see leadpipe-graph).
+#![allow(clippy::result_large_err)]
+
 pub mod demo;
 pub mod export;
 pub mod pipeline;
