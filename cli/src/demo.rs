@@ -10,7 +10,7 @@ use leadpipe_graph::{GraphConfig, RetryPolicy};
 use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox, WebhookSender};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -103,14 +103,13 @@ fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
 pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     let started = Instant::now();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let spec = DatasetSpec {
+    let data = Dataset::generate(&DatasetSpec {
         pages: 3,
         forms_per_page: 2,
         leads: args.leads,
         newest: now - 120,
         ..DatasetSpec::default()
-    };
-    let data = Dataset::generate(&spec);
+    });
     let faults = Faults {
         transient_rate: args.transient,
         rate_limited_rate: args.rate_limited,
@@ -119,15 +118,36 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     let sandbox = Sandbox::start(data.clone(), faults)
         .await
         .map_err(|e| CliError::Failed(format!("sandbox: {e}")))?;
-
     let db = args.db.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
     });
+    let pipeline = Arc::new(local_pipeline(&db, &data, &sandbox)?);
+
+    // 1. Meta delivers, imperfectly; 2. ingest drains the queue.
+    let sent = deliver_and_ingest(&pipeline, &data, &args).await?;
+    // 3. Backfill recovers what the webhooks missed.
+    recover(&pipeline, &data, args.quiet).await;
+    // 4. Compare with the sandbox, field for field.
+    let mut report = compare(&pipeline, &data, &sent, &db)?;
+    report.seconds = started.elapsed().as_secs();
+    print_report(&report, &db, args.keep || args.db.is_some());
+    if report.missing > 0 || report.mismatched > 0 {
+        return Err(CliError::Failed(format!(
+            "{} lead(s) missing, {} differing",
+            report.missing, report.mismatched
+        )));
+    }
+    Ok(report)
+}
+
+/// The local pipeline on `db`, reading the sandbox with its page tokens, tuned so the
+/// sandbox's faults clear in milliseconds rather than minutes.
+fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeline, CliError> {
     let secrets = AppSecrets {
         app_secret: SecretString::from(leadpipe_sandbox::server::demo_app_secret()),
         verify_token: Some(SecretString::from("demo-verify-token")),
         access_token: None,
-        page_tokens: leadpipe_sandbox::server::tokens(&data)
+        page_tokens: leadpipe_sandbox::server::tokens(data)
             .into_iter()
             .map(|(p, t)| (p, SecretString::from(t)))
             .collect::<BTreeMap<_, _>>(),
@@ -155,7 +175,16 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
             ..BackfillSettings::default()
         },
     };
-    let pipeline = Arc::new(Pipeline::with_graph(&db, secrets, graph, tuning)?);
+    Pipeline::with_graph(db, secrets, graph, tuning)
+}
+
+/// Serves the webhook, sends the sandbox's leads as signed posts (dropped, duplicated,
+/// reordered as `args` say), and lets four ingest workers drain the queue.
+async fn deliver_and_ingest(
+    pipeline: &Arc<Pipeline>,
+    data: &Dataset,
+    args: &DemoArgs,
+) -> Result<leadpipe_sandbox::sender::SendReport, CliError> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| CliError::Failed(e.to_string()))?;
@@ -169,7 +198,6 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     let stop = Arc::new(AtomicBool::new(false));
     let workers = pipeline.spawn_workers(4, stop.clone());
 
-    // 1. Meta delivers, imperfectly.
     let sending = bar(args.quiet, data.leads.len(), "webhooks sent");
     let sender = WebhookSender {
         url,
@@ -184,7 +212,6 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         .await;
     sending.finish();
 
-    // 2. Ingest drains the queue.
     let ingesting = bar(args.quiet, sent.delivered.len(), "ingested by webhook");
     let deadline = Instant::now() + Duration::from_secs(120);
     while pipeline.db.queue_len()? > 0 && Instant::now() < deadline {
@@ -198,10 +225,13 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         let _ = worker.await;
     }
     server.abort();
+    Ok(sent)
+}
 
-    // 3. Backfill recovers what the webhooks missed, until nothing is left (a transient
-    // fault can stop a form; the next run resumes it, as the scheduled runs would).
-    let recovering = bar(args.quiet, data.leads.len(), "after backfill");
+/// Backfill runs until nothing is left (a transient fault can stop a form; the next run
+/// resumes it, as the scheduled runs would), ten at most.
+async fn recover(pipeline: &Pipeline, data: &Dataset, quiet: bool) {
+    let recovering = bar(quiet, data.leads.len(), "after backfill");
     let plan = BackfillPlan::scheduled(&pipeline.configured_pages());
     for _ in 0..10 {
         let summary = pipeline.backfill(&plan).await;
@@ -213,8 +243,15 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         }
     }
     recovering.finish();
+}
 
-    // 4. Compare with the sandbox, field for field.
+/// What the store holds against what the sandbox made.
+fn compare(
+    pipeline: &Pipeline,
+    data: &Dataset,
+    sent: &leadpipe_sandbox::sender::SendReport,
+    db: &Path,
+) -> Result<DemoReport, CliError> {
     let rows = pipeline.db.leads()?;
     let stored: BTreeMap<&str, &leadpipe_local::LeadRow> =
         rows.iter().map(|r| (r.lead_id.as_str(), r)).collect();
@@ -227,7 +264,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         by_backfill: rows.iter().filter(|r| r.source == "backfill").count(),
         stored: rows.len(),
         dead_letters: pipeline.db.dead_letters()?.len(),
-        db: db.clone(),
+        db: db.to_path_buf(),
         ..DemoReport::default()
     };
     for lead in &data.leads {
@@ -241,7 +278,11 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
             }
         }
     }
-    report.seconds = started.elapsed().as_secs();
+    Ok(report)
+}
+
+/// The final table; deletes a temporary database unless it is kept.
+fn print_report(report: &DemoReport, db: &Path, keep: bool) {
     println!();
     println!("  leads made by the sandbox      {:>7}", report.leads);
     println!("  webhook posts sent             {:>7}", report.posts);
@@ -260,23 +301,15 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         report.dead_letters
     );
     println!("  time                           {:>6}s", report.seconds);
-    let keep = args.keep || args.db.is_some();
     if keep {
         println!("  data                           {}", db.display());
-        println!("  (try: {} --format csv)", export_hint(&db));
+        println!("  (try: {} --format csv)", export_hint(db));
     } else {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
         }
         println!("  data                           deleted (run with --keep to look at it)");
     }
-    if report.missing > 0 || report.mismatched > 0 {
-        return Err(CliError::Failed(format!(
-            "{} lead(s) missing, {} differing",
-            report.missing, report.mismatched
-        )));
-    }
-    Ok(report)
 }
 
 /// A command that runs as printed: the binary's own path when it can be told, else the

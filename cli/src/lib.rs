@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod demo;
+pub mod doctor;
 pub mod export;
 pub mod pipeline;
 
@@ -168,7 +169,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
         Command::Backfill(args) => backfill(args).await,
         Command::Export(args) => export::run(args),
-        Command::Doctor(args) => doctor(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
     }
 }
 
@@ -198,109 +199,4 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
         serde_json::to_string_pretty(&summary).unwrap_or_default()
     );
     Ok(())
-}
-
-async fn doctor(args: DoctorArgs) -> Result<(), CliError> {
-    let secrets = load_secrets(args.secret_file.as_ref())?;
-    let env = Env::process();
-    let config = leadpipe_graph_source::graph_config(&env, &secrets)?;
-    let client = leadpipe_graph::GraphClient::new(config)?;
-    let pages: Vec<String> = if args.pages.is_empty() {
-        secrets.page_tokens.keys().cloned().collect()
-    } else {
-        args.pages
-    };
-    if pages.is_empty() {
-        return Err(CliError::Settings(
-            "no page to check: add page_tokens to the secret or pass --page".into(),
-        ));
-    }
-    let mut problems = 0;
-    for page in &pages {
-        println!("page {page}");
-        let Some(token) = secrets.token_for_page(page) else {
-            println!("  PROBLEM no token: add page_tokens.{page} (or access_token) to the secret");
-            problems += 1;
-            continue;
-        };
-        match client.debug_token(token, token).await {
-            Ok(info) if info.is_valid => {
-                let expiry = match info.expires_at {
-                    Some(0) | None => "never expires".to_owned(),
-                    Some(at) => format!("expires at unix {at}"),
-                };
-                println!(
-                    "  ok      token valid ({}), {expiry}",
-                    info.token_type.as_deref().unwrap_or("unknown type")
-                );
-                let missing = info.missing_scopes();
-                if !missing.is_empty() {
-                    problems += 1;
-                    println!(
-                        "  PROBLEM token lacks {}: grant them and issue a new token",
-                        missing.join(", ")
-                    );
-                }
-                match client
-                    .has_lead_access(
-                        token,
-                        page,
-                        info.user_id.as_deref().unwrap_or_default(),
-                        info.app_id.as_deref(),
-                    )
-                    .await
-                {
-                    Ok(access) if access.can_access_lead => println!("  ok      lead access"),
-                    Ok(access) => {
-                        problems += 1;
-                        println!("  PROBLEM {}", access.diagnosis());
-                    }
-                    Err(e) => {
-                        problems += 1;
-                        println!("  PROBLEM lead access could not be checked: {e}");
-                    }
-                }
-            }
-            Ok(_) => {
-                problems += 1;
-                println!(
-                    "  PROBLEM token is not valid: issue a new one (a system user token does not expire)"
-                );
-            }
-            Err(e) => {
-                problems += 1;
-                println!("  PROBLEM token check failed: {e}");
-            }
-        }
-        match client.page_subscriptions(token, page).await {
-            Ok(apps)
-                if apps
-                    .iter()
-                    .any(|a| a.subscribed_fields.iter().any(|f| f == "leadgen")) =>
-            {
-                println!("  ok      an app gets this page's leadgen webhooks")
-            }
-            Ok(_) => {
-                problems += 1;
-                println!(
-                    "  PROBLEM no app is subscribed to leadgen: POST /{page}/subscribed_apps?subscribed_fields=leadgen"
-                );
-            }
-            Err(e) => {
-                problems += 1;
-                println!("  PROBLEM webhook subscription could not be read: {e}");
-            }
-        }
-    }
-    if problems == 0 {
-        println!(
-            "verdict: ready: leads from {} page(s) can be received and read",
-            pages.len()
-        );
-        Ok(())
-    } else {
-        Err(CliError::Failed(format!(
-            "verdict: {problems} problem(s) above; fix them and run doctor again"
-        )))
-    }
 }

@@ -198,6 +198,8 @@ fn parse_query(uri: &Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Graph as the stand-in serves it: one request, dispatched by method and path, each edge
+/// answered by a function of its own below.
 async fn handle(
     State(state): State<Arc<SandboxState>>,
     method: Method,
@@ -214,15 +216,7 @@ async fn handle(
     if method == Method::POST {
         params.extend(url::form_urlencoded::parse(&body).into_owned());
     }
-    let segments: Vec<&str> = uri
-        .path()
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .skip_while(|s| {
-            s.starts_with('v') && s[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
-        })
-        .collect();
-    let token = params.get("access_token").cloned().unwrap_or_default();
+    let segments = path_segments(&uri);
     let (expired, denied) = state
         .faults
         .read()
@@ -236,36 +230,13 @@ async fn handle(
         return graph_error(500, 1, None, "sandbox poisoned", true);
     };
     let data = &*data;
-    let token_page = data.page_of_token(&token).map(str::to_owned);
     if segments.first() == Some(&"debug_token") {
-        let input = params.get("input_token").cloned().unwrap_or_default();
-        let page = data.page_of_token(&input).map(str::to_owned);
-        let valid = page.as_ref().is_some_and(|p| !expired.contains(p));
-        return ok(
-            json!({"data": {"app_id": "1000000000001", "type": "PAGE", "application": "leadpipe sandbox",
-            "is_valid": valid, "expires_at": 0, "data_access_expires_at": 0,
-            "scopes": ["leads_retrieval", "pages_show_list", "pages_read_engagement", "pages_manage_metadata", "pages_manage_ads"],
-            "user_id": "1000000000042", "profile_id": page}}),
-        );
+        return debug_token(data, &params, &expired);
     }
-    let Some(page_of_token) = token_page else {
-        return graph_error(
-            400,
-            190,
-            None,
-            "Invalid OAuth access token - Cannot parse access token",
-            false,
-        );
+    let page_of_token = match authorize(data, &params, &expired) {
+        Ok(page) => page,
+        Err(refused) => return refused,
     };
-    if expired.contains(&page_of_token) {
-        return graph_error(
-            400,
-            190,
-            Some(463),
-            "Error validating access token: Session has expired",
-            false,
-        );
-    }
     match (method.as_str(), segments.as_slice()) {
         ("POST", []) => batch(
             &state,
@@ -278,47 +249,10 @@ async fn handle(
                 .get("fields")
                 .is_some_and(|f| f.starts_with("has_lead_access")) =>
         {
-            let allowed = !denied.iter().any(|d| d == node) && page_of_token == *node;
-            let access = if allowed {
-                json!({"app_has_leads_permission": true, "can_access_lead": true, "enabled_lead_access_manager": false,
-                       "is_page_admin": true, "page_id": node, "user_has_leads_permission": true, "user_id": "1000000000042"})
-            } else {
-                json!({"app_has_leads_permission": true, "can_access_lead": false, "enabled_lead_access_manager": true,
-                       "failure_reason": "The user is not assigned to this Page in Leads Access Manager",
-                       "failure_resolution": "Assign the user in Leads Access Manager (Business Settings > Integrations)",
-                       "is_page_admin": false, "page_id": node, "user_has_leads_permission": false, "user_id": "1000000000042"})
-            };
-            ok(json!({"has_lead_access": access, "id": node}))
+            has_lead_access(node, &page_of_token, &denied)
         }
-        ("GET", [lead_id]) => match data.lead(lead_id) {
-            Some(lead) if lead.page_id != page_of_token => {
-                graph_error(403, 200, None, "Permissions error", false)
-            }
-            Some(lead) => match lead_fault(&state) {
-                Some(fault) => fault_response(&state, fault),
-                None => ok(lead.json.clone()),
-            },
-            None => graph_error(
-                400,
-                100,
-                Some(33),
-                "Unsupported get request. Object does not exist",
-                false,
-            ),
-        },
-        ("GET", [page, "leadgen_forms"]) => {
-            let forms: Vec<Value> = data
-                .forms
-                .iter()
-                .filter(|(p, _, _)| p == page)
-                .map(|(_, id, created)| {
-                    json!({"id": id, "name": format!("Form {id}"), "status": "ACTIVE",
-                    "locale": "en_US", "created_time": graph_time(*created),
-                    "leads_count": data.leads.iter().filter(|l| &l.form_id == id).count()})
-                })
-                .collect();
-            ok(json!({"data": forms}))
-        }
+        ("GET", [lead_id]) => read_lead(&state, data, lead_id, &page_of_token),
+        ("GET", [page, "leadgen_forms"]) => leadgen_forms(data, page),
         (_, [page, "subscribed_apps"]) if method == Method::GET => ok(
             json!({"data": [{"id": "1000000000001", "name": "leadpipe sandbox", "subscribed_fields": ["leadgen"]}], "page": page}),
         ),
@@ -328,6 +262,113 @@ async fn handle(
         ("GET", [node, "leads"]) => edge_leads(&state, data, &uri, node, &params, &page_of_token),
         _ => graph_error(400, 100, None, "Unsupported request", false),
     }
+}
+
+/// The path without the version segment (`/v26.0/123/leads` → `["123", "leads"]`).
+fn path_segments(uri: &Uri) -> Vec<&str> {
+    uri.path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .skip_while(|s| {
+            s.starts_with('v') && s[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
+        })
+        .collect()
+}
+
+/// The page the request's token belongs to, or Graph's answer to a bad or expired token
+/// (an answer, sent as it is: no need to keep it small).
+#[allow(clippy::result_large_err)]
+fn authorize(
+    data: &Dataset,
+    params: &HashMap<String, String>,
+    expired: &[String],
+) -> Result<String, Response> {
+    let token = params
+        .get("access_token")
+        .map(String::as_str)
+        .unwrap_or_default();
+    let Some(page) = data.page_of_token(token).map(str::to_owned) else {
+        return Err(graph_error(
+            400,
+            190,
+            None,
+            "Invalid OAuth access token - Cannot parse access token",
+            false,
+        ));
+    };
+    if expired.contains(&page) {
+        return Err(graph_error(
+            400,
+            190,
+            Some(463),
+            "Error validating access token: Session has expired",
+            false,
+        ));
+    }
+    Ok(page)
+}
+
+/// `GET /debug_token?input_token=...`: page tokens that never expire, with every scope.
+fn debug_token(data: &Dataset, params: &HashMap<String, String>, expired: &[String]) -> Response {
+    let input = params.get("input_token").cloned().unwrap_or_default();
+    let page = data.page_of_token(&input).map(str::to_owned);
+    let valid = page.as_ref().is_some_and(|p| !expired.contains(p));
+    ok(
+        json!({"data": {"app_id": "1000000000001", "type": "PAGE", "application": "leadpipe sandbox",
+        "is_valid": valid, "expires_at": 0, "data_access_expires_at": 0,
+        "scopes": ["leads_retrieval", "pages_show_list", "pages_read_engagement", "pages_manage_metadata", "pages_manage_ads"],
+        "user_id": "1000000000042", "profile_id": page}}),
+    )
+}
+
+/// `GET /{page}?fields=has_lead_access...`: granted to the page's own token unless denied.
+fn has_lead_access(node: &str, page_of_token: &str, denied: &[String]) -> Response {
+    let allowed = !denied.iter().any(|d| d == node) && page_of_token == node;
+    let access = if allowed {
+        json!({"app_has_leads_permission": true, "can_access_lead": true, "enabled_lead_access_manager": false,
+               "is_page_admin": true, "page_id": node, "user_has_leads_permission": true, "user_id": "1000000000042"})
+    } else {
+        json!({"app_has_leads_permission": true, "can_access_lead": false, "enabled_lead_access_manager": true,
+               "failure_reason": "The user is not assigned to this Page in Leads Access Manager",
+               "failure_resolution": "Assign the user in Leads Access Manager (Business Settings > Integrations)",
+               "is_page_admin": false, "page_id": node, "user_has_leads_permission": false, "user_id": "1000000000042"})
+    };
+    ok(json!({"has_lead_access": access, "id": node}))
+}
+
+/// `GET /{lead-id}`: the lead, a fault, a permission error for another page's token, or gone.
+fn read_lead(state: &SandboxState, data: &Dataset, lead_id: &str, page_of_token: &str) -> Response {
+    match data.lead(lead_id) {
+        Some(lead) if lead.page_id != page_of_token => {
+            graph_error(403, 200, None, "Permissions error", false)
+        }
+        Some(lead) => match lead_fault(state) {
+            Some(fault) => fault_response(state, fault),
+            None => ok(lead.json.clone()),
+        },
+        None => graph_error(
+            400,
+            100,
+            Some(33),
+            "Unsupported get request. Object does not exist",
+            false,
+        ),
+    }
+}
+
+/// `GET /{page}/leadgen_forms`: every form of the page, with its lead count.
+fn leadgen_forms(data: &Dataset, page: &str) -> Response {
+    let forms: Vec<Value> = data
+        .forms
+        .iter()
+        .filter(|(p, _, _)| p == page)
+        .map(|(_, id, created)| {
+            json!({"id": id, "name": format!("Form {id}"), "status": "ACTIVE",
+            "locale": "en_US", "created_time": graph_time(*created),
+            "leads_count": data.leads.iter().filter(|l| &l.form_id == id).count()})
+        })
+        .collect();
+    ok(json!({"data": forms}))
 }
 
 fn create_test_lead(state: &SandboxState, form: &str) -> Response {
