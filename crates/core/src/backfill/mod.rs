@@ -1,0 +1,410 @@
+//! The backfill use case: read every form's (or ad's) leads since its checkpoint and store
+//! the ones webhooks missed.
+//!
+//! Time is read in slices `[start, end)` (`time_created >= start AND < end`). A slice's
+//! leads are written page by page; only when a whole slice is written does the checkpoint
+//! move to its end. So a run cut short (deadline, rate limit, failure) loses at most the
+//! slice it was in, which the next run reads again; nothing before the checkpoint is ever
+//! unread, and the next run starts at `checkpoint - overlap` with `>=`, so a lead created
+//! in the checkpoint's own second, or one Meta makes visible late, is still read.
+
+mod run;
+#[cfg(test)]
+mod tests;
+
+pub use run::{BackfillPorts, run_backfill};
+
+use crate::ports::DeadLetterClass;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Tells the run when to stop starting new work.
+pub trait Deadline: Send + Sync {
+    /// True when no further Graph page should be started.
+    fn near(&self) -> bool;
+}
+
+/// Stops `margin` before an instant: the Lambda deadline from the invocation context.
+#[derive(Debug, Clone, Copy)]
+pub struct InstantDeadline {
+    pub at: Instant,
+    pub margin: Duration,
+}
+
+impl Deadline for InstantDeadline {
+    fn near(&self) -> bool {
+        Instant::now() + self.margin >= self.at
+    }
+}
+
+/// How backfill reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackfillSettings {
+    /// Re-read this much before the checkpoint (late-visible leads, same-second leads).
+    pub overlap: Duration,
+    /// The width of a time slice; the most a cut-short run re-reads.
+    pub slice: Duration,
+    /// Leads per Graph page.
+    pub page_size: u32,
+    /// Where a form without a checkpoint starts: its creation, but no further back than
+    /// this (Meta keeps leads for 90 days).
+    pub lookback: Duration,
+}
+
+impl Default for BackfillSettings {
+    fn default() -> Self {
+        Self {
+            overlap: Duration::from_secs(15 * 60),
+            slice: Duration::from_secs(7 * 24 * 3600),
+            page_size: 500,
+            lookback: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+impl BackfillSettings {
+    /// The `BACKFILL_*` settings (README, "Settings"), each defaulting as [`Default`] says:
+    /// `BACKFILL_OVERLAP_SECONDS`, `BACKFILL_SLICE_SECONDS`, `BACKFILL_PAGE_SIZE` (1 to
+    /// 1000), `BACKFILL_LOOKBACK_SECONDS`. Read by the Lambda and by the local binary alike.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &crate::settings::Env<F>,
+    ) -> Result<Self, crate::settings::SettingsError> {
+        use crate::settings::SettingsError;
+        let defaults = Self::default();
+        let seconds = |name: &'static str, default: Duration| match env.optional(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|s| *s > 0 || name == "BACKFILL_OVERLAP_SECONDS")
+                .map(Duration::from_secs)
+                .ok_or(SettingsError::Invalid {
+                    name,
+                    why: "it must be a whole number of seconds".into(),
+                }),
+        };
+        let page_size = match env.optional("BACKFILL_PAGE_SIZE") {
+            None => defaults.page_size,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or(SettingsError::Invalid {
+                    name: "BACKFILL_PAGE_SIZE",
+                    why: "it must be a number from 1 to 1000".into(),
+                })?,
+        };
+        Ok(Self {
+            overlap: seconds("BACKFILL_OVERLAP_SECONDS", defaults.overlap)?,
+            slice: seconds("BACKFILL_SLICE_SECONDS", defaults.slice)?,
+            page_size,
+            lookback: seconds("BACKFILL_LOOKBACK_SECONDS", defaults.lookback)?,
+        })
+    }
+}
+
+/// A time given as unix seconds or RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum TimeArg {
+    Unix(i64),
+    Text(String),
+}
+
+/// Lead Ads began in 2015: no lead is older than this (2015-01-01T00:00:00Z).
+pub const EARLIEST_LEAD: i64 = 1_420_070_400;
+
+impl TimeArg {
+    /// The time as unix seconds, between [`EARLIEST_LEAD`] and a day after `now`: a time
+    /// outside that is a mistake, and far outside it would overflow the slice arithmetic.
+    fn unix_within(&self, name: &'static str, now: i64) -> Result<i64, RequestError> {
+        let at = self.unix(name)?;
+        let latest = now.saturating_add(86_400);
+        if (EARLIEST_LEAD..=latest).contains(&at) {
+            Ok(at)
+        } else {
+            Err(RequestError(format!(
+                "{name} must be between 2015-01-01T00:00:00Z ({EARLIEST_LEAD}) and a day from now ({latest}), as unix seconds or RFC 3339"
+            )))
+        }
+    }
+
+    fn unix(&self, name: &'static str) -> Result<i64, RequestError> {
+        match self {
+            TimeArg::Unix(s) => Ok(*s),
+            TimeArg::Text(t) => t
+                .parse::<i64>()
+                .ok()
+                .or_else(|| {
+                    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                        .map(|d| d.unix_timestamp())
+                })
+                .ok_or(RequestError(format!(
+                    "{name} is neither unix seconds nor RFC 3339"
+                ))),
+        }
+    }
+}
+
+/// An ad to read, with the page whose token reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum AdTarget {
+    Id(String),
+    WithPage { ad_id: String, page_id: String },
+}
+
+/// An on-demand run's payload: `{"pages","forms","ads","from","to","dry_run"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillRequest {
+    #[serde(default)]
+    pub pages: Vec<String>,
+    #[serde(default)]
+    pub forms: Vec<String>,
+    #[serde(default)]
+    pub ads: Vec<AdTarget>,
+    #[serde(default)]
+    pub from: Option<TimeArg>,
+    #[serde(default)]
+    pub to: Option<TimeArg>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// A payload that cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("backfill request: {0}")]
+pub struct RequestError(pub String);
+
+/// What one run does, resolved from a request (or a schedule) and the configured pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillPlan {
+    pub pages: Vec<String>,
+    /// Only these forms, when given.
+    pub forms: Option<BTreeSet<String>>,
+    /// `(page_id, ad_id)` pairs to read by ad.
+    pub ads: Vec<(String, String)>,
+    /// An explicit window `[from, to)`; checkpoints are neither read nor moved.
+    pub window: Option<(i64, Option<i64>)>,
+    pub dry_run: bool,
+}
+
+impl BackfillPlan {
+    /// The pages the run visits: the planned ones, then those only the planned ads name.
+    pub fn page_ids(&self) -> Vec<&str> {
+        let mut pages: Vec<&str> = self.pages.iter().map(String::as_str).collect();
+        for (page, _) in &self.ads {
+            if !pages.contains(&page.as_str()) {
+                pages.push(page);
+            }
+        }
+        pages
+    }
+
+    /// The scheduled run: every configured page, every form, from the checkpoints.
+    pub fn scheduled(configured_pages: &[String]) -> Self {
+        Self {
+            pages: configured_pages.to_vec(),
+            forms: None,
+            ads: Vec::new(),
+            window: None,
+            dry_run: false,
+        }
+    }
+
+    /// An on-demand run. Pages default to the configured ones; ads given as bare ids need
+    /// exactly one page to take the token from.
+    pub fn from_request(
+        request: BackfillRequest,
+        configured_pages: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Self, RequestError> {
+        let now = now.unix_timestamp();
+        let pages = if request.pages.is_empty() {
+            configured_pages.to_vec()
+        } else {
+            request.pages.clone()
+        };
+        let mut ads = Vec::new();
+        for ad in request.ads {
+            match ad {
+                AdTarget::WithPage { ad_id, page_id } => ads.push((page_id, ad_id)),
+                AdTarget::Id(ad_id) => match pages.as_slice() {
+                    [page] => ads.push((page.clone(), ad_id)),
+                    _ => {
+                        return Err(RequestError(format!(
+                            "ad {ad_id} needs its page: give {{\"ad_id\",\"page_id\"}} or exactly one page in \"pages\""
+                        )));
+                    }
+                },
+            }
+        }
+        let from = request
+            .from
+            .as_ref()
+            .map(|f| f.unix_within("from", now))
+            .transpose()?;
+        let to = request
+            .to
+            .as_ref()
+            .map(|t| t.unix_within("to", now))
+            .transpose()?;
+        let window = match (from, to) {
+            (Some(from), to) => Some((from, to)),
+            (None, Some(_)) => return Err(RequestError("\"to\" needs a \"from\"".into())),
+            (None, None) => None,
+        };
+        if let Some((from, Some(to))) = window
+            && to <= from
+        {
+            return Err(RequestError("\"to\" must be after \"from\"".into()));
+        }
+        let forms = (!request.forms.is_empty()).then(|| request.forms.into_iter().collect());
+        Ok(Self {
+            // Ads alone means only those ads: no page's forms are listed.
+            pages: if !ads.is_empty() && forms.is_none() {
+                Vec::new()
+            } else {
+                pages
+            },
+            forms,
+            ads,
+            window,
+            dry_run: request.dry_run,
+        })
+    }
+}
+
+/// What backfill reads a node's leads from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A lead form (`GET /{form-id}/leads`).
+    #[default]
+    Form,
+    /// An ad (`GET /{ad-id}/leads`).
+    Ad,
+}
+
+impl NodeKind {
+    /// `form` or `ad`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Ad => "ad",
+        }
+    }
+
+    /// The state table's key for this node's checkpoint: `form#<id>` or `ad#<id>`.
+    pub fn checkpoint_key(self, id: &str) -> String {
+        format!("{}#{id}", self.as_str())
+    }
+}
+
+/// A lead backfill read but could not store: recorded in the summary, logged at WARN and,
+/// when it has an id, dead-lettered with its class so `redrive` can replay it after a fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProblemLead {
+    /// The lead's id, when Graph's item had a readable one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_id: Option<String>,
+    pub class: DeadLetterClass,
+    /// What was wrong (a parse error's place, a size): never the lead's values.
+    pub detail: String,
+}
+
+/// How a form's or ad's read ended (the summary's `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    /// Read to the end of its window; its checkpoint is at the end.
+    #[default]
+    Done,
+    /// The deadline, a rate limit or a refused token stopped it; the next run resumes.
+    Stopped,
+    /// Graph refused it for good (permission, gone); nothing to resume.
+    Skipped,
+    /// A transient failure or the store stopped it; the next run reads it again.
+    Failed,
+}
+
+/// How a page ended (the summary's `status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageStatus {
+    /// Every form and ad read.
+    #[default]
+    Done,
+    /// Not read: no lead access, a refused token, or Graph refused it.
+    Skipped,
+    /// Rate limited; the next run resumes.
+    RateLimited,
+    /// The run's deadline came first; the next run resumes.
+    Stopped,
+    /// Some forms or ads failed; the others were read.
+    Partial,
+}
+
+/// One form's or ad's part of the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NodeSummary {
+    pub kind: NodeKind,
+    pub id: String,
+    pub leads_read: u64,
+    pub new: u64,
+    pub already_present: u64,
+    pub unreadable: u64,
+    /// Leads too large for the store even without `raw`.
+    pub too_large: u64,
+    /// Each unreadable or too-large lead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problem_leads: Vec<ProblemLead>,
+    pub checkpoint_before: Option<i64>,
+    pub checkpoint_after: Option<i64>,
+    pub status: NodeStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The class of the Graph error that stopped this node, if one did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_error: Option<&'static str>,
+}
+
+/// One page's part of the summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PageSummary {
+    pub page_id: String,
+    pub status: PageStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub nodes: Vec<NodeSummary>,
+}
+
+impl BackfillSummary {
+    /// The run's counts, for the edge to turn into metrics (with `graph_errors` by class).
+    pub fn metrics(&self) -> [(&'static str, u64); 3] {
+        [
+            ("LeadsRecovered", self.new),
+            ("LeadsRead", self.leads_read),
+            ("DuplicatesSkipped", self.already_present),
+        ]
+    }
+}
+
+/// The run's JSON summary.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BackfillSummary {
+    pub dry_run: bool,
+    pub stopped_by_deadline: bool,
+    pub leads_read: u64,
+    pub new: u64,
+    pub already_present: u64,
+    /// Graph failures that stopped a page or a form, by class.
+    pub graph_errors: std::collections::BTreeMap<String, u64>,
+    pub pages: Vec<PageSummary>,
+}
