@@ -665,3 +665,37 @@ async fn appsecret_proof_is_redacted_like_the_token() {
         assert!(text.contains("[REDACTED]"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn a_cursor_resumes_only_a_next_page_of_this_client() {
+    let server = MockServer::start().await;
+    let client = client(&server);
+    let base = server.uri();
+    // What a page hands out as its next page resumes...
+    let next = client
+        .next_page_from(&format!("{base}/v26.0/555/leads?after=c1&limit=3"))
+        .unwrap();
+    assert_eq!(
+        next.as_str(),
+        format!("{base}/v26.0/555/leads?after=c1&limit=3")
+    );
+    assert!(
+        client
+            .next_page_from(&format!("{base}/v26.0/777/leadgen_forms?after=x"))
+            .is_ok()
+    );
+    // ...anything else is refused before a request is made.
+    for refused in [
+        "https://graph.facebook.com/v26.0/555/leads?after=c1".to_owned(),
+        format!("{base}/v25.0/555/leads?after=c1"),
+        format!("{base}/v26.0/me/accounts?after=c1"),
+        format!("{base}/v26.0/555/leads/extra?after=c1"),
+        format!("{base}/v26.0/5%2F5/leads?after=c1"),
+        format!("{base}/v26.0/555/leads?after=c1&access_token=EAAother"),
+        "not a url".to_owned(),
+    ] {
+        let err = client.next_page_from(&refused).unwrap_err();
+        assert_eq!(err.class(), ErrorClass::BadRequest, "{refused}");
+    }
+    assert!(server.received_requests().await.unwrap().is_empty());
+}

@@ -211,36 +211,9 @@ impl Moto {
 
     /// Every dead letter: (body, reason class, reason).
     pub async fn dead_letters_received(&self) -> Vec<(String, String, String)> {
-        let mut out = Vec::new();
-        loop {
-            let got = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages(10)
-                .message_attribute_names("All")
-                .visibility_timeout(300)
-                .send()
-                .await
-                .unwrap();
-            if got.messages().is_empty() {
-                return out;
-            }
-            for m in got.messages() {
-                let attr = |k: &str| {
-                    m.message_attributes()
-                        .and_then(|a| a.get(k))
-                        .and_then(|v| v.string_value())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                out.push((
-                    m.body().unwrap_or_default().to_owned(),
-                    attr("leadpipe_reason_class"),
-                    attr("leadpipe_reason"),
-                ));
-            }
-        }
+        leadpipe_lambda_harness::dead_letters(&self.sqs, &self.dlq_url)
+            .await
+            .unwrap()
     }
 
     pub async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {

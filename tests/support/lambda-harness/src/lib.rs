@@ -554,3 +554,40 @@ impl TcpProxy {
         })
     }
 }
+
+/// Every message on a dead-letter queue as `(body, leadpipe_reason_class, leadpipe_reason)`.
+/// Each is received once and left invisible for five minutes, so a test reads each once.
+pub async fn dead_letters(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> Result<Vec<(String, String, String)>, HarnessError> {
+    let mut out = Vec::new();
+    loop {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .visibility_timeout(300)
+            .send()
+            .await
+            .map_err(|e| HarnessError::Protocol(format!("receive from the DLQ: {e}")))?;
+        if got.messages().is_empty() {
+            return Ok(out);
+        }
+        for m in got.messages() {
+            let attr = |k: &str| {
+                m.message_attributes()
+                    .and_then(|a| a.get(k))
+                    .and_then(|v| v.string_value())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            out.push((
+                m.body().unwrap_or_default().to_owned(),
+                attr("leadpipe_reason_class"),
+                attr("leadpipe_reason"),
+            ));
+        }
+    }
+}
