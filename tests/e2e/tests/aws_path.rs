@@ -572,37 +572,21 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
     }
 
     // ---- the DLQ holds only the expired page's leads, each with its reason ---------------------
-    let mut dead: Vec<(String, String, String, String)> = Vec::new();
-    loop {
-        let got = sqs
-            .receive_message()
-            .queue_url(&dlq_url)
-            .max_number_of_messages(10)
-            .message_attribute_names("All")
-            .visibility_timeout(300)
-            .send()
+    let dead: Vec<(String, String, String, String)> =
+        leadpipe_lambda_harness::dead_letters(&sqs, &dlq_url)
             .await
-            .unwrap();
-        if got.messages().is_empty() {
-            break;
-        }
-        for m in got.messages() {
-            let attr = |k: &str| {
-                m.message_attributes()
-                    .and_then(|a| a.get(k))
-                    .and_then(|v| v.string_value())
-                    .unwrap_or_default()
-                    .to_owned()
-            };
-            let event: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
-            dead.push((
-                event["page_id"].as_str().unwrap_or_default().to_owned(),
-                event["leadgen_id"].as_str().unwrap_or_default().to_owned(),
-                attr("leadpipe_reason_class"),
-                attr("leadpipe_reason"),
-            ));
-        }
-    }
+            .unwrap()
+            .into_iter()
+            .map(|(body, class, reason)| {
+                let event: serde_json::Value = serde_json::from_str(&body).unwrap();
+                (
+                    event["page_id"].as_str().unwrap_or_default().to_owned(),
+                    event["leadgen_id"].as_str().unwrap_or_default().to_owned(),
+                    class,
+                    reason,
+                )
+            })
+            .collect();
     let mut unreadable_dead: BTreeSet<String> = BTreeSet::new();
     let mut token_dead = 0;
     for (page, lead_id, class, reason) in &dead {
