@@ -62,19 +62,29 @@ impl Default for DemoArgs {
 /// What the demo saw.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DemoReport {
+    /// Leads the sandbox made.
     pub leads: usize,
+    /// Webhook posts sent, duplicates included.
     pub posts: usize,
+    /// Posts sent twice on purpose.
     pub duplicated_posts: usize,
+    /// Leads whose webhook was never sent.
     pub dropped: usize,
+    /// Leads stored by ingest.
     pub by_webhook: usize,
+    /// Leads stored by backfill.
     pub by_backfill: usize,
+    /// Leads stored, once each.
     pub stored: usize,
     /// Sandbox leads not in the store.
     pub missing: usize,
     /// Stored leads whose raw JSON differs from the sandbox's.
     pub mismatched: usize,
+    /// Dead letters left.
     pub dead_letters: usize,
+    /// The SQLite file.
     pub db: PathBuf,
+    /// Wall time, whole seconds.
     pub seconds: u64,
 }
 

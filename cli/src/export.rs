@@ -6,9 +6,12 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// One row per lead, one column per form field; cells safe for spreadsheets.
     Csv,
+    /// One JSON object per line, every attribute exactly.
     Jsonl,
 }
 

@@ -1,5 +1,6 @@
 //! The `leadpipe` binary: the same use cases as the Lambda functions, on one SQLite file.
 
+#![warn(missing_docs)]
 // GraphError is large but only built after a network round trip (see leadpipe-graph).
 #![allow(clippy::result_large_err)]
 
@@ -25,10 +26,12 @@ pub struct Cli {
     /// More log lines on stderr: -v for info, -vv for debug (RUST_LOG wins when set).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run webhook, ingest workers and a backfill timer on one SQLite file.
@@ -46,8 +49,10 @@ pub enum Command {
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
+    /// Input the person can fix: a missing secret, a bad flag, a file.
     #[error("{0}")]
     Settings(String),
+    /// The command ran and found something wrong (the verdict says what).
     #[error("{0}")]
     Failed(String),
     /// Writing the command's output failed; a closed pipe (`| head`) is not an error.

@@ -29,6 +29,7 @@ pub struct Tuning {
     pub max_receives: i64,
     /// The longest a rate-limited message is parked.
     pub max_delay: Duration,
+    /// How backfill reads (the `BACKFILL_*` settings).
     pub backfill: BackfillSettings,
 }
 
@@ -45,6 +46,7 @@ impl Default for Tuning {
 
 /// Everything the local pipeline needs, built once.
 pub struct Pipeline {
+    /// The SQLite file.
     pub db: LocalDb,
     secrets: AppSecrets,
     webhook: Option<WebhookSecrets>,

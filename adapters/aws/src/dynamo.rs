@@ -21,10 +21,12 @@ pub struct DynamoLeadStore {
 }
 
 impl DynamoLeadStore {
+    /// A store on `table` with a client built from `config`.
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
         Self::from_client(aws_sdk_dynamodb::Client::new(config), table)
     }
 
+    /// A store on `table` with this client.
     pub fn from_client(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
             client,
@@ -246,10 +248,12 @@ pub struct DynamoCheckpointStore {
 }
 
 impl DynamoCheckpointStore {
+    /// A checkpoint store on `table` with a client built from `config`.
     pub fn new(config: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
         Self::from_client(aws_sdk_dynamodb::Client::new(config), table)
     }
 
+    /// A checkpoint store on `table` with this client.
     pub fn from_client(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
         Self {
             client,

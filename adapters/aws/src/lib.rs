@@ -4,6 +4,7 @@
 //! Endpoints, region and credentials come from the SDK's standard settings
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), which is also how tests point them at moto.
 
+#![warn(missing_docs)]
 pub mod dynamo;
 pub mod secrets;
 pub mod sqs;

@@ -25,6 +25,7 @@ pub struct SqsEventQueue {
 }
 
 impl SqsEventQueue {
+    /// A queue at `queue_url` with a client built from `config`.
     pub fn new(config: &aws_config::SdkConfig, queue_url: impl Into<String>) -> Self {
         Self {
             client: aws_sdk_sqs::Client::new(config),
@@ -32,6 +33,7 @@ impl SqsEventQueue {
         }
     }
 
+    /// A queue at `queue_url` with this client.
     pub fn from_client(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
         Self {
             client,
@@ -161,11 +163,13 @@ pub struct SqsQueueControl {
 
 /// Message attribute names on dead-lettered messages.
 pub const REASON_CLASS_ATTRIBUTE: &str = "leadpipe_reason_class";
+/// The reason of a dead letter, in words (tokens redacted, no lead values).
 pub const REASON_ATTRIBUTE: &str = "leadpipe_reason";
 /// SQS caps a message attribute value at the message size; a reason is one line.
 const MAX_REASON_LEN: usize = 1000;
 
 impl SqsQueueControl {
+    /// Queue control for `queue_url` (delays) and `dead_letter_url` (dead letters).
     pub fn new(
         client: aws_sdk_sqs::Client,
         queue_url: impl Into<String>,

@@ -4,6 +4,7 @@
 //! from the secrets. Graph's wire types (batch items, `paging.next`) stop here: the core
 //! sees leads, pages of leads and an opaque cursor.
 
+#![warn(missing_docs)]
 // GraphError is large but only built after a network round trip (see leadpipe-graph).
 #![allow(clippy::result_large_err)]
 
@@ -33,10 +34,12 @@ pub struct GraphLeadFetcher {
 }
 
 impl GraphLeadFetcher {
+    /// A fetcher reading with `client`, each page with its token from `secrets`.
     pub fn new(client: GraphClient, secrets: AppSecrets) -> Self {
         Self { client, secrets }
     }
 
+    /// The client it reads with.
     pub fn client(&self) -> &GraphClient {
         &self.client
     }
@@ -105,6 +108,7 @@ pub struct GraphBackfillSource {
 }
 
 impl GraphBackfillSource {
+    /// A source reading with `client`, each page with its token from `secrets`.
     pub fn new(client: GraphClient, secrets: AppSecrets) -> Self {
         Self { client, secrets }
     }

@@ -3,6 +3,7 @@
 //! dead letters and the backfill checkpoints. WAL with `synchronous = FULL`: a `kill -9`
 //! after an answer loses nothing that was answered for.
 
+#![warn(missing_docs)]
 use leadpipe_core::event::LeadEvent;
 use leadpipe_core::ports::{
     CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl, QueueError,
@@ -83,8 +84,11 @@ pub enum LocalError {
     /// damaged. Names the lead and the column, never the content.
     #[error("lead {lead_id}: the stored {column} is not valid JSON ({source})")]
     Corrupt {
+        /// The lead whose row is damaged.
         lead_id: String,
+        /// The column that does not parse.
         column: &'static str,
+        /// The parse error (a place, never the content).
         #[source]
         source: serde_json::Error,
     },
@@ -171,25 +175,38 @@ fn write_group(conn: &mut Connection, group: &[PostRequest]) -> rusqlite::Result
 /// A leased queue message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leased {
+    /// The row id, which is also the receipt handle.
     pub id: i64,
+    /// The queue message body.
     pub body: String,
+    /// How often it was leased, this time included.
     pub receive_count: i64,
 }
 
 /// A stored lead row, for export and checks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadRow {
+    /// The lead's Graph id.
     pub lead_id: String,
+    /// RFC 3339 UTC to the second.
     pub created_time: String,
+    /// The page it came from.
     pub page_id: String,
     /// Absent for an ad lead with no form.
     pub form_id: Option<String>,
+    /// The optional attributes it has, by name.
     pub optional: BTreeMap<&'static str, String>,
+    /// Whether it came without an ad.
     pub is_organic: bool,
+    /// Field name to every value.
     pub fields: BTreeMap<String, Vec<String>>,
+    /// `[{checkbox_key, is_checked}]`.
     pub custom_disclaimer_responses: serde_json::Value,
+    /// The lead's JSON as Graph returned it.
     pub raw: String,
+    /// `webhook` or `backfill`.
     pub source: String,
+    /// When it was first written, RFC 3339 UTC.
     pub ingested_at: String,
 }
 
@@ -488,7 +505,9 @@ impl EventQueue for LocalDb {
 /// The local queue's ingest-side operations; delays are capped (the demo keeps them short).
 #[derive(Debug, Clone)]
 pub struct LocalQueueControl {
+    /// The file.
     pub db: LocalDb,
+    /// The longest a rate-limited message is parked.
     pub max_delay: Duration,
 }
 

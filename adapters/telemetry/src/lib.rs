@@ -4,6 +4,7 @@
 //! Spans carry message and lead ids and counts only. Lead contents and secrets are never
 //! given to `tracing` in the first place; nothing here tries to scrub them afterwards.
 
+#![warn(missing_docs)]
 pub mod emf;
 
 use std::str::FromStr;

@@ -22,7 +22,9 @@ const MAX_CHALLENGE_LEN: usize = 128;
 /// The two secrets the webhook needs.
 #[derive(Debug, Clone)]
 pub struct WebhookSecrets {
+    /// The app secret every post's signature is checked with.
     pub app_secret: SecretString,
+    /// The token Meta's verification handshake must present.
     pub verify_token: SecretString,
 }
 
@@ -40,10 +42,13 @@ impl TryFrom<&AppSecrets> for WebhookSecrets {
 /// Why a verification handshake was refused (all answered 403).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
+    /// `hub.mode` was not `subscribe`.
     #[error("hub.mode is not subscribe")]
     WrongMode,
+    /// The token did not match the verify token.
     #[error("hub.verify_token does not match")]
     WrongToken,
+    /// The challenge was missing, too long, or not a plain token.
     #[error("hub.challenge is missing or not a short token")]
     BadChallenge,
 }
@@ -79,26 +84,43 @@ pub fn verify_subscription(
 /// What an accepted post held. Ids and counts only: safe to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
+    /// The post's `object` (`page` for leads).
     pub object: String,
+    /// Entries in the post.
     pub entries: usize,
+    /// Changes in all entries.
     pub changes: usize,
+    /// Changes of a field other than `leadgen`.
     pub skipped_changes: usize,
     /// `leadgen` changes with no readable leadgen id (names only, never values).
     pub invalid: Vec<InvalidChange>,
+    /// The leadgen ids queued, in the post's order.
     pub leadgen_ids: Vec<String>,
 }
 
 /// Why a post was not accepted; [`DeliveryError::status`] says what to answer Meta.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryError {
+    /// Over [`MAX_BODY_BYTES`]: refused before the signature is computed.
     #[error("the body is {size} bytes, over the {MAX_BODY_BYTES}-byte limit")]
-    TooLarge { size: usize },
+    TooLarge {
+        /// The body's size in bytes.
+        size: usize,
+    },
+    /// The signature is missing or wrong: nothing was parsed.
     #[error("signature refused: {0}")]
     Signature(#[from] SignatureError),
+    /// Signed, but not a webhook payload.
     #[error("signed body is not a webhook payload: {0}")]
     Json(#[from] JsonError),
+    /// The queue did not take every event; Meta must deliver the post again.
     #[error("{events} events not all queued: {error}")]
-    Queue { events: usize, error: QueueError },
+    Queue {
+        /// Events the post held.
+        events: usize,
+        /// What the queue said.
+        error: QueueError,
+    },
 }
 
 impl DeliveryError {
@@ -158,19 +180,28 @@ pub async fn accept_delivery<Q: EventQueue>(
 /// An HTTP request to the webhook, reduced to what the use case reads.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookRequest<'a> {
+    /// `GET` (verification) or `POST` (delivery).
     pub method: &'a str,
+    /// The first `hub.mode` query parameter.
     pub hub_mode: Option<&'a str>,
+    /// The first `hub.verify_token` query parameter.
     pub hub_verify_token: Option<&'a str>,
+    /// The first `hub.challenge` query parameter.
     pub hub_challenge: Option<&'a str>,
+    /// The `X-Hub-Signature-256` header.
     pub signature: Option<&'a str>,
+    /// The raw body, exactly as received (the signature is over these bytes).
     pub body: &'a [u8],
 }
 
 /// The answer to give, as plain values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookResponse {
+    /// The HTTP status.
     pub status: u16,
+    /// The `Content-Type` of the body.
     pub content_type: &'static str,
+    /// The body: the challenge, or a short word (never a secret or lead value).
     pub body: String,
     /// What the request counts for, for the edge to turn into metrics (the Lambda writes
     /// them as EMF lines): `WebhookEventsAccepted`, `WebhookPostsAccepted`,

@@ -11,12 +11,17 @@ use time::OffsetDateTime;
 /// takes both from Graph.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeadEvent {
+    /// The lead's Graph id.
     pub leadgen_id: String,
+    /// The page the lead came from (the change's, else the entry's id).
     pub page_id: String,
+    /// The lead's form, when the webhook said.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form_id: Option<String>,
+    /// The ad, for a paid lead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ad_id: Option<String>,
+    /// The ad group (ad set), for a paid lead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adgroup_id: Option<String>,
     /// When Meta says the lead was created, in unix seconds.

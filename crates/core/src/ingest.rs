@@ -29,8 +29,11 @@ const MAX_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
 /// One message of an SQS batch, as the use case reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct QueuedMessage<'a> {
+    /// SQS's message id (what a batch failure names).
     pub message_id: &'a str,
+    /// What delays the message; absent where the queue has none.
     pub receipt_handle: Option<&'a str>,
+    /// The queue message body.
     pub body: &'a str,
 }
 
@@ -79,16 +82,27 @@ impl RetryCause {
 pub enum Disposition {
     /// The lead is in the store; `new` is true for exactly one message per lead this batch
     /// inserted (a lead id repeated in the batch is a duplicate from its second message on).
-    Stored { lead_id: String, new: bool },
+    /// Stored; `new` for the one message that stored it first.
+    Stored {
+        /// The lead.
+        lead_id: String,
+        /// Whether this message's lead was inserted by this batch (counted once).
+        new: bool,
+    },
     /// Sent to the dead-letter queue with this class.
     DeadLettered {
+        /// The lead, when the body named one.
         lead_id: Option<String>,
+        /// The reason class it carries.
         class: DeadLetterClass,
     },
     /// Left on the queue to come back; `delay` when its visibility was pushed out.
     Retry {
+        /// The lead, when the body named one.
         lead_id: Option<String>,
+        /// Why it is retried.
         cause: RetryCause,
+        /// How long it was made invisible, when it was.
         delay: Option<Duration>,
     },
 }
@@ -96,6 +110,7 @@ pub enum Disposition {
 /// The outcome of a batch, message by message, in the order received.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IngestReport {
+    /// `(message id, disposition)` for each message.
     pub outcomes: Vec<(String, Disposition)>,
 }
 
@@ -123,10 +138,12 @@ impl IngestReport {
         self.count(|d| matches!(d, Disposition::Stored { new: false, .. }))
     }
 
+    /// Messages sent to the dead-letter queue.
     pub fn dead_lettered(&self) -> usize {
         self.count(|d| matches!(d, Disposition::DeadLettered { .. }))
     }
 
+    /// Messages left for SQS to deliver again.
     pub fn retried(&self) -> usize {
         self.count(|d| matches!(d, Disposition::Retry { .. }))
     }

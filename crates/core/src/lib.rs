@@ -15,6 +15,7 @@
 //! (docs/architecture.md, "Layers").
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
+#![warn(missing_docs)]
 // GraphError is large but only built after a network round trip (see leadpipe-graph).
 #![allow(clippy::result_large_err)]
 

@@ -12,6 +12,7 @@ pub struct MemoryQueue {
 }
 
 impl MemoryQueue {
+    /// An empty queue.
     pub fn new() -> Self {
         Self::default()
     }
@@ -59,6 +60,7 @@ pub struct MemoryLeadStore {
 }
 
 impl MemoryLeadStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -77,14 +79,17 @@ impl MemoryLeadStore {
         }
     }
 
+    /// Leads stored.
     pub fn len(&self) -> usize {
         self.leads.lock().map(|l| l.len()).unwrap_or(0)
     }
 
+    /// Whether no lead is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The stored lead with this id.
     pub fn get(&self, lead_id: &str) -> Option<crate::ports::StoredLead> {
         self.leads.lock().ok().and_then(|l| l.get(lead_id).cloned())
     }
@@ -126,7 +131,9 @@ impl crate::ports::LeadStore for MemoryLeadStore {
 /// Queue control that records what it was asked to do.
 #[derive(Debug, Default)]
 pub struct MemoryQueueControl {
+    /// Every dead letter sent: `(body, reason)`.
     pub dead_letters: Mutex<Vec<(String, crate::ports::DeadLetterReason)>>,
+    /// Every delay asked: `(receipt handle, delay)`.
     pub delays: Mutex<Vec<(String, std::time::Duration)>>,
     /// When set, dead-lettering fails (the DLQ unreachable).
     pub failing: Mutex<bool>,

@@ -7,12 +7,17 @@ use std::future::Future;
 /// Meta delivers the post again; nothing is acknowledged that is not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
+    /// The queue did not answer (network, credentials, outage).
     #[error("the queue could not be reached: {0}")]
     Unavailable(String),
+    /// The queue answered but took only some of the events.
     #[error("the queue refused {failed} of {total} events: {reason}")]
     Rejected {
+        /// Events refused.
         failed: usize,
+        /// Events sent.
         total: usize,
+        /// The queue's reason, for the log.
         reason: String,
     },
 }
@@ -27,7 +32,9 @@ pub trait EventQueue: Send + Sync {
 /// Where a lead came from into the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeadSourceKind {
+    /// Read because a webhook announced it.
     Webhook,
+    /// Found by a backfill run.
     Backfill,
 }
 
@@ -44,12 +51,16 @@ impl LeadSourceKind {
 /// A lead as the store keeps it: Graph's lead plus what only leadpipe knows.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredLead {
+    /// The lead as Graph returned it.
     pub lead: leadpipe_graph::Lead,
+    /// The page it came from (its token read it).
     pub page_id: String,
     /// The lead's form: Graph's `form_id`, or the webhook's when Graph left it out; `None`
     /// for an ad lead with no form (stored without the attribute: `by_form` refuses `""`).
     pub form_id: Option<String>,
+    /// How it came in.
     pub source: LeadSourceKind,
+    /// When it was first written.
     pub ingested_at: time::OffsetDateTime,
 }
 
@@ -71,8 +82,10 @@ pub enum PutOutcome {
 /// Why the store could not write.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The store did not answer.
     #[error("the lead store could not be reached: {0}")]
     Unavailable(String),
+    /// The store answered with a refusal.
     #[error("the lead store refused the write: {0}")]
     Rejected(String),
 }
@@ -91,6 +104,7 @@ pub trait LeadStore: Send + Sync {
 /// One lead asked for by id, and what reading it gave.
 #[derive(Debug)]
 pub struct FetchedLead {
+    /// The lead asked for.
     pub lead_id: String,
     /// The lead, or why it could not be read (classified: see docs/architecture.md).
     pub result: Result<leadpipe_graph::Lead, leadpipe_graph::GraphError>,
@@ -111,8 +125,11 @@ pub trait LeadFetcher: Send + Sync {
 /// `page_size` to a page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimeWindow {
+    /// Unix seconds, included.
     pub start: i64,
+    /// Unix seconds, excluded.
     pub end: i64,
+    /// Leads per Graph page.
     pub page_size: u32,
 }
 
@@ -217,6 +234,7 @@ impl std::fmt::Display for DeadLetterClass {
 /// Why a message leaves the queue for the dead-letter queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterReason {
+    /// The `leadpipe_reason_class` attribute.
     pub class: DeadLetterClass,
     /// One line for the operator: what failed and what to do. Never lead contents.
     pub detail: String,
@@ -272,8 +290,11 @@ pub trait BackfillSource: Send + Sync {
 /// Facts about the run that moved a checkpoint, kept beside it for operators.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunFacts {
+    /// Leads Graph returned in the slice.
     pub leads_read: u64,
+    /// Leads stored first.
     pub new: u64,
+    /// Leads stored already.
     pub already_present: u64,
 }
 

@@ -34,14 +34,17 @@ pub fn contract_time(at: OffsetDateTime) -> String {
 /// A lead's attributes as every store keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadRecord<'a> {
+    /// The lead's Graph id.
     pub lead_id: &'a str,
     /// [`contract_time`] of Graph's `created_time`.
     pub created_time: String,
+    /// The page it came from.
     pub page_id: &'a str,
     /// Absent for an ad lead with no form; never `""`.
     pub form_id: Option<&'a str>,
     /// The [`OPTIONAL_ATTRIBUTES`] the lead has, in their order.
     pub optional: Vec<(&'static str, &'a str)>,
+    /// Whether it came without an ad.
     pub is_organic: bool,
     /// Field name to every value Graph gave, in order; a name given twice keeps all.
     pub fields: BTreeMap<&'a str, Vec<&'a str>>,

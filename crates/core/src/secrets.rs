@@ -12,11 +12,15 @@ use std::collections::BTreeMap;
 /// Unknown keys are ignored so that an operator may keep notes in the same secret.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AppSecrets {
+    /// Signs webhook posts and keys `appsecret_proof`.
     pub app_secret: SecretString,
+    /// The webhook verification token (the webhook function needs it).
     #[serde(default)]
     pub verify_token: Option<SecretString>,
+    /// The token for pages without one of their own.
     #[serde(default)]
     pub access_token: Option<SecretString>,
+    /// Each page's own token.
     #[serde(default)]
     pub page_tokens: BTreeMap<String, SecretString>,
 }
@@ -24,10 +28,13 @@ pub struct AppSecrets {
 /// Why the secrets could not be read. Never carries a secret's value.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretsError {
+    /// The secret is not JSON of the expected shape.
     #[error("the secret is not JSON of the expected shape ({0})")]
     Shape(crate::webhook::JsonError),
+    /// A value this binary needs is absent.
     #[error("the secret has no {0}")]
     Missing(&'static str),
+    /// The secret could not be read from where it lives.
     #[error("the secret could not be fetched: {0}")]
     Fetch(String),
 }

@@ -8,13 +8,22 @@ use std::collections::BTreeMap;
 /// A setting that is missing or unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
+    /// A required setting is absent.
     #[error("{name} is not set: {purpose}")]
     Missing {
+        /// The variable.
         name: &'static str,
+        /// What it is for, for the message.
         purpose: &'static str,
     },
+    /// A setting's value cannot be used; `why` never quotes it.
     #[error("{name} is not valid: {why}")]
-    Invalid { name: &'static str, why: String },
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with it, without its value.
+        why: String,
+    },
 }
 
 /// Reads settings through `lookup` (the process environment in production, a map in tests).
@@ -32,14 +41,17 @@ impl Env<fn(&str) -> Option<String>> {
 }
 
 impl<F: Fn(&str) -> Option<String>> Env<F> {
+    /// Settings read through `lookup` (tests pass a map).
     pub fn from_lookup(lookup: F) -> Self {
         Self { lookup }
     }
 
+    /// The value of `name`, when set and not empty.
     pub fn optional(&self, name: &str) -> Option<String> {
         (self.lookup)(name)
     }
 
+    /// The value of `name`, or an error naming it and its purpose.
     pub fn required(
         &self,
         name: &'static str,
@@ -71,7 +83,12 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
 /// Where a binary gets its [`AppSecrets`].
 #[derive(Debug, Clone)]
 pub enum SecretSource {
-    SecretsManager { arn: String },
+    /// The secret in Secrets Manager, read at start.
+    SecretsManager {
+        /// `SECRET_ARN`.
+        arn: String,
+    },
+    /// The secret from the environment's stand-ins.
     Inline(AppSecrets),
 }
 

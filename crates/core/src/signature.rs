@@ -13,16 +13,22 @@ const DIGEST_HEX_LEN: usize = 64;
 /// Why a post's signature was refused. None of these carries the header's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// No `X-Hub-Signature-256` header.
     #[error("the X-Hub-Signature-256 header is missing")]
     Missing,
+    /// Not `sha256=` (a legacy `sha1=` is not accepted).
     #[error("the signature is not of the form sha256=<hex>")]
     UnsupportedAlgorithm,
+    /// Not 64 hex digits.
     #[error("the signature is not {DIGEST_HEX_LEN} hex digits")]
     WrongLength,
+    /// Not hex.
     #[error("the signature is not hexadecimal")]
     MalformedHex,
+    /// The HMAC does not match the body.
     #[error("the signature does not match the body")]
     Mismatch,
+    /// The app secret cannot key an HMAC.
     #[error("the app secret cannot key an HMAC")]
     UnusableSecret,
 }

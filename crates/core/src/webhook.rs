@@ -24,8 +24,11 @@ pub const PAGE_OBJECT: &str = "page";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{category} JSON at line {line}, column {column}{}", missing_field.as_ref().map(|f| format!(" (missing field `{f}`)")).unwrap_or_default())]
 pub struct JsonError {
+    /// What kind of break: malformed, truncated, unexpected shape.
     pub category: &'static str,
+    /// Line of the break.
     pub line: usize,
+    /// Column of the break.
     pub column: usize,
     /// A field name is the schema's, not the input's, so it is safe to say.
     pub missing_field: Option<String>,
@@ -135,12 +138,15 @@ pub struct InvalidChange {
 pub struct Delivery {
     /// The post's `object`; only `page` posts carry leads.
     pub object: String,
+    /// Entries in the post.
     pub entries: usize,
+    /// Changes in all entries.
     pub changes: usize,
     /// Changes of a field other than `leadgen`.
     pub skipped_changes: usize,
     /// `leadgen` changes without a readable leadgen id or page id; see [`InvalidChange`].
     pub invalid: Vec<InvalidChange>,
+    /// One queue message per readable leadgen id.
     pub events: Vec<LeadEvent>,
 }
 

@@ -5,11 +5,15 @@ use serde_json::{Value, json};
 /// How much to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DatasetSpec {
+    /// Pages, each with its own token.
     pub pages: usize,
+    /// Forms on each page.
     pub forms_per_page: usize,
+    /// Leads in all, spread over the forms.
     pub leads: usize,
     /// One lead in this many is organic (no ad).
     pub organic_every: usize,
+    /// The same seed makes the same world.
     pub seed: u64,
     /// Unix seconds of the newest lead; the others go back a minute each.
     pub newest: i64,
@@ -31,11 +35,17 @@ impl Default for DatasetSpec {
 /// One generated lead and where it lives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxLead {
+    /// The lead's Graph id.
     pub id: String,
+    /// Its page.
     pub page_id: String,
+    /// Its form.
     pub form_id: String,
+    /// Its ad, for a paid lead.
     pub ad_id: Option<String>,
+    /// Its ad group, for a paid lead.
     pub adgroup_id: Option<String>,
+    /// When it was created, unix seconds.
     pub created_time: i64,
     /// The lead exactly as the stand-in serves it.
     pub json: Value,
@@ -48,6 +58,7 @@ pub struct Dataset {
     pub pages: Vec<(String, String)>,
     /// `(page_id, form_id, created_time)`.
     pub forms: Vec<(String, String, i64)>,
+    /// Every lead, oldest first.
     pub leads: Vec<SandboxLead>,
     /// Lead id to its place in `leads`.
     index: std::collections::HashMap<String, usize>,

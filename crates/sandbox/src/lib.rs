@@ -7,6 +7,7 @@
 //! /{page}/leadgen_forms`, `GET /{page}?fields=has_lead_access...`, `GET /debug_token`,
 //! `GET|POST /{page}/subscribed_apps`, `POST /{form}/test_leads`.
 
+#![warn(missing_docs)]
 pub mod data;
 pub mod sender;
 pub mod server;

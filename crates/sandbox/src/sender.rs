@@ -9,7 +9,9 @@ use std::time::Duration;
 /// How to deliver.
 #[derive(Debug, Clone)]
 pub struct WebhookSender {
+    /// The webhook's URL.
     pub url: String,
+    /// The app secret posts are signed with.
     pub app_secret: String,
     /// Share of leads never delivered (the backfill must recover them).
     pub drop_rate: f64,
@@ -17,12 +19,14 @@ pub struct WebhookSender {
     pub duplicate_rate: f64,
     /// Changes per post (Meta batches several).
     pub changes_per_post: usize,
+    /// The same seed drops, duplicates and orders alike.
     pub seed: u64,
 }
 
 /// What was delivered.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SendReport {
+    /// Posts sent, duplicates included.
     pub posts: usize,
     /// Posts sent a second time.
     pub duplicated_posts: usize,

@@ -1,6 +1,7 @@
 //! The backfill Lambda: a scheduled event (or an on-demand payload) in, a JSON summary out.
 //! The rules live in [`leadpipe_core::backfill`].
 
+#![warn(missing_docs)]
 use lambda_runtime::LambdaEvent;
 use leadpipe_aws::sqs::SqsQueueControl;
 use leadpipe_aws::{DynamoCheckpointStore, DynamoLeadStore};
@@ -20,11 +21,15 @@ use time::OffsetDateTime;
 /// The backfill function's settings, read once at start.
 #[derive(Debug, Clone)]
 pub struct BackfillFunctionSettings {
+    /// `LEADS_TABLE`.
     pub leads_table: String,
     /// Where unreadable and too-large leads go, queue-shaped, for a redrive.
     pub dead_letter_queue_url: String,
+    /// `STATE_TABLE`: the checkpoints.
     pub state_table: String,
+    /// Where the secret comes from.
     pub secret_source: SecretSource,
+    /// The `BACKFILL_*` tuning.
     pub backfill: BackfillSettings,
     /// Stop starting Graph pages this long before the Lambda deadline.
     pub deadline_margin: Duration,
@@ -48,6 +53,7 @@ fn seconds<F: Fn(&str) -> Option<String>>(
 }
 
 impl BackfillFunctionSettings {
+    /// Reads and checks every setting once, at start.
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
         Ok(Self {
             leads_table: env.required("LEADS_TABLE", "the DynamoDB table leads are written to")?,
@@ -73,10 +79,13 @@ impl BackfillFunctionSettings {
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is missing or unusable.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The secret cannot be read or lacks a value.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// The Graph client could not be built.
     #[error("the Graph client could not be built: {0}")]
     Graph(#[from] GraphError),
 }
@@ -146,6 +155,7 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, Sq
 }
 
 impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> BackfillApp<S, L, C, Q> {
+    /// The function over these ports, covering `pages` on a schedule.
     pub fn new(
         source: S,
         store: L,

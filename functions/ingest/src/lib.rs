@@ -1,6 +1,7 @@
 //! The ingest Lambda: an SQS batch in, a `SqsBatchResponse` naming only the messages SQS
 //! must keep. The rules live in [`leadpipe_core::ingest`]; this crate wires AWS to them.
 
+#![warn(missing_docs)]
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 use leadpipe_aws::{DynamoLeadStore, SqsQueueControl};
@@ -15,13 +16,18 @@ use time::OffsetDateTime;
 /// The ingest function's settings, read once at start.
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
+    /// `QUEUE_URL`: the queue ingest consumes (rate-limited messages are delayed on it).
     pub queue_url: String,
+    /// `DLQ_URL`: where permanent failures go with their reason.
     pub dead_letter_queue_url: String,
+    /// `LEADS_TABLE`.
     pub leads_table: String,
+    /// Where the secret comes from.
     pub secret_source: SecretSource,
 }
 
 impl IngestSettings {
+    /// Reads and checks every setting once, at start.
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
         Ok(Self {
             queue_url: env.required(
@@ -41,10 +47,13 @@ impl IngestSettings {
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is missing or unusable.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The secret cannot be read or lacks a value.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// The Graph client could not be built.
     #[error("the Graph client could not be built: {0}")]
     Graph(#[from] GraphError),
 }
@@ -74,6 +83,7 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl> {
 }
 
 impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
+    /// The function over these ports.
     pub fn new(fetcher: F, store: S, queue: C) -> Self {
         Self {
             fetcher,

@@ -4,6 +4,7 @@
 //! lambda_http has already base64-decoded the body, and the signature is checked over
 //! exactly those bytes.
 
+#![warn(missing_docs)]
 use lambda_http::{Body, Request, RequestExt, Response};
 use leadpipe_core::accept::{WebhookRequest, WebhookSecrets, handle_webhook_request};
 use leadpipe_core::ports::EventQueue;
@@ -15,11 +16,14 @@ use time::OffsetDateTime;
 /// The webhook's settings, read once at start.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
+    /// `QUEUE_URL`: where lead events go.
     pub queue_url: String,
+    /// Where the secret comes from.
     pub secret_source: SecretSource,
 }
 
 impl WebhookSettings {
+    /// Reads and checks every setting once, at start.
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
         Ok(Self {
             queue_url: env.required("QUEUE_URL", "the URL of the SQS queue lead events go to")?,
@@ -31,8 +35,10 @@ impl WebhookSettings {
 /// Why the function could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A setting is missing or unusable.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The secret cannot be read or lacks the verify token.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
 }
@@ -58,6 +64,7 @@ impl WebhookApp<leadpipe_aws::SqsEventQueue> {
 }
 
 impl<Q: EventQueue> WebhookApp<Q> {
+    /// The function over these ports.
     pub fn new(secrets: WebhookSecrets, queue: Q) -> Self {
         Self { secrets, queue }
     }

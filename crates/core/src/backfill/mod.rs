@@ -29,7 +29,9 @@ pub trait Deadline: Send + Sync {
 /// Stops `margin` before an instant: the Lambda deadline from the invocation context.
 #[derive(Debug, Clone, Copy)]
 pub struct InstantDeadline {
+    /// The invocation's deadline.
     pub at: Instant,
+    /// Stop starting Graph pages this long before it.
     pub margin: Duration,
 }
 
@@ -111,7 +113,9 @@ impl BackfillSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum TimeArg {
+    /// Unix seconds.
     Unix(i64),
+    /// Unix seconds as text, or RFC 3339.
     Text(String),
 }
 
@@ -155,24 +159,37 @@ impl TimeArg {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum AdTarget {
+    /// An ad id; the request must name exactly one page, whose token reads it.
     Id(String),
-    WithPage { ad_id: String, page_id: String },
+    /// An ad id with the page whose token reads it.
+    WithPage {
+        /// The ad.
+        ad_id: String,
+        /// The page whose token reads it.
+        page_id: String,
+    },
 }
 
 /// An on-demand run's payload: `{"pages","forms","ads","from","to","dry_run"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillRequest {
+    /// Pages to read (default: every configured page).
     #[serde(default)]
     pub pages: Vec<String>,
+    /// Only these forms.
     #[serde(default)]
     pub forms: Vec<String>,
+    /// Ads to read by ad.
     #[serde(default)]
     pub ads: Vec<AdTarget>,
+    /// Start of a one-off window (moves no checkpoint).
     #[serde(default)]
     pub from: Option<TimeArg>,
+    /// End of the window (exclusive); default now.
     #[serde(default)]
     pub to: Option<TimeArg>,
+    /// Read and count, store nothing, move no checkpoint.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -185,6 +202,7 @@ pub struct RequestError(pub String);
 /// What one run does, resolved from a request (or a schedule) and the configured pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackfillPlan {
+    /// Pages whose forms are read.
     pub pages: Vec<String>,
     /// Only these forms, when given.
     pub forms: Option<BTreeSet<String>>,
@@ -192,6 +210,7 @@ pub struct BackfillPlan {
     pub ads: Vec<(String, String)>,
     /// An explicit window `[from, to)`; checkpoints are neither read nor moved.
     pub window: Option<(i64, Option<i64>)>,
+    /// Read and count, store nothing, move no checkpoint.
     pub dry_run: bool,
 }
 
@@ -314,6 +333,7 @@ pub struct ProblemLead {
     /// The lead's id, when Graph's item had a readable one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lead_id: Option<String>,
+    /// Why it could not be stored.
     pub class: DeadLetterClass,
     /// What was wrong (a parse error's place, a size): never the lead's values.
     pub detail: String,
@@ -354,20 +374,30 @@ pub enum PageStatus {
 /// One form's or ad's part of the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct NodeSummary {
+    /// A form or an ad.
     pub kind: NodeKind,
+    /// Its Graph id.
     pub id: String,
+    /// Leads Graph returned.
     pub leads_read: u64,
+    /// Leads this run stored first.
     pub new: u64,
+    /// Leads that were stored already.
     pub already_present: u64,
+    /// Items Graph returned that do not parse.
     pub unreadable: u64,
     /// Leads too large for the store even without `raw`.
     pub too_large: u64,
     /// Each unreadable or too-large lead.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub problem_leads: Vec<ProblemLead>,
+    /// The checkpoint the run started from.
     pub checkpoint_before: Option<i64>,
+    /// The checkpoint after the run (moved only past written slices).
     pub checkpoint_after: Option<i64>,
+    /// How the read ended.
     pub status: NodeStatus,
+    /// Why, when it did not end `done`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The class of the Graph error that stopped this node, if one did.
@@ -378,10 +408,14 @@ pub struct NodeSummary {
 /// One page's part of the summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PageSummary {
+    /// The page's Graph id.
     pub page_id: String,
+    /// How the page ended.
     pub status: PageStatus,
+    /// Why, when it did not end `done`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Each form and ad of the page.
     pub nodes: Vec<NodeSummary>,
 }
 
@@ -399,12 +433,18 @@ impl BackfillSummary {
 /// The run's JSON summary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BackfillSummary {
+    /// A dry run stored nothing.
     pub dry_run: bool,
+    /// The deadline came before the end; the next run resumes.
     pub stopped_by_deadline: bool,
+    /// Leads Graph returned, in all.
     pub leads_read: u64,
+    /// Leads stored first by this run.
     pub new: u64,
+    /// Leads that were stored already.
     pub already_present: u64,
     /// Graph failures that stopped a page or a form, by class.
     pub graph_errors: std::collections::BTreeMap<String, u64>,
+    /// Each page.
     pub pages: Vec<PageSummary>,
 }

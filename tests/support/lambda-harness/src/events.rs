@@ -13,17 +13,24 @@ const SCHEDULED: &str = include_str!("../../../fixtures/cloudwatch-scheduled-eve
 /// Which front door an HTTP event came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HttpFront {
+    /// A Lambda Function URL (payload format 2.0).
     FunctionUrl,
+    /// An API Gateway HTTP API.
     HttpApi,
 }
 
 /// An HTTP request as Lambda delivers it (payload format 2.0).
 #[derive(Debug, Clone, Copy)]
 pub struct HttpEvent<'a> {
+    /// Which front sends it.
     pub front: HttpFront,
+    /// The HTTP method.
     pub method: &'a str,
+    /// Query parameters, in order.
     pub query: &'a [(&'a str, &'a str)],
+    /// Headers.
     pub headers: &'a [(&'a str, &'a str)],
+    /// The body, sent base64-encoded when asked.
     pub body: &'a [u8],
     /// Send the body base64-encoded, as Lambda does for non-text content types.
     pub base64: bool,

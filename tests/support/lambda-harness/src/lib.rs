@@ -5,6 +5,7 @@
 //! Tests use it to drive the real binaries; the start-up benchmark uses [`RuntimeApi::first_poll`]
 //! to time a cold start (process start to the first poll, which is when the handler is ready).
 
+#![warn(missing_docs)]
 pub mod events;
 
 use axum::Router;
@@ -44,14 +45,19 @@ impl Outcome {
     }
 }
 
+/// Why the harness could not run or hear from a function.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
+    /// A socket or process could not be set up.
     #[error("runtime API could not start: {0}")]
     Io(#[from] std::io::Error),
+    /// No answer in time.
     #[error("the function did not answer within {0:?}")]
     TimedOut(Duration),
+    /// The function posted an error.
     #[error("the function reported an error: {0}")]
     FunctionError(String),
+    /// Something did not follow the Runtime API.
     #[error("runtime API protocol: {0}")]
     Protocol(String),
 }
@@ -507,10 +513,12 @@ impl ProxyState {
 pub struct TcpProxy {
     /// `http://127.0.0.1:<port>`.
     pub url: String,
+    /// What it saw, and its switch.
     pub state: Arc<ProxyState>,
 }
 
 impl TcpProxy {
+    /// Listens on a free loopback port and forwards each connection to `upstream`.
     pub async fn start(upstream: String) -> Result<Self, HarnessError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
