@@ -21,7 +21,7 @@ pub struct ExportArgs {
     /// The SQLite file to read (opened read-only).
     #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
     pub db: PathBuf,
-    /// csv: one column per form field, cells safe for spreadsheets; jsonl: one JSON object per lead, exact.
+    /// The output's format.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     pub format: Format,
     /// Output file, created 0600 (default: standard output).

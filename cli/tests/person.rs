@@ -106,7 +106,14 @@ fn every_flag_of_every_subcommand_has_help_text() {
         let mut flags = 0;
         for (i, line) in lines.iter().enumerate() {
             let trimmed = line.trim_start();
-            if !trimmed.starts_with('-') {
+            // A flag line starts `-x` or `--name`; `- value: ...` lists a flag's values.
+            let is_flag = trimmed.starts_with("--")
+                || (trimmed.starts_with('-')
+                    && trimmed
+                        .chars()
+                        .nth(1)
+                        .is_some_and(|c| c.is_ascii_alphanumeric()));
+            if !is_flag {
                 continue;
             }
             flags += 1;
