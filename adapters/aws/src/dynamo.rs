@@ -6,7 +6,7 @@
 
 use crate::describe_sdk_error;
 use aws_sdk_dynamodb::types::AttributeValue;
-use leadpipe_core::ports::{LeadStore, PutOutcome, StoreError, StoredLead};
+use leadpipe_core::ports::{Cause, LeadStore, PutOutcome, StoreError, StoredLead};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -59,8 +59,8 @@ impl DynamoLeadStore {
             Err(err) => {
                 let described = describe_sdk_error(&err);
                 Err(match err.as_service_error() {
-                    Some(_) => StoreError::Rejected(described),
-                    None => StoreError::Unavailable(described),
+                    Some(_) => StoreError::Rejected(Cause::described(described, err)),
+                    None => StoreError::Unavailable(Cause::described(described, err)),
                 })
             }
         }
@@ -198,7 +198,7 @@ pub async fn create_leads_table(
         AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
         Projection, ProjectionType, ScalarAttributeType,
     };
-    let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(e.to_string());
+    let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(Cause::from_error(e));
     let attribute = |name: &str| {
         AttributeDefinition::builder()
             .attribute_name(name)
@@ -235,7 +235,7 @@ pub async fn create_leads_table(
         .global_secondary_indexes(by_form)
         .send()
         .await
-        .map_err(|e| StoreError::Rejected(describe_sdk_error(&e)))?;
+        .map_err(|e| StoreError::Rejected(Cause::described(describe_sdk_error(&e), e)))?;
     Ok(())
 }
 
@@ -269,8 +269,10 @@ where
 {
     let described = describe_sdk_error(err);
     match err {
-        aws_sdk_dynamodb::error::SdkError::ServiceError(_) => StoreError::Rejected(described),
-        _ => StoreError::Unavailable(described),
+        aws_sdk_dynamodb::error::SdkError::ServiceError(_) => {
+            StoreError::Rejected(described.into())
+        }
+        _ => StoreError::Unavailable(described.into()),
     }
 }
 
@@ -336,7 +338,7 @@ pub async fn create_state_table(
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     };
-    let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(e.to_string());
+    let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(Cause::from_error(e));
     client
         .create_table()
         .table_name(table)
@@ -357,6 +359,6 @@ pub async fn create_state_table(
         )
         .send()
         .await
-        .map_err(|e| StoreError::Rejected(describe_sdk_error(&e)))?;
+        .map_err(|e| StoreError::Rejected(Cause::described(describe_sdk_error(&e), e)))?;
     Ok(())
 }

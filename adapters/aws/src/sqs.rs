@@ -4,7 +4,7 @@
 use crate::describe_sdk_error;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use leadpipe_core::event::LeadEvent;
-use leadpipe_core::ports::{EventQueue, QueueError};
+use leadpipe_core::ports::{Cause, EventQueue, QueueError};
 use std::time::Duration;
 
 /// SQS takes at most ten entries per SendMessageBatch.
@@ -70,10 +70,9 @@ impl SqsEventQueue {
                     })?;
                 request = request.entries(entry);
             }
-            let output = request
-                .send()
-                .await
-                .map_err(|e| QueueError::Unavailable(describe_sdk_error(&e)))?;
+            let output = request.send().await.map_err(|e| {
+                QueueError::Unavailable(Cause::described(describe_sdk_error(&e), e))
+            })?;
             let failed = output.failed();
             if failed.is_empty() {
                 return Ok(());
@@ -141,13 +140,16 @@ impl EventQueue for SqsEventQueue {
             Some(QueueError::Unavailable(reason)) if failed == events.len() => {
                 Err(QueueError::Unavailable(reason))
             }
-            Some(QueueError::Unavailable(reason)) | Some(QueueError::Rejected { reason, .. }) => {
-                Err(QueueError::Rejected {
-                    failed,
-                    total: events.len(),
-                    reason,
-                })
-            }
+            Some(QueueError::Unavailable(cause)) => Err(QueueError::Rejected {
+                failed,
+                total: events.len(),
+                reason: cause.to_string(),
+            }),
+            Some(QueueError::Rejected { reason, .. }) => Err(QueueError::Rejected {
+                failed,
+                total: events.len(),
+                reason,
+            }),
         }
     }
 }
@@ -223,7 +225,7 @@ impl leadpipe_core::ports::QueueControl for SqsQueueControl {
             .message_attributes(REASON_ATTRIBUTE, string_attribute(&detail)?)
             .send()
             .await
-            .map_err(|e| QueueError::Unavailable(describe_sdk_error(&e)))?;
+            .map_err(|e| QueueError::Unavailable(Cause::described(describe_sdk_error(&e), e)))?;
         Ok(())
     }
 
@@ -238,7 +240,7 @@ impl leadpipe_core::ports::QueueControl for SqsQueueControl {
             .visibility_timeout(seconds)
             .send()
             .await
-            .map_err(|e| QueueError::Unavailable(describe_sdk_error(&e)))?;
+            .map_err(|e| QueueError::Unavailable(Cause::described(describe_sdk_error(&e), e)))?;
         Ok(())
     }
 }

@@ -6,8 +6,8 @@
 #![warn(missing_docs)]
 use leadpipe_core::event::LeadEvent;
 use leadpipe_core::ports::{
-    CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl, QueueError,
-    RunFacts, StoreError, StoredLead,
+    Cause, CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl,
+    QueueError, RunFacts, StoreError, StoredLead,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -105,7 +105,7 @@ pub struct LocalDb {
 /// One post's queue messages, and where to say whether they are durable.
 type PostRequest = (
     Vec<String>,
-    tokio::sync::oneshot::Sender<Result<(), String>>,
+    tokio::sync::oneshot::Sender<Result<(), Arc<rusqlite::Error>>>,
 );
 
 /// Group commit for webhook posts: one thread with its own connection takes every post
@@ -140,7 +140,7 @@ impl PostWriter {
                             Err(_) => break,
                         }
                     }
-                    let result = write_group(&mut conn, &group).map_err(|e| e.to_string());
+                    let result = write_group(&mut conn, &group).map_err(Arc::new);
                     for (_, answer) in group {
                         let _ = answer.send(result.clone());
                     }
@@ -334,6 +334,7 @@ impl LocalDb {
         durable
             .await
             .map_err(|_| "the post writer has stopped".to_owned())?
+            .map_err(|e| e.to_string())
     }
 
     /// Whether the file can be written: a row written and rolled back, so nothing stays
@@ -498,7 +499,7 @@ impl EventQueue for LocalDb {
         durable
             .await
             .map_err(|_| QueueError::Unavailable("the post writer has stopped".into()))?
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+            .map_err(|e| QueueError::Unavailable(Cause::from_error(e)))
     }
 }
 
@@ -521,7 +522,7 @@ impl QueueControl for LocalQueueControl {
                 )
             })
             .map(|_| ())
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+            .map_err(|e| QueueError::Unavailable(Cause::from_error(e)))
     }
 
     async fn delay(&self, receipt_handle: &str, delay: Duration) -> Result<(), QueueError> {
@@ -539,7 +540,7 @@ impl QueueControl for LocalQueueControl {
                 )
             })
             .map(|_| ())
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+            .map_err(|e| QueueError::Unavailable(Cause::from_error(e)))
     }
 }
 
@@ -591,7 +592,7 @@ impl LeadStore for LocalDb {
             tx.commit()?;
             Ok(outcomes)
         })
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))
     }
 }
 
@@ -605,7 +606,7 @@ impl CheckpointStore for LocalDb {
             )
             .optional()
         })
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))
     }
 
     async fn save_checkpoint(
@@ -626,6 +627,6 @@ impl CheckpointStore for LocalDb {
             )
         })
         .map(|_| ())
-        .map_err(|e| StoreError::Unavailable(e.to_string()))
+        .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))
     }
 }

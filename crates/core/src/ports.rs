@@ -3,13 +3,81 @@
 use crate::event::LeadEvent;
 use std::future::Future;
 
+/// What lies under a port's failure: a message for people (never a secret or a lead value)
+/// and, when an adapter had one, the error itself, kept for `source()` chains. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    message: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// The error, described by its own `Display`.
+    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            message: error.to_string(),
+            source: Some(std::sync::Arc::new(error)),
+        }
+    }
+
+    /// The error, with a description of the adapter's own (an SDK's `Display` can be as
+    /// terse as "service error").
+    pub fn described(
+        message: impl Into<String>,
+        error: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(std::sync::Arc::new(error)),
+        }
+    }
+}
+
+impl From<String> for Cause {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            source: None,
+        }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Cause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two causes are the same failure when they say the same.
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for Cause {}
+
 /// Why events could not all be queued. The webhook answers 5xx on any of these so that
 /// Meta delivers the post again; nothing is acknowledged that is not queued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueueError {
     /// The queue did not answer (network, credentials, outage).
     #[error("the queue could not be reached: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The queue answered but took only some of the events.
     #[error("the queue refused {failed} of {total} events: {reason}")]
     Rejected {
@@ -84,10 +152,10 @@ pub enum PutOutcome {
 pub enum StoreError {
     /// The store did not answer.
     #[error("the lead store could not be reached: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Cause),
     /// The store answered with a refusal.
     #[error("the lead store refused the write: {0}")]
-    Rejected(String),
+    Rejected(#[source] Cause),
 }
 
 /// The leads table: idempotent writes keyed by lead id.
@@ -311,4 +379,25 @@ pub trait CheckpointStore: Send + Sync {
         checkpoint: i64,
         facts: &RunFacts,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_port_failure_keeps_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = StoreError::Unavailable(Cause::described("DynamoDB: could not connect", io));
+        assert_eq!(
+            err.to_string(),
+            "the lead store could not be reached: DynamoDB: could not connect"
+        );
+        let cause = err.source().unwrap();
+        assert_eq!(cause.to_string(), "DynamoDB: could not connect");
+        assert_eq!(cause.source().unwrap().to_string(), "refused");
+        let plain = QueueError::Unavailable("memory queue set to fail".into());
+        assert!(plain.source().unwrap().source().is_none());
+    }
 }
