@@ -86,6 +86,10 @@ pub struct DemoReport {
     pub db: PathBuf,
     /// Wall time, whole seconds.
     pub seconds: u64,
+    /// Speed to lead of the webhook's leads, webhook receipt to stored: (p50, p99) ms.
+    pub received_to_stored_ms: Option<(u64, u64)>,
+    /// Speed to lead of the webhook's leads, Meta's `created_time` to stored: (p50, p99) ms.
+    pub created_to_stored_ms: Option<(u64, u64)>,
 }
 
 fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
@@ -265,7 +269,10 @@ fn compare(
     let rows = pipeline.db.leads()?;
     let stored: BTreeMap<&str, &leadpipe_local::LeadRow> =
         rows.iter().map(|r| (r.lead_id.as_str(), r)).collect();
+    let (created, received) = pipeline.latencies();
     let mut report = DemoReport {
+        received_to_stored_ms: percentiles(received),
+        created_to_stored_ms: percentiles(created),
         leads: data.leads.len(),
         posts: sent.posts,
         duplicated_posts: sent.duplicated_posts,
@@ -291,6 +298,16 @@ fn compare(
     Ok(report)
 }
 
+/// The median and 99th percentile (nearest rank) of `values`, when there are any.
+fn percentiles(mut values: Vec<u64>) -> Option<(u64, u64)> {
+    values.sort_unstable();
+    let rank = |q: f64| {
+        let i = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+        values.get(i).copied()
+    };
+    Some((rank(0.50)?, rank(0.99)?))
+}
+
 /// The final table; deletes a temporary database unless it is kept.
 fn print_report(report: &DemoReport, db: &Path, keep: bool) {
     println!();
@@ -309,6 +326,18 @@ fn print_report(report: &DemoReport, db: &Path, keep: bool) {
     println!(
         "  dead letters                   {:>7}",
         report.dead_letters
+    );
+    let show = |p: Option<(u64, u64)>| {
+        p.map(|(p50, p99)| format!("p50 {p50} ms, p99 {p99} ms"))
+            .unwrap_or_else(|| "no lead by webhook".into())
+    };
+    println!(
+        "  speed to lead, receipt→stored  {}",
+        show(report.received_to_stored_ms)
+    );
+    println!(
+        "  speed to lead, created→stored  {} (the sandbox dates its leads up to days back)",
+        show(report.created_to_stored_ms)
     );
     println!("  time                           {:>6}s", report.seconds);
     if keep {

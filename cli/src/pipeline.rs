@@ -52,6 +52,8 @@ pub struct Pipeline {
     webhook: Option<WebhookSecrets>,
     graph: GraphClient,
     tuning: Tuning,
+    /// Speed to lead of every lead ingest stored first, for the demo's table.
+    latencies: std::sync::Mutex<Vec<leadpipe_core::ingest::LeadLatency>>,
 }
 
 impl Pipeline {
@@ -82,12 +84,25 @@ impl Pipeline {
             webhook,
             graph,
             tuning,
+            latencies: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// The pages the secret has tokens for.
     pub fn configured_pages(&self) -> Vec<String> {
         self.secrets.page_tokens.keys().cloned().collect()
+    }
+
+    /// Speed to lead so far, in milliseconds: `(since created, since received)` per new lead.
+    pub fn latencies(&self) -> (Vec<u64>, Vec<u64>) {
+        self.latencies
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .map(|l| (l.since_created_ms, l.since_received_ms))
+                    .unzip()
+            })
+            .unwrap_or_default()
     }
 
     /// Takes one batch off the queue and ingests it; returns how many messages it took.
@@ -120,6 +135,9 @@ impl Pipeline {
             time::OffsetDateTime::now_utc(),
         )
         .await;
+        if let Ok(mut all) = self.latencies.lock() {
+            all.extend_from_slice(&report.latencies);
+        }
         let failed = report.failed_message_ids();
         let done: Vec<i64> = leased
             .iter()

@@ -39,6 +39,12 @@ async fn a_thousand_lead_demo_with_drops_duplicates_and_faults_stores_every_lead
         "backfill recovered the dropped ones: {report:?}"
     );
     assert_eq!(report.dead_letters, 0, "{report:?}");
+    let (p50, p99) = report
+        .received_to_stored_ms
+        .expect("speed to lead measured");
+    assert!(p50 <= p99, "{report:?}");
+    let (created_p50, _) = report.created_to_stored_ms.unwrap();
+    assert!(created_p50 >= p50, "created before received: {report:?}");
 
     // Export round trip: every field of every lead comes back.
     let local = LocalDb::open(&db).unwrap();

@@ -142,6 +142,11 @@ class TemplateContracts(unittest.TestCase):
         # Two stacks in one account must not collide on the schedule's name.
         self.assertIn("${AWS::StackName}", schedule["Properties"]["Name"]["Fn::Sub"])
 
+    def test_the_dashboard_shows_speed_to_lead_percentiles(self):
+        body = self.resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        for needle in ('"LeadLatency"', '"Since", "received"', '"Since", "created"', '"p99"', '"p50"'):
+            self.assertIn(needle, body)
+
     def test_ingest_alarms_on_a_batch_where_every_message_failed(self):
         alarms = [v["Properties"] for v in self.resources.values() if v["Type"] == "AWS::CloudWatch::Alarm"]
         (alarm,) = [a for a in alarms if a["MetricName"] == "BatchesFullyFailed"]

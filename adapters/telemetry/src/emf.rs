@@ -44,6 +44,56 @@ pub fn emf_line(
     Some(Value::Object(root).to_string())
 }
 
+/// EMF takes at most 100 values of one metric in a line.
+const MAX_VALUES: usize = 100;
+
+/// The EMF lines for `values` (milliseconds) of metric `name` under `dimensions`: CloudWatch
+/// keeps every value, so p50 and p99 are true percentiles of them. `None` lines are skipped.
+pub fn emf_value_lines(
+    dimensions: &[(&str, &str)],
+    name: &str,
+    values: &[u64],
+    timestamp_ms: i64,
+) -> Vec<String> {
+    values
+        .chunks(MAX_VALUES)
+        .map(|chunk| {
+            let mut root = Map::new();
+            let dimension_names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
+            root.insert(
+                "_aws".into(),
+                json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": [{
+                    "Namespace": NAMESPACE, "Dimensions": [dimension_names],
+                    "Metrics": [{"Name": name, "Unit": "Milliseconds"}]}]}),
+            );
+            for (k, v) in dimensions {
+                root.insert((*k).to_owned(), json!(v));
+            }
+            root.insert(name.to_owned(), json!(chunk));
+            Value::Object(root).to_string()
+        })
+        .collect()
+}
+
+/// Writes speed to lead: `LeadLatency` (ms) with dimension `Since` = `created` (Meta's
+/// `created_time`) and `received` (the webhook's receipt), one value per new lead.
+pub fn emit_latencies(since_created_ms: &[u64], since_received_ms: &[u64]) {
+    let function = function_name();
+    for (since, values) in [
+        ("created", since_created_ms),
+        ("received", since_received_ms),
+    ] {
+        for line in emf_value_lines(
+            &[("Function", &function), ("Since", since)],
+            "LeadLatency",
+            values,
+            now_ms(),
+        ) {
+            write(Some(line));
+        }
+    }
+}
+
 /// Writes the counts for this function as one EMF line.
 pub fn emit(counts: &[(&str, u64)]) {
     let function = function_name();
@@ -110,5 +160,25 @@ mod tests {
         assert_eq!(v["LeadsStored"], 7);
         assert_eq!(v["_aws"]["Timestamp"], 1_700_000_000_000i64);
         assert!(emf_line(&[("Function", "x")], &[("A", 0)], 0).is_none());
+    }
+
+    #[test]
+    fn latencies_are_values_cloudwatch_takes_percentiles_of() {
+        let values: Vec<u64> = (0..150).collect();
+        let lines = emf_value_lines(
+            &[("Function", "ingest"), ("Since", "received")],
+            "LeadLatency",
+            &values,
+            1_700_000_000_000,
+        );
+        assert_eq!(lines.len(), 2, "at most 100 values a line");
+        let v: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"][0],
+            json!({"Name": "LeadLatency", "Unit": "Milliseconds"})
+        );
+        assert_eq!(v["Since"], "received");
+        assert_eq!(v["LeadLatency"].as_array().unwrap().len(), 100);
+        assert!(emf_value_lines(&[], "LeadLatency", &[], 0).is_empty());
     }
 }

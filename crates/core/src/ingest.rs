@@ -112,6 +112,22 @@ pub enum Disposition {
 pub struct IngestReport {
     /// `(message id, disposition)` for each message.
     pub outcomes: Vec<(String, Disposition)>,
+    /// Speed to lead of each lead this batch stored first.
+    pub latencies: Vec<LeadLatency>,
+}
+
+/// How long a lead took to reach the store: what a sales team feels (the first minutes
+/// decide whether a lead is reached). Milliseconds, never negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeadLatency {
+    /// From Meta's `created_time` to stored.
+    pub since_created_ms: u64,
+    /// From the webhook's receipt (`received_at`) to stored.
+    pub since_received_ms: u64,
+}
+
+fn millis_between(earlier: OffsetDateTime, later: OffsetDateTime) -> u64 {
+    u64::try_from((later - earlier).whole_milliseconds()).unwrap_or(0)
 }
 
 impl IngestReport {
@@ -223,14 +239,23 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
                     fetched.results.get(&key),
                     fetched.page_failures.get(&event.page_id),
                 ) {
-                    (Some(Ok(_)), _) => match &stored {
+                    (Some(Ok(lead)), _) => match &stored {
                         Ok(outcomes) => match outcomes.get(&event.leadgen_id) {
-                            Some(PutOutcome::Inserted) => Disposition::Stored {
-                                lead_id: event.leadgen_id.clone(),
+                            Some(PutOutcome::Inserted) => {
                                 // Count what the store did: one new lead, however many
                                 // messages of this batch carried it.
-                                new: counted_new.insert(event.leadgen_id.clone()),
-                            },
+                                let new = counted_new.insert(event.leadgen_id.clone());
+                                if new {
+                                    report.latencies.push(LeadLatency {
+                                        since_created_ms: millis_between(lead.created_time, now),
+                                        since_received_ms: millis_between(event.received_at, now),
+                                    });
+                                }
+                                Disposition::Stored {
+                                    lead_id: event.leadgen_id.clone(),
+                                    new,
+                                }
+                            }
                             Some(PutOutcome::AlreadyPresent) => Disposition::Stored {
                                 lead_id: event.leadgen_id.clone(),
                                 new: false,
@@ -652,6 +677,24 @@ mod tests {
         assert_eq!(report.stored_new(), 2, "{report:?}");
         assert_eq!(report.duplicates(), 4);
         assert_eq!(world.store.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn speed_to_lead_is_measured_once_per_new_lead() {
+        let world = World::new();
+        world.fetcher.set("1", Ok(lead("1", Some("9"))));
+        world.fetcher.set("2", Ok(lead("2", Some("9"))));
+        world.ingest(&[body("2")]).await;
+        let report = world.ingest(&[body("1"), body("1"), body("2")]).await;
+        // Lead 1 is new (one latency for its two messages); lead 2 was stored already.
+        assert_eq!(
+            report.latencies,
+            [LeadLatency {
+                // created 04:00, stored at NOW 05:00; received 04:59.
+                since_created_ms: 3_600_000,
+                since_received_ms: 60_000,
+            }]
+        );
     }
 
     #[tokio::test]

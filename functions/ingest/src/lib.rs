@@ -113,6 +113,12 @@ impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
         .await;
         leadpipe_telemetry::emf::emit(&report.metrics());
         leadpipe_telemetry::emf::emit_graph_errors(report.graph_errors());
+        let (created, received): (Vec<u64>, Vec<u64>) = report
+            .latencies
+            .iter()
+            .map(|l| (l.since_created_ms, l.since_received_ms))
+            .unzip();
+        leadpipe_telemetry::emf::emit_latencies(&created, &received);
         report
     }
 
