@@ -8,6 +8,7 @@ pub mod demo;
 pub mod doctor;
 pub mod export;
 pub mod pipeline;
+pub mod status;
 
 use clap::{Parser, Subcommand};
 use leadpipe_core::backfill::{BackfillPlan, BackfillRequest, TimeArg};
@@ -44,6 +45,8 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Check a real token: expiry, scopes, lead access per page, webhook subscription.
     Doctor(DoctorArgs),
+    /// What the local pipeline holds: queue, dead letters, checkpoints, leads per form.
+    Status(status::StatusArgs),
 }
 
 /// Why a command failed.
@@ -175,6 +178,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backfill(args) => backfill(args).await,
         Command::Export(args) => export::run(args),
         Command::Doctor(args) => doctor::run(args).await,
+        Command::Status(args) => status::run(args),
     }
 }
 

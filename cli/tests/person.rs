@@ -98,7 +98,7 @@ fn an_unreadable_secret_file_names_the_file() {
 
 #[test]
 fn every_flag_of_every_subcommand_has_help_text() {
-    for sub in ["serve", "demo", "backfill", "export", "doctor"] {
+    for sub in ["serve", "demo", "backfill", "export", "doctor", "status"] {
         let out = leadpipe(&[sub, "--help"], &[]);
         assert!(out.status.success(), "{sub}");
         let help = text(&out.stdout);
@@ -309,4 +309,52 @@ fn a_damaged_stored_lead_is_an_error_naming_it_never_an_empty_export() {
         !stderr.contains("not json"),
         "the content is not echoed: {stderr}"
     );
+}
+
+#[test]
+fn status_says_what_the_local_pipeline_holds_and_when_a_person_is_needed() {
+    let dir = temp_dir("status");
+    let db = demo_db(&dir);
+    let db_arg = db.to_str().unwrap();
+    let out = leadpipe(&["status", "--db", db_arg], &[]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("verdict: ok"), "{stdout}");
+    assert!(stdout.contains("queue          0 message(s)"), "{stdout}");
+
+    let out = leadpipe(&["status", "--db", db_arg, "--json"], &[]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stored: i64 = report["stored_last_24h"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["leads"].as_i64().unwrap())
+        .sum();
+    assert_eq!(stored, 300, "{report}");
+    assert!(
+        !report["checkpoints"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+
+    // A dead letter is something for a person: named by class, with its newest reason.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute(
+        "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at)
+         VALUES ('{}', 'token', 'Graph GET /1 failed: token, code 190/463', '2026-11-30T05:00:00Z')",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let out = leadpipe(&["status", "--db", db_arg, "--json"], &[]);
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["dead_letters"][0]["reason_class"], "token");
+    assert_eq!(report["dead_letters"][0]["count"], 1);
+    assert_eq!(report["needs_a_person"].as_array().unwrap().len(), 1);
+    let human = text(&leadpipe(&["status", "--db", db_arg], &[]).stdout);
+    assert!(
+        human.contains("needs a person: 1 dead letter(s)"),
+        "{human}"
+    );
+    assert!(!human.contains("@example"), "no lead value: {human}");
 }

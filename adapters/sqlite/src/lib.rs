@@ -468,6 +468,69 @@ impl LocalDb {
             .collect()
     }
 
+    /// Messages waiting (visible or leased) and when the oldest was queued (unix ms).
+    pub fn queue_stats(&self) -> Result<(i64, Option<i64>), LocalError> {
+        self.with(|conn| {
+            conn.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM queue", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+        })
+    }
+
+    /// Dead letters by reason class: `(class, count, newest reason, newest time)`.
+    pub fn dead_letter_summary(&self) -> Result<Vec<(String, i64, String, String)>, LocalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT d.reason_class, c.n, d.reason, d.dead_lettered_at
+                 FROM dead_letters d
+                 JOIN (SELECT reason_class, COUNT(*) AS n, MAX(id) AS newest
+                       FROM dead_letters GROUP BY reason_class) c ON d.id = c.newest
+                 ORDER BY c.n DESC, d.reason_class",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect()
+        })
+    }
+
+    /// Every checkpoint with its last run's facts:
+    /// `(key, checkpoint, updated_at, leads read, new, already present)`.
+    #[allow(clippy::type_complexity)]
+    pub fn checkpoints(&self) -> Result<Vec<(String, i64, String, i64, i64, i64)>, LocalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT pk, checkpoint, updated_at, last_run_leads_read, last_run_new,
+                        last_run_already_present FROM state ORDER BY pk",
+            )?;
+            stmt.query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?
+            .collect()
+        })
+    }
+
+    /// Leads stored since `since` (RFC 3339 UTC, as `ingested_at` is written), per form
+    /// (`None`: leads with no form).
+    pub fn leads_stored_since(
+        &self,
+        since: &str,
+    ) -> Result<Vec<(Option<String>, i64)>, LocalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT form_id, COUNT(*) FROM leads WHERE ingested_at >= ?1
+                 GROUP BY form_id ORDER BY form_id",
+            )?;
+            stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
     /// Number of stored leads.
     pub fn lead_count(&self) -> Result<i64, LocalError> {
         self.with(|conn| conn.query_row("SELECT COUNT(*) FROM leads", [], |r| r.get(0)))

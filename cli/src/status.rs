@@ -1,0 +1,124 @@
+//! `leadpipe status --db PATH`: what the local pipeline holds, for a person (a table and a
+//! verdict) or a script (`--json`): the queue's depth and its oldest message's age, dead
+//! letters by reason class with the newest reason, each form's checkpoint and last run, and
+//! leads stored in the last 24 hours and 7 days per form. Ids and counts only: no lead value.
+//! It opens the file read-only and exits non-zero when something needs a person. (The
+//! deployed stack's side, `--stack`, is not built yet.)
+
+use crate::CliError;
+use leadpipe_local::LocalDb;
+use std::path::PathBuf;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// A queued message older than this means ingest is not keeping up or is failing.
+const STUCK_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// Arguments of `leadpipe status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The SQLite file to read (opened read-only).
+    #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
+    pub db: PathBuf,
+    /// One JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the status; fails (after printing) when something needs a person.
+pub fn run(args: StatusArgs) -> Result<(), CliError> {
+    if !args.db.exists() {
+        return Err(CliError::Settings(format!(
+            "{} does not exist",
+            args.db.display()
+        )));
+    }
+    let db = LocalDb::open_read_only(&args.db)?;
+    let now = OffsetDateTime::now_utc();
+    let (queued, oldest_ms) = db.queue_stats()?;
+    let oldest_age_s = oldest_ms.map(|at| {
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        (now_ms - at).max(0) / 1000
+    });
+    let dead = db.dead_letter_summary()?;
+    let checkpoints = db.checkpoints()?;
+    let since = |back: Duration| leadpipe_core::record::contract_time(now - back);
+    let day = db.leads_stored_since(&since(Duration::from_secs(86_400)))?;
+    let week = db.leads_stored_since(&since(Duration::from_secs(7 * 86_400)))?;
+
+    let mut needs = Vec::new();
+    let dead_total: i64 = dead.iter().map(|(_, n, _, _)| n).sum();
+    if dead_total > 0 {
+        needs.push(format!(
+            "{dead_total} dead letter(s): read their reasons, fix the cause, then replay them"
+        ));
+    }
+    if oldest_age_s.is_some_and(|age| age > STUCK_AFTER.as_secs() as i64) {
+        needs.push(format!(
+            "the oldest queued message waits for {} s: is `serve` running, and can it read Graph?",
+            oldest_age_s.unwrap_or_default()
+        ));
+    }
+
+    if args.json {
+        let per_form = |rows: &[(Option<String>, i64)]| {
+            rows.iter()
+                .map(|(form, n)| serde_json::json!({"form_id": form, "leads": n}))
+                .collect::<Vec<_>>()
+        };
+        let report = serde_json::json!({
+            "queue": {"depth": queued, "oldest_age_seconds": oldest_age_s},
+            "dead_letters": dead.iter().map(|(class, n, reason, at)| serde_json::json!(
+                {"reason_class": class, "count": n, "newest_reason": reason, "newest_at": at})).collect::<Vec<_>>(),
+            "checkpoints": checkpoints.iter().map(|(key, cp, at, read, new, present)| serde_json::json!(
+                {"key": key, "checkpoint": cp, "updated_at": at, "last_run": {"leads_read": read, "new": new, "already_present": present}})).collect::<Vec<_>>(),
+            "stored_last_24h": per_form(&day),
+            "stored_last_7d": per_form(&week),
+            "needs_a_person": needs,
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "queue          {queued} message(s){}",
+            oldest_age_s
+                .map(|age| format!(", oldest {age} s"))
+                .unwrap_or_default()
+        );
+        println!("dead letters   {dead_total}");
+        for (class, n, reason, at) in &dead {
+            println!("  {class:<12} {n:>6}  newest {at}: {reason}");
+        }
+        println!("checkpoints    {}", checkpoints.len());
+        for (key, cp, at, read, new, present) in &checkpoints {
+            println!(
+                "  {key:<28} at {cp}  (run {at}: read {read}, new {new}, already there {present})"
+            );
+        }
+        println!("stored, per form       24 h      7 d");
+        for (form, week_n) in &week {
+            let day_n = day
+                .iter()
+                .find(|(f, _)| f == form)
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            let name = form.as_deref().unwrap_or("(no form)");
+            println!("  {name:<20} {day_n:>6} {week_n:>8}");
+        }
+        match needs.as_slice() {
+            [] => println!("verdict: ok"),
+            _ => {
+                for need in &needs {
+                    println!("needs a person: {need}");
+                }
+            }
+        }
+    }
+    if needs.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "verdict: {} thing(s) need a person",
+            needs.len()
+        )))
+    }
+}
