@@ -183,6 +183,7 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
         max_receives: 20,
         // The sandbox's rate limits clear at once; a real page's take minutes.
         max_delay: Duration::from_millis(500),
+        record_latencies: true,
         backfill: BackfillSettings {
             lookback: Duration::from_secs(90 * 86_400),
             page_size: 100,

@@ -13,7 +13,7 @@ pub mod status;
 use clap::{Parser, Subcommand};
 use leadpipe_core::backfill::{BackfillPlan, BackfillRequest, TimeArg};
 use leadpipe_core::secrets::AppSecrets;
-use leadpipe_core::settings::{Env, SecretSource};
+use leadpipe_core::settings::Env;
 use std::path::PathBuf;
 
 /// leadpipe on one machine.
@@ -143,20 +143,10 @@ pub fn load_secrets(secret_file: Option<&PathBuf>) -> Result<AppSecrets, CliErro
         return AppSecrets::from_json(&text)
             .map_err(|e| CliError::Settings(format!("the secret file {}: {e}", path.display())));
     }
-    let env = Env::process();
-    if env.optional("APP_SECRET").is_none() {
-        return Err(CliError::Settings(NO_SECRET.into()));
-    }
-    // SECRET_ARN would win in the Lambda's reading; here only the inline variables count.
-    let inline = Env::from_lookup(|name| match name {
-        "SECRET_ARN" => None,
-        other => std::env::var(other).ok().filter(|v| !v.is_empty()),
-    });
-    match inline.secret_source() {
-        Ok(SecretSource::Inline(secrets)) => Ok(secrets),
-        Ok(SecretSource::SecretsManager { .. }) => Err(CliError::Settings(NO_SECRET.into())),
-        Err(e) => Err(CliError::Settings(format!("{e}; {NO_SECRET}"))),
-    }
+    // Only APP_SECRET can be missing here, and SECRET_ARN is not read: one message for both.
+    Env::process()
+        .inline_secrets()
+        .map_err(|_| CliError::Settings(NO_SECRET.into()))
 }
 
 /// Runs the parsed command.

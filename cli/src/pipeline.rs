@@ -29,6 +29,9 @@ pub struct Tuning {
     pub max_receives: i64,
     /// The longest a rate-limited message is parked.
     pub max_delay: Duration,
+    /// Keep every new lead's speed to lead for [`Pipeline::latencies`] (the demo's table).
+    /// Off for `serve`, which runs for months: the list would only grow.
+    pub record_latencies: bool,
     /// How backfill reads (the `BACKFILL_*` settings).
     pub backfill: BackfillSettings,
 }
@@ -39,6 +42,7 @@ impl Default for Tuning {
             visibility: Duration::from_secs(30),
             max_receives: 5,
             max_delay: Duration::from_secs(15 * 60),
+            record_latencies: false,
             backfill: BackfillSettings::default(),
         }
     }
@@ -135,7 +139,9 @@ impl Pipeline {
             time::OffsetDateTime::now_utc(),
         )
         .await;
-        if let Ok(mut all) = self.latencies.lock() {
+        if self.tuning.record_latencies
+            && let Ok(mut all) = self.latencies.lock()
+        {
             all.extend_from_slice(&report.latencies);
         }
         let failed = report.failed_message_ids();
@@ -416,7 +422,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     };
     let pipeline = Arc::new(Pipeline::open(&args.db, secrets, tuning)?);
     // A file that cannot be written would answer every post 503: refuse to start instead.
-    pipeline.db.check_writable().map_err(|reason| {
+    pipeline.db.probe_posts().await.map_err(|reason| {
         CliError::Settings(format!(
             "the database {} is not writable ({reason}): serve needs to write every post it answers",
             args.db.display()

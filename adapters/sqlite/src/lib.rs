@@ -9,6 +9,7 @@ use leadpipe_core::ports::{
     Cause, CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl,
     QueueError, RunFacts, StoreError, StoredLead,
 };
+use leadpipe_core::record::contract_time;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,10 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use time::OffsetDateTime;
 
+/// Every connection's settings: WAL, a sync before each commit returns, and a wait for the
+/// lock rather than an instant "busy".
+const PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
+
 const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = FULL;
-PRAGMA busy_timeout = 5000;
 CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body TEXT NOT NULL,
@@ -124,9 +127,7 @@ const MAX_GROUP: usize = 512;
 impl PostWriter {
     fn start(path: &Path) -> Result<Self, OpenError> {
         let mut conn = Connection::open(path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )?;
+        conn.execute_batch(PRAGMAS)?;
         let (sender, receiver) = std::sync::mpsc::channel::<PostRequest>();
         std::thread::Builder::new()
             .name("leadpipe-post-writer".into())
@@ -265,12 +266,6 @@ fn now_unix_ms() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn rfc3339(at: OffsetDateTime) -> String {
-    let at = at.replace_nanosecond(0).unwrap_or(at);
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
-}
-
 impl LocalDb {
     /// Opens (creating if needed) the file at `path`.
     /// A new file is created readable by its owner only (0600): it holds personal data.
@@ -278,6 +273,7 @@ impl LocalDb {
     pub fn open(path: &Path) -> Result<Self, OpenError> {
         create_private(path)?;
         let conn = Connection::open(path)?;
+        conn.execute_batch(PRAGMAS)?;
         conn.execute_batch(SCHEMA)?;
         migrate_form_id_nullable(&conn)?;
         Ok(Self {
@@ -320,7 +316,9 @@ impl LocalDb {
     }
 
     /// Whether posts can be made durable right now: a probe through the post writer, committed
-    /// with whatever group of posts it joins (`/health`). `Err` says why not.
+    /// with whatever group of posts it joins (`serve`'s start and `/health`). A read-only
+    /// file, directory or mount fails here (SQLite opens such a file read-only without a
+    /// word), not at the first post. `Err` says why not.
     pub async fn probe_posts(&self) -> Result<(), String> {
         let writer = self
             .posts
@@ -335,20 +333,6 @@ impl LocalDb {
             .await
             .map_err(|_| "the post writer has stopped".to_owned())?
             .map_err(|e| e.to_string())
-    }
-
-    /// Whether the file can be written: a row written and rolled back, so nothing stays
-    /// and nothing is synced. A read-only file, directory or mount fails here (SQLite opens
-    /// such a file read-only without a word), not at the first post.
-    pub fn check_writable(&self) -> Result<(), LocalError> {
-        self.with(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT INTO write_probe (at) VALUES (?1)",
-                params![now_unix_ms()],
-            )?;
-            tx.rollback()
-        })
     }
 
     /// Leases up to `max` visible messages for `visibility`. Messages received
@@ -371,7 +355,7 @@ impl LocalDb {
             for (id, body, count) in exhausted {
                 tx.execute(
                     "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, 'max_receives', ?2, ?3)",
-                    params![body, format!("received {count} times without success"), rfc3339(OffsetDateTime::now_utc())],
+                    params![body, format!("received {count} times without success"), contract_time(OffsetDateTime::now_utc())],
                 )?;
                 tx.execute("DELETE FROM queue WHERE id = ?1", params![id])?;
             }
@@ -581,7 +565,7 @@ impl QueueControl for LocalQueueControl {
             .with(|conn| {
                 conn.execute(
                     "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![body, reason.class.as_str(), reason.detail, rfc3339(OffsetDateTime::now_utc())],
+                    params![body, reason.class.as_str(), reason.detail, contract_time(OffsetDateTime::now_utc())],
                 )
             })
             .map(|_| ())
@@ -686,7 +670,7 @@ impl CheckpointStore for LocalDb {
                    last_run_leads_read = excluded.last_run_leads_read, last_run_new = excluded.last_run_new,
                    last_run_already_present = excluded.last_run_already_present
                  WHERE excluded.checkpoint >= state.checkpoint",
-                params![key, checkpoint, rfc3339(OffsetDateTime::now_utc()), facts.leads_read as i64, facts.new as i64, facts.already_present as i64],
+                params![key, checkpoint, contract_time(OffsetDateTime::now_utc()), facts.leads_read as i64, facts.new as i64, facts.already_present as i64],
             )
         })
         .map(|_| ())

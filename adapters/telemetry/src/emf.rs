@@ -24,12 +24,26 @@ pub fn emf_line(
     if counts.iter().all(|(_, n)| *n == 0) {
         return None;
     }
-    let mut root = Map::new();
-    let dimension_names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
     let metrics: Vec<Value> = counts
         .iter()
         .map(|(name, _)| json!({"Name": name, "Unit": "Count"}))
         .collect();
+    let mut root = envelope(dimensions, metrics, timestamp_ms);
+    for (name, n) in counts {
+        root.insert((*name).to_owned(), json!(n));
+    }
+    Some(Value::Object(root).to_string())
+}
+
+/// An EMF line's `_aws` block declaring `metrics` under `dimensions`, and the dimensions'
+/// values; the caller adds the metrics' values.
+fn envelope(
+    dimensions: &[(&str, &str)],
+    metrics: Vec<Value>,
+    timestamp_ms: i64,
+) -> Map<String, Value> {
+    let mut root = Map::new();
+    let dimension_names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
     root.insert(
         "_aws".into(),
         json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": [{
@@ -38,10 +52,7 @@ pub fn emf_line(
     for (k, v) in dimensions {
         root.insert((*k).to_owned(), json!(v));
     }
-    for (name, n) in counts {
-        root.insert((*name).to_owned(), json!(n));
-    }
-    Some(Value::Object(root).to_string())
+    root
 }
 
 /// EMF takes at most 100 values of one metric in a line.
@@ -58,17 +69,8 @@ pub fn emf_value_lines(
     values
         .chunks(MAX_VALUES)
         .map(|chunk| {
-            let mut root = Map::new();
-            let dimension_names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
-            root.insert(
-                "_aws".into(),
-                json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": [{
-                    "Namespace": NAMESPACE, "Dimensions": [dimension_names],
-                    "Metrics": [{"Name": name, "Unit": "Milliseconds"}]}]}),
-            );
-            for (k, v) in dimensions {
-                root.insert((*k).to_owned(), json!(v));
-            }
+            let metric = json!({"Name": name, "Unit": "Milliseconds"});
+            let mut root = envelope(dimensions, vec![metric], timestamp_ms);
             root.insert(name.to_owned(), json!(chunk));
             Value::Object(root).to_string()
         })

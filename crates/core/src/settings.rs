@@ -61,22 +61,47 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             .ok_or(SettingsError::Missing { name, purpose })
     }
 
+    /// A whole number of seconds in `name`, or `default` when unset.
+    pub fn seconds(
+        &self,
+        name: &'static str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, SettingsError> {
+        match self.optional(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(std::time::Duration::from_secs)
+                .map_err(|_| SettingsError::Invalid {
+                    name,
+                    why: "it must be a whole number of seconds".into(),
+                }),
+        }
+    }
+
     /// Where the app's secrets come from: `SECRET_ARN` wins; otherwise `APP_SECRET` (and
     /// `VERIFY_TOKEN`, `ACCESS_TOKEN`) stand in, as docs/architecture.md allows for local runs.
     pub fn secret_source(&self) -> Result<SecretSource, SettingsError> {
         if let Some(arn) = self.optional("SECRET_ARN") {
             return Ok(SecretSource::SecretsManager { arn });
         }
+        self.inline_secrets().map(SecretSource::Inline)
+    }
+
+    /// The secret from `APP_SECRET` (with `VERIFY_TOKEN` and `ACCESS_TOKEN`), whatever
+    /// `SECRET_ARN` says: the local binary's way, which never reads Secrets Manager.
+    pub fn inline_secrets(&self) -> Result<AppSecrets, SettingsError> {
         let app_secret = self.required(
             "APP_SECRET",
             "set SECRET_ARN to the Secrets Manager secret, or APP_SECRET (with VERIFY_TOKEN and ACCESS_TOKEN) for a local run",
         )?;
-        Ok(SecretSource::Inline(AppSecrets {
+        Ok(AppSecrets {
             app_secret: SecretString::from(app_secret),
             verify_token: self.optional("VERIFY_TOKEN").map(SecretString::from),
             access_token: self.optional("ACCESS_TOKEN").map(SecretString::from),
             page_tokens: BTreeMap::new(),
-        }))
+        })
     }
 }
 

@@ -35,23 +35,6 @@ pub struct BackfillFunctionSettings {
     pub deadline_margin: Duration,
 }
 
-fn seconds<F: Fn(&str) -> Option<String>>(
-    env: &Env<F>,
-    name: &'static str,
-    default: Duration,
-) -> Result<Duration, SettingsError> {
-    match env.optional(name) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .map_err(|_| SettingsError::Invalid {
-                name,
-                why: "it must be a whole number of seconds".into(),
-            }),
-    }
-}
-
 impl BackfillFunctionSettings {
     /// Reads and checks every setting once, at start.
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
@@ -67,11 +50,8 @@ impl BackfillFunctionSettings {
             )?,
             secret_source: env.secret_source()?,
             backfill: BackfillSettings::from_env(env)?,
-            deadline_margin: seconds(
-                env,
-                "BACKFILL_DEADLINE_MARGIN_SECONDS",
-                Duration::from_secs(20),
-            )?,
+            deadline_margin: env
+                .seconds("BACKFILL_DEADLINE_MARGIN_SECONDS", Duration::from_secs(20))?,
         })
     }
 }

@@ -75,18 +75,15 @@ impl BackfillSettings {
     ) -> Result<Self, crate::settings::SettingsError> {
         use crate::settings::SettingsError;
         let defaults = Self::default();
-        let seconds = |name: &'static str, default: Duration| match env.optional(name) {
-            None => Ok(default),
-            Some(v) => v
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .filter(|s| *s > 0 || name == "BACKFILL_OVERLAP_SECONDS")
-                .map(Duration::from_secs)
-                .ok_or(SettingsError::Invalid {
+        // A slice or a lookback of zero would read nothing; an overlap of zero is allowed.
+        let positive = |name: &'static str, default: Duration| {
+            env.seconds(name, default).and_then(|d| match d.is_zero() {
+                false => Ok(d),
+                true => Err(SettingsError::Invalid {
                     name,
                     why: "it must be a whole number of seconds".into(),
                 }),
+            })
         };
         let page_size = match env.optional("BACKFILL_PAGE_SIZE") {
             None => defaults.page_size,
@@ -101,10 +98,10 @@ impl BackfillSettings {
                 })?,
         };
         Ok(Self {
-            overlap: seconds("BACKFILL_OVERLAP_SECONDS", defaults.overlap)?,
-            slice: seconds("BACKFILL_SLICE_SECONDS", defaults.slice)?,
+            overlap: env.seconds("BACKFILL_OVERLAP_SECONDS", defaults.overlap)?,
+            slice: positive("BACKFILL_SLICE_SECONDS", defaults.slice)?,
             page_size,
-            lookback: seconds("BACKFILL_LOOKBACK_SECONDS", defaults.lookback)?,
+            lookback: positive("BACKFILL_LOOKBACK_SECONDS", defaults.lookback)?,
         })
     }
 }
