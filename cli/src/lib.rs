@@ -4,6 +4,7 @@
 // GraphError is large but only built after a network round trip (see leadpipe-graph).
 #![allow(clippy::result_large_err)]
 
+pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod export;
@@ -47,6 +48,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// What the local pipeline holds: queue, dead letters, checkpoints, leads per form.
     Status(status::StatusArgs),
+    /// From a person's token to subscribed pages, a written secret and a test lead stored.
+    Connect(connect::ConnectArgs),
 }
 
 /// Why a command failed.
@@ -73,6 +76,9 @@ pub enum CliError {
     /// The Graph client could not be built, or a Graph call failed.
     #[error(transparent)]
     Graph(#[from] leadpipe_graph::GraphError),
+    /// The secret could not be read or written where it lives.
+    #[error(transparent)]
+    Secret(#[from] leadpipe_core::secrets::SecretsError),
     /// An on-demand backfill request cannot be run.
     #[error(transparent)]
     Request(#[from] leadpipe_core::backfill::RequestError),
@@ -169,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Export(args) => export::run(args),
         Command::Doctor(args) => doctor::run(args).await,
         Command::Status(args) => status::run(args),
+        Command::Connect(args) => connect::run(args).await,
     }
 }
 

@@ -34,6 +34,25 @@ impl DynamoLeadStore {
         }
     }
 
+    /// When the lead was stored (`ingested_at`), or `None` when it is not in the table.
+    /// A strongly consistent read: a command waiting for a lead sees it as soon as it is in.
+    pub async fn ingested_at(&self, lead_id: &str) -> Result<Option<String>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("lead_id", AttributeValue::S(lead_id.to_owned()))
+            .projection_expression("ingested_at")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| StoreError::Unavailable(Cause::described(describe_sdk_error(&e), e)))?;
+        Ok(output.item.map(|item| match item.get("ingested_at") {
+            Some(AttributeValue::S(at)) => at.clone(),
+            _ => String::new(),
+        }))
+    }
+
     async fn put_one(&self, lead: &StoredLead) -> Result<PutOutcome, StoreError> {
         let item = match fitting_item(lead) {
             Ok(item) => item,

@@ -29,3 +29,33 @@ pub async fn load_secrets(
         }
     }
 }
+
+/// The secret's JSON as it is stored, for a command that rewrites it (`leadpipe connect`):
+/// keys this binary does not know are kept by the caller. `Ok(None)` when it has no
+/// string value yet.
+pub async fn read_secret_string(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> Result<Option<String>, SecretsError> {
+    match client.get_secret_value().secret_id(arn).send().await {
+        Ok(output) => Ok(output.secret_string().map(str::to_owned)),
+        Err(e) => Err(SecretsError::Fetch(describe_sdk_error(&e))),
+    }
+}
+
+/// Writes a new version of the secret (`PutSecretValue`); the functions' next cold start
+/// reads it.
+pub async fn put_secret_string(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+    json: &str,
+) -> Result<(), SecretsError> {
+    client
+        .put_secret_value()
+        .secret_id(arn)
+        .secret_string(json)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| SecretsError::Fetch(describe_sdk_error(&e)))
+}

@@ -515,6 +515,18 @@ impl LocalDb {
         })
     }
 
+    /// When the lead was stored (`ingested_at`), or `None` when it is not in the file.
+    pub fn ingested_at(&self, lead_id: &str) -> Result<Option<String>, LocalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT ingested_at FROM leads WHERE lead_id = ?1",
+                params![lead_id],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+    }
+
     /// Number of stored leads.
     pub fn lead_count(&self) -> Result<i64, LocalError> {
         self.with(|conn| conn.query_row("SELECT COUNT(*) FROM leads", [], |r| r.get(0)))

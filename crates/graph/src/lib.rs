@@ -45,12 +45,13 @@ pub mod usage;
 
 #[cfg(feature = "client")]
 pub use client::{
-    BatchItem, DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_LEAD_FIELDS, GraphClient,
-    GraphConfig, LeadQuery, NextPage, Page, RetryPolicy, TimeFilter, TimeOperator, appsecret_proof,
+    BatchItem, DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_LEAD_FIELDS, ExchangedToken,
+    GraphClient, GraphConfig, LeadQuery, NextPage, Page, PageAccount, RetryPolicy, TimeFilter,
+    TimeOperator, appsecret_proof,
 };
 pub use error::{ErrorClass, GraphError};
 pub use models::{
     DisclaimerResponse, FieldData, HasLeadAccess, Lead, LeadgenForm, ParseError, SubscribedApp,
-    TokenInfo,
+    TokenInfo, TokenProblem, how_to_grant,
 };
 pub use usage::Usage;

@@ -480,6 +480,42 @@ pub struct TokenInfo {
     /// The profile the token acts for.
     #[serde(default, deserialize_with = "opt_id")]
     pub profile_id: Option<String>,
+    /// Why an invalid token is invalid, in Meta's words.
+    #[serde(default)]
+    pub error: Option<TokenProblem>,
+}
+
+/// `debug_token`'s `error` for an invalid token (e.g. code 190, subcode 463: expired).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TokenProblem {
+    /// Meta's code.
+    #[serde(default)]
+    pub code: Option<i64>,
+    /// Meta's subcode.
+    #[serde(default)]
+    pub subcode: Option<i64>,
+    /// Meta's message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Permissions `connect` asks for beside [`REQUIRED_SCOPES`]: without them some things
+/// still work, with less (docs/connect.md).
+pub const OPTIONAL_SCOPES: [(&str, &str); 1] =
+    [("ads_management", "ad, ad set and campaign names on leads")];
+
+/// How a person gets a permission the token lacks.
+pub fn how_to_grant(scope: &str) -> &'static str {
+    match scope {
+        "leads_retrieval" => {
+            "add Lead Ads' leads_retrieval to the app (App Review for Advanced Access outside Dev Mode) and grant it when issuing the token"
+        }
+        "pages_show_list" | "pages_read_engagement" | "pages_manage_metadata" => {
+            "grant it when issuing the token (Graph API Explorer or your login flow), as a Page admin"
+        }
+        "ads_management" => "grant it when issuing the token, with access to the ad account",
+        _ => "grant it when issuing the token",
+    }
 }
 
 /// The permissions leadpipe needs (docs/graph-api.md, "Access").
@@ -496,6 +532,14 @@ impl TokenInfo {
         REQUIRED_SCOPES
             .into_iter()
             .filter(|s| !self.scopes.iter().any(|have| have == s))
+            .collect()
+    }
+
+    /// The optional scopes this token lacks, each with what it gives.
+    pub fn missing_optional_scopes(&self) -> Vec<(&'static str, &'static str)> {
+        OPTIONAL_SCOPES
+            .into_iter()
+            .filter(|(s, _)| !self.scopes.iter().any(|have| have == s))
             .collect()
     }
 }

@@ -174,6 +174,19 @@ impl Dataset {
         self.leads.push(lead);
     }
 
+    /// Removes a lead (a test lead deleted through the API).
+    pub fn remove(&mut self, id: &str) {
+        if self.index.remove(id).is_some() {
+            self.leads.retain(|l| l.id != id);
+            self.index = self
+                .leads
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.id.clone(), i))
+                .collect();
+        }
+    }
+
     /// The page a token belongs to.
     pub fn page_of_token(&self, token: &str) -> Option<&str> {
         self.pages

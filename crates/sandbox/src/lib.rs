@@ -5,13 +5,17 @@
 //! Endpoints (any version prefix): `GET /{lead}`, `POST /` (batch), `GET /{form|ad}/leads`
 //! (`filtering` on time_created, `limit`, `after` cursors, `paging.next`), `GET
 //! /{page}/leadgen_forms`, `GET /{page}?fields=has_lead_access...`, `GET /debug_token`,
-//! `GET|POST /{page}/subscribed_apps`, `POST /{form}/test_leads`.
+//! `GET|POST /{page}/subscribed_apps`, `GET|POST /{form}/test_leads`, `DELETE /{test lead}`,
+//! `GET /oauth/access_token` (token exchange), `GET /me/accounts`, `POST /{app}/subscriptions`
+//! (with the challenge to the callback, and a signed webhook for each test lead after).
 
 #![warn(missing_docs)]
+pub mod accounts;
 pub mod data;
 pub mod sender;
 pub mod server;
 
+pub use accounts::{Accounts, TokenKind, UserToken};
 pub use data::{Dataset, DatasetSpec, SandboxLead};
 pub use sender::{SendReport, WebhookSender};
 pub use server::{Faults, Sandbox};

@@ -1,5 +1,6 @@
 //! The HTTP stand-in.
 
+use crate::accounts::{Accounts, Registry, TokenKind, UserToken, now};
 use crate::data::{Dataset, SandboxLead, graph_time, page_token};
 use axum::Router;
 use axum::body::Bytes;
@@ -36,6 +37,8 @@ struct SandboxState {
     rng: Mutex<fastrand::Rng>,
     requests: AtomicU64,
     next_test_lead: AtomicU64,
+    registry: RwLock<Registry>,
+    http: reqwest::Client,
 }
 
 /// A running stand-in on loopback; stops when dropped.
@@ -60,6 +63,12 @@ impl Sandbox {
             rng: Mutex::new(fastrand::Rng::with_seed(11)),
             requests: AtomicU64::new(0),
             next_test_lead: AtomicU64::new(1),
+            registry: RwLock::new(Registry::default()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_default(),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -89,6 +98,44 @@ impl Sandbox {
         if let Ok(mut f) = self.state.faults.write() {
             *f = faults;
         }
+    }
+
+    /// Replaces who the stand-in knows: the app, people's tokens, subscribed pages.
+    pub fn set_accounts(&self, accounts: Accounts) {
+        if let Ok(mut r) = self.state.registry.write() {
+            r.accounts = accounts;
+        }
+    }
+
+    /// The pages with the app subscribed to `leadgen` (every page unless set otherwise).
+    pub fn subscribed_pages(&self) -> Vec<String> {
+        let Ok(registry) = self.state.registry.read() else {
+            return Vec::new();
+        };
+        self.dataset()
+            .pages
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| registry.is_subscribed(p))
+            .collect()
+    }
+
+    /// The app's webhook callback, once `POST /{app}/subscriptions` succeeded.
+    pub fn app_callback(&self) -> Option<String> {
+        self.state
+            .registry
+            .read()
+            .ok()
+            .and_then(|r| r.app_subscription.as_ref().map(|(url, _)| url.clone()))
+    }
+
+    /// Each form's test lead, as Meta holds them now.
+    pub fn test_leads(&self) -> std::collections::BTreeMap<String, String> {
+        self.state
+            .registry
+            .read()
+            .map(|r| r.test_leads.clone())
+            .unwrap_or_default()
     }
 
     /// A copy of the world as it is now (test leads included).
@@ -222,8 +269,16 @@ async fn handle(
         .read()
         .map(|f| (f.expired_token_pages.clone(), f.denied_pages.clone()))
         .unwrap_or_default();
-    if method == Method::POST && segments.len() == 2 && segments[1] == "test_leads" {
-        return create_test_lead(&state, segments[0]);
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["oauth", "access_token"]) => return exchange_token(&state, &params),
+        ("GET", ["me", "accounts"]) => return my_accounts(&state, &uri, &params),
+        ("POST", [app, "subscriptions"]) => {
+            return subscribe_app(&state, app, &params).await;
+        }
+        ("POST", [form, "test_leads"]) => return create_test_lead(&state, form, &params),
+        ("GET", [form, "test_leads"]) => return list_test_leads(&state, form, &params),
+        ("DELETE", [id]) => return delete_test_lead(&state, id, &params),
+        _ => {}
     }
     // Read under the lock, without copying the world per request; nothing below awaits.
     let Ok(data) = state.data.read() else {
@@ -231,7 +286,7 @@ async fn handle(
     };
     let data = &*data;
     if segments.first() == Some(&"debug_token") {
-        return debug_token(data, &params, &expired);
+        return debug_token(&state, data, &params, &expired);
     }
     let page_of_token = match authorize(data, &params, &expired) {
         Ok(page) => page,
@@ -253,11 +308,9 @@ async fn handle(
         }
         ("GET", [lead_id]) => read_lead(&state, data, lead_id, &page_of_token),
         ("GET", [page, "leadgen_forms"]) => leadgen_forms(data, page),
-        (_, [page, "subscribed_apps"]) if method == Method::GET => ok(
-            json!({"data": [{"id": "1000000000001", "name": "leadpipe sandbox", "subscribed_fields": ["leadgen"]}], "page": page}),
-        ),
-        ("POST", [_, "subscribed_apps"]) | ("POST", [_, "subscriptions"]) => {
-            ok(json!({"success": true}))
+        ("GET", [page, "subscribed_apps"]) => subscribed_apps(&state, page),
+        ("POST", [page, "subscribed_apps"]) => {
+            subscribe_page(&state, data, page, &page_of_token, &params)
         }
         ("GET", [node, "leads"]) => edge_leads(&state, data, &uri, node, &params, &page_of_token),
         _ => graph_error(400, 100, None, "Unsupported request", false),
@@ -308,17 +361,349 @@ fn authorize(
     Ok(page)
 }
 
-/// `GET /debug_token?input_token=...`: page tokens that never expire, with every scope.
-fn debug_token(data: &Dataset, params: &HashMap<String, String>, expired: &[String]) -> Response {
+/// `GET /debug_token?input_token=...`: page tokens never expire and carry every scope;
+/// people's tokens as [`Accounts`] says; the app's own token; anything else is invalid.
+fn debug_token(
+    state: &SandboxState,
+    data: &Dataset,
+    params: &HashMap<String, String>,
+    expired: &[String],
+) -> Response {
     let input = params.get("input_token").cloned().unwrap_or_default();
-    let page = data.page_of_token(&input).map(str::to_owned);
-    let valid = page.as_ref().is_some_and(|p| !expired.contains(p));
-    ok(
-        json!({"data": {"app_id": "1000000000001", "type": "PAGE", "application": "leadpipe sandbox",
-        "is_valid": valid, "expires_at": 0, "data_access_expires_at": 0,
-        "scopes": ["leads_retrieval", "pages_show_list", "pages_read_engagement", "pages_manage_metadata", "pages_manage_ads"],
-        "user_id": "1000000000042", "profile_id": page}}),
-    )
+    let Ok(registry) = state.registry.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let app_id = registry.accounts.app_id.clone();
+    if let Some(page) = data.page_of_token(&input).map(str::to_owned) {
+        let valid = !expired.contains(&page);
+        return ok(
+            json!({"data": {"app_id": app_id, "type": "PAGE", "application": "leadpipe sandbox",
+            "is_valid": valid, "expires_at": 0, "data_access_expires_at": 0,
+            "scopes": ["leads_retrieval", "pages_show_list", "pages_read_engagement", "pages_manage_metadata", "pages_manage_ads"],
+            "user_id": "1000000000042", "profile_id": page}}),
+        );
+    }
+    if let Some(user) = registry.user(&input) {
+        let mut info = json!({"app_id": app_id, "type": if user.kind == TokenKind::SystemUser { "SYSTEM_USER" } else { "USER" },
+            "application": "leadpipe sandbox", "is_valid": user.kind != TokenKind::Expired,
+            "expires_at": user.expires_at(), "data_access_expires_at": user.issued_at + 90 * 86_400,
+            "issued_at": user.issued_at, "scopes": user.scopes, "user_id": "1000000000042"});
+        if user.kind == TokenKind::Expired {
+            info["error"] = json!({"code": 190, "subcode": 463,
+                "message": "Error validating access token: Session has expired. The current time is later than the expiry time."});
+        }
+        return ok(json!({ "data": info }));
+    }
+    if input == registry.app_token() {
+        return ok(
+            json!({"data": {"app_id": app_id, "type": "APP", "application": "leadpipe sandbox", "is_valid": true}}),
+        );
+    }
+    ok(json!({"data": {"is_valid": false, "scopes": [],
+        "error": {"code": 190, "message": "Invalid OAuth access token - Cannot parse access token"}}}))
+}
+
+/// A person's token from the request, or Graph's refusal.
+#[allow(clippy::result_large_err)]
+fn person(registry: &Registry, params: &HashMap<String, String>) -> Result<UserToken, Response> {
+    let token = params
+        .get("access_token")
+        .map(String::as_str)
+        .unwrap_or_default();
+    match registry.user(token) {
+        Some(user) if user.kind == TokenKind::Expired => Err(graph_error(
+            400,
+            190,
+            Some(463),
+            "Error validating access token: Session has expired",
+            false,
+        )),
+        Some(user) => Ok(user.clone()),
+        None => Err(graph_error(
+            400,
+            190,
+            None,
+            "Invalid OAuth access token - Cannot parse access token",
+            false,
+        )),
+    }
+}
+
+/// `GET /oauth/access_token?grant_type=fb_exchange_token`: a long-lived token for a valid
+/// user token, given the app's id and secret.
+fn exchange_token(state: &SandboxState, params: &HashMap<String, String>) -> Response {
+    let Ok(mut registry) = state.registry.write() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let get = |k: &str| params.get(k).map(String::as_str).unwrap_or_default();
+    if get("grant_type") != "fb_exchange_token" {
+        return graph_error(400, 100, None, "Missing or unsupported grant_type", false);
+    }
+    if get("client_id") != registry.accounts.app_id {
+        return graph_error(
+            400,
+            101,
+            None,
+            "Error validating application. Invalid application ID.",
+            false,
+        );
+    }
+    if get("client_secret") != registry.accounts.app_secret {
+        return graph_error(400, 1, None, "Error validating client secret.", false);
+    }
+    let mut exchanged = params.clone();
+    exchanged.insert("access_token".into(), get("fb_exchange_token").to_owned());
+    let user = match person(&registry, &exchanged) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    registry.exchanged += 1;
+    let token = format!("sandbox-long-lived-{}", registry.exchanged);
+    let long = UserToken {
+        token: token.clone(),
+        kind: TokenKind::LongLived,
+        issued_at: now(),
+        ..user
+    };
+    registry.accounts.users.push(long);
+    ok(json!({"access_token": token, "token_type": "bearer", "expires_in": 60 * 86_400}))
+}
+
+/// `GET /me/accounts`: the user's pages with their tokens, a few at a time.
+fn my_accounts(state: &SandboxState, uri: &Uri, params: &HashMap<String, String>) -> Response {
+    let Ok(registry) = state.registry.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let user = match person(&registry, params) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    if !user.scopes.iter().any(|s| s == "pages_show_list") {
+        return graph_error(
+            403,
+            200,
+            None,
+            "(#200) This endpoint requires the 'pages_show_list' permission.",
+            false,
+        );
+    }
+    let Ok(data) = state.data.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let pages: Vec<&String> = data
+        .pages
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| user.pages.as_ref().is_none_or(|only| only.contains(p)))
+        .collect();
+    let size = registry.accounts.accounts_page_size.max(1);
+    let offset: usize = params
+        .get("after")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let items: Vec<Value> = pages
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|p| {
+            json!({"id": p, "name": format!("Page {p}"), "access_token": page_token(p),
+                "category": "Automotive Repair Shop", "tasks": ["ADVERTISE", "ANALYZE", "CREATE_CONTENT", "MESSAGING", "MODERATE", "MANAGE"]})
+        })
+        .collect();
+    let end = offset + items.len();
+    let mut paging = json!({"cursors": {"before": offset.to_string(), "after": end.to_string()}});
+    if end < pages.len() {
+        let mut next = url::Url::parse(&format!("http://sandbox{}", uri.path()))
+            .unwrap_or_else(|_| unreachable_url());
+        // Meta's next links repeat the token; the client must strip it.
+        for (k, v) in params {
+            if k != "after" {
+                next.query_pairs_mut().append_pair(k, v);
+            }
+        }
+        next.query_pairs_mut()
+            .append_pair("after", &end.to_string());
+        paging["next"] = json!(next.as_str());
+    }
+    ok(json!({"data": items, "paging": paging}))
+}
+
+/// `GET /{page}/subscribed_apps`: the sandbox app, when it is subscribed.
+fn subscribed_apps(state: &SandboxState, page: &str) -> Response {
+    let subscribed = state
+        .registry
+        .read()
+        .map(|r| r.is_subscribed(page))
+        .unwrap_or(false);
+    let data = if subscribed {
+        json!([{"id": crate::accounts::APP_ID, "name": "leadpipe sandbox", "subscribed_fields": ["leadgen"]}])
+    } else {
+        json!([])
+    };
+    ok(json!({ "data": data }))
+}
+
+/// `POST /{page}/subscribed_apps`: with the page's own token only.
+fn subscribe_page(
+    state: &SandboxState,
+    data: &Dataset,
+    page: &str,
+    page_of_token: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    if page != page_of_token {
+        return graph_error(
+            403,
+            210,
+            None,
+            "(#210) A page access token is required to request this resource.",
+            false,
+        );
+    }
+    if params.get("subscribed_fields").map(String::as_str) != Some("leadgen") {
+        return graph_error(
+            400,
+            100,
+            None,
+            "(#100) Param subscribed_fields must be one of {leadgen, ...}",
+            false,
+        );
+    }
+    let pages: Vec<String> = data.pages.iter().map(|(p, _)| p.clone()).collect();
+    if let Ok(mut registry) = state.registry.write() {
+        registry.subscribe(page, &pages);
+    }
+    ok(json!({"success": true}))
+}
+
+/// `POST /{app}/subscriptions`: with the app's token; Meta calls the callback with a
+/// challenge right away and subscribes only when it is echoed.
+async fn subscribe_app(
+    state: &SandboxState,
+    app: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    let (app_token, app_id) = match state.registry.read() {
+        Ok(r) => (r.app_token(), r.accounts.app_id.clone()),
+        Err(_) => return graph_error(500, 1, None, "sandbox poisoned", true),
+    };
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    if get("access_token") != app_token || app != app_id {
+        return graph_error(
+            400,
+            15,
+            None,
+            "(#15) This method must be called with an app access_token.",
+            false,
+        );
+    }
+    if get("object") != "page" || get("fields") != "leadgen" {
+        return graph_error(
+            400,
+            100,
+            None,
+            "(#100) object must be page with fields leadgen",
+            false,
+        );
+    }
+    let (callback, verify_token) = (get("callback_url"), get("verify_token"));
+    let challenge = format!(
+        "{}",
+        1_000_000_000u64 + state.requests.load(Ordering::Relaxed)
+    );
+    let url = match url::Url::parse_with_params(
+        &callback,
+        &[
+            ("hub.mode", "subscribe"),
+            ("hub.challenge", challenge.as_str()),
+            ("hub.verify_token", verify_token.as_str()),
+        ],
+    ) {
+        Ok(url) => url,
+        Err(_) => {
+            return graph_error(
+                400,
+                100,
+                None,
+                "(#100) Param callback_url must be a valid URL",
+                false,
+            );
+        }
+    };
+    let failed = |why: String| {
+        graph_error(
+            400,
+            2200,
+            None,
+            &format!("(#2200) callback verification failed: {why}"),
+            false,
+        )
+    };
+    match state.http.get(url).send().await {
+        Err(_) => failed("Couldn't connect to server".into()),
+        Ok(answer) => {
+            let status = answer.status().as_u16();
+            let body = answer.text().await.unwrap_or_default();
+            if status == 200 && body == challenge {
+                if let Ok(mut r) = state.registry.write() {
+                    r.app_subscription = Some((callback, verify_token));
+                }
+                ok(json!({"success": true}))
+            } else {
+                let received: String = body.chars().take(50).collect();
+                failed(format!(
+                    "The URL couldn't be validated. Response does not match challenge, expected value=\"{challenge}\", received=\"{received}\" (HTTP {status})"
+                ))
+            }
+        }
+    }
+}
+
+/// `GET /{form}/test_leads`.
+fn list_test_leads(state: &SandboxState, form: &str, params: &HashMap<String, String>) -> Response {
+    if let Err(refused) = form_page(state, form, params) {
+        return refused;
+    }
+    let ids: Vec<Value> = state
+        .registry
+        .read()
+        .map(|r| {
+            r.test_leads
+                .get(form)
+                .map(|id| vec![json!({"id": id})])
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    ok(json!({ "data": ids }))
+}
+
+/// The page a form belongs to, checked against the request's page token.
+#[allow(clippy::result_large_err)]
+fn form_page(
+    state: &SandboxState,
+    form: &str,
+    params: &HashMap<String, String>,
+) -> Result<String, Response> {
+    let Ok(data) = state.data.read() else {
+        return Err(graph_error(500, 1, None, "sandbox poisoned", true));
+    };
+    let expired = state
+        .faults
+        .read()
+        .map(|f| f.expired_token_pages.clone())
+        .unwrap_or_default();
+    let page_of_token = authorize(&data, params, &expired)?;
+    match data.forms.iter().find(|(_, f, _)| f == form) {
+        Some((page, _, _)) if *page == page_of_token => Ok(page.clone()),
+        Some(_) => Err(graph_error(403, 200, None, "Permissions error", false)),
+        None => Err(graph_error(
+            400,
+            100,
+            Some(33),
+            "Unsupported request. Object does not exist",
+            false,
+        )),
+    }
 }
 
 /// `GET /{page}?fields=has_lead_access...`: granted to the page's own token unless denied.
@@ -371,28 +756,114 @@ fn leadgen_forms(data: &Dataset, page: &str) -> Response {
     ok(json!({"data": forms}))
 }
 
-fn create_test_lead(state: &SandboxState, form: &str) -> Response {
-    let Ok(mut data) = state.data.write() else {
-        return graph_error(500, 1, None, "sandbox poisoned", true);
+/// `POST /{form}/test_leads`: one test lead per form at a time, as Meta allows; when the
+/// app is subscribed to the page, Meta's webhook for it goes to the app's callback.
+fn create_test_lead(
+    state: &Arc<SandboxState>,
+    form: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    let page_id = match form_page(state, form, params) {
+        Ok(page) => page,
+        Err(refused) => return refused,
     };
-    let Some((page_id, form_id, _)) = data.forms.iter().find(|(_, f, _)| f == form).cloned() else {
-        return graph_error(400, 100, Some(33), "Unsupported post request", false);
-    };
+    if state
+        .registry
+        .read()
+        .map(|r| r.test_leads.contains_key(form))
+        .unwrap_or(false)
+    {
+        return graph_error(
+            400,
+            100,
+            Some(1_892_035),
+            "(#100) A test lead already exists for this form. Delete it before creating another one.",
+            false,
+        );
+    }
     let n = state.next_test_lead.fetch_add(1, Ordering::Relaxed);
     let id = format!("{}", 1_990_000_000_000_000u64 + n);
-    let created = time::OffsetDateTime::now_utc().unix_timestamp();
-    data.push(SandboxLead {
+    let created = now();
+    let lead = SandboxLead {
         id: id.clone(),
-        page_id,
-        form_id: form_id.clone(),
+        page_id: page_id.clone(),
+        form_id: form.to_owned(),
         ad_id: None,
         adgroup_id: None,
         created_time: created,
-        json: json!({"id": id, "created_time": graph_time(created), "form_id": form_id,
+        json: json!({"id": id, "created_time": graph_time(created), "form_id": form,
             "field_data": [{"name": "email", "values": ["test@fb.com"]}, {"name": "full_name", "values": ["<test lead: dummy data for full_name>"]}],
             "custom_disclaimer_responses": [], "is_organic": true, "platform": "fb"}),
+    };
+    match state.data.write() {
+        Ok(mut data) => data.push(lead.clone()),
+        Err(_) => return graph_error(500, 1, None, "sandbox poisoned", true),
+    }
+    let delivery = match state.registry.write() {
+        Ok(mut r) => {
+            r.test_leads.insert(form.to_owned(), id.clone());
+            let secret = r.accounts.app_secret.clone();
+            r.app_subscription
+                .clone()
+                .filter(|_| r.is_subscribed(&page_id))
+                .map(|(callback, _)| (callback, secret))
+        }
+        Err(_) => None,
+    };
+    if let Some((callback, secret)) = delivery {
+        let http = state.http.clone();
+        tokio::spawn(async move {
+            let body = crate::sender::post_body(&[&lead], now());
+            let Ok(signature) = leadpipe_core::signature::sign(secret.as_bytes(), body.as_bytes())
+            else {
+                return;
+            };
+            // Meta retries a failed delivery; so does the stand-in, a few times.
+            for _ in 0..5 {
+                let sent = http
+                    .post(&callback)
+                    .header("content-type", "application/json")
+                    .header("x-hub-signature-256", &signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+    ok(json!({ "id": id }))
+}
+
+/// `DELETE /{id}`: test leads only.
+fn delete_test_lead(state: &SandboxState, id: &str, params: &HashMap<String, String>) -> Response {
+    let form = state.registry.read().ok().and_then(|r| {
+        r.test_leads
+            .iter()
+            .find(|(_, lead)| lead.as_str() == id)
+            .map(|(form, _)| form.clone())
     });
-    ok(json!({"id": id}))
+    let Some(form) = form else {
+        return graph_error(
+            400,
+            100,
+            Some(33),
+            "Unsupported delete request. Object does not exist",
+            false,
+        );
+    };
+    if let Err(refused) = form_page(state, &form, params) {
+        return refused;
+    }
+    if let Ok(mut r) = state.registry.write() {
+        r.test_leads.remove(&form);
+    }
+    if let Ok(mut data) = state.data.write() {
+        data.remove(id);
+    }
+    ok(json!({"success": true}))
 }
 
 fn batch(state: &SandboxState, data: &Dataset, page_of_token: &str, batch: &str) -> Response {

@@ -5,11 +5,13 @@
 //! leads).
 
 mod batch;
+mod connect;
 mod endpoints;
 mod paging;
 mod query;
 
 pub use batch::BatchItem;
+pub use connect::{ExchangedToken, PageAccount};
 pub use paging::{NextPage, Page};
 pub use query::{LeadQuery, TimeFilter, TimeOperator};
 

@@ -197,7 +197,7 @@ impl GraphClient {
         )
     }
 
-    fn pages<'a, T: Send + 'a>(
+    pub(super) fn pages<'a, T: Send + 'a>(
         &'a self,
         token: &'a SecretString,
         operation: String,

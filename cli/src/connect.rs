@@ -1,0 +1,931 @@
+//! `leadpipe connect`: from a person's token to subscribed pages, a written secret and a test
+//! lead seen arriving (docs/connect.md). Each step prints a line with ✔ or ✘ and, for ✘,
+//! what to do, in Meta's own words where Meta gave them. No token is printed: a token is
+//! shown by its last four characters only, where a person needs to tell two apart.
+
+use crate::CliError;
+use futures::TryStreamExt;
+use leadpipe_core::secrets::AppSecrets;
+use leadpipe_core::settings::Env;
+use leadpipe_graph::{GraphClient, GraphError, PageAccount, TokenInfo, how_to_grant};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Every item of a paged edge, page after page.
+trait AllItems<T> {
+    async fn all_items(self) -> Result<Vec<T>, GraphError>;
+}
+
+impl<T, S> AllItems<T> for S
+where
+    S: futures::Stream<Item = Result<leadpipe_graph::Page<T>, GraphError>>,
+{
+    async fn all_items(self) -> Result<Vec<T>, GraphError> {
+        let mut all = Vec::new();
+        let mut pages = std::pin::pin!(self);
+        while let Some(page) = pages.try_next().await? {
+            all.extend(page.items);
+        }
+        Ok(all)
+    }
+}
+
+/// A user token expiring sooner than this is exchanged for a long-lived one.
+const EXCHANGE_BELOW: Duration = Duration::from_secs(7 * 86_400);
+
+/// Arguments of `leadpipe connect`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("secret").required(true).args(["secret_file", "secret_arn"])))]
+pub struct ConnectArgs {
+    /// The Meta app's id.
+    #[arg(long)]
+    pub app_id: String,
+    /// The local secret file to merge into (created 0600 when absent).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// The stack's Secrets Manager secret to merge into (`PutSecretValue`).
+    #[arg(long)]
+    pub secret_arn: Option<String>,
+    /// Only these pages (repeat for several; default: every page the token's user manages).
+    #[arg(long = "page")]
+    pub pages: Vec<String>,
+    /// Subscribe the app's webhook to this URL (Meta calls it at once with a challenge).
+    #[arg(long)]
+    pub callback_url: Option<String>,
+    /// Create a test lead on an active form, wait until it is stored, then delete it at Meta.
+    #[arg(long)]
+    pub test_lead: bool,
+    /// With --test-lead: the local SQLite file `serve` stores leads in.
+    #[arg(long, requires = "test_lead", conflicts_with = "leads_table")]
+    pub db: Option<PathBuf>,
+    /// With --test-lead: the stack's DynamoDB leads table.
+    #[arg(long, requires = "test_lead")]
+    pub leads_table: Option<String>,
+    /// With --test-lead: how long to wait for it to be stored.
+    #[arg(long, default_value_t = 120)]
+    pub wait_seconds: u64,
+    /// A file holding the person's token (else LEADPIPE_USER_TOKEN; never a flag value,
+    /// which would stay in the shell's history).
+    #[arg(long)]
+    pub user_token_file: Option<PathBuf>,
+    /// Do every read, print what would be written or subscribed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// One step's line.
+fn ok(text: impl std::fmt::Display) {
+    println!("✔ {text}");
+}
+fn fail(text: impl std::fmt::Display) {
+    println!("✘ {text}");
+}
+fn note(text: impl std::fmt::Display) {
+    println!("  {text}");
+}
+
+/// The last four characters of a token, for telling tokens apart.
+pub fn tail(token: &SecretString) -> String {
+    let text = token.expose_secret();
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() < 12 {
+        return "…".to_owned();
+    }
+    format!("…{}", chars[chars.len() - 4..].iter().collect::<String>())
+}
+
+fn when(unix: Option<i64>) -> String {
+    match unix {
+        None | Some(0) => "never expires".to_owned(),
+        Some(at) => match OffsetDateTime::from_unix_timestamp(at) {
+            Ok(t) => format!("expires {}", leadpipe_core::record::contract_time(t)),
+            Err(_) => format!("expires at unix {at}"),
+        },
+    }
+}
+
+/// Where the secret lives.
+enum SecretPlace {
+    File(PathBuf),
+    SecretsManager {
+        client: aws_sdk_secretsmanager::Client,
+        arn: String,
+    },
+}
+
+impl SecretPlace {
+    async fn from_args(args: &ConnectArgs) -> Result<Self, CliError> {
+        match (&args.secret_file, &args.secret_arn) {
+            (Some(path), _) => Ok(Self::File(path.clone())),
+            (None, Some(arn)) => {
+                let config = leadpipe_aws::sdk_config().await;
+                Ok(Self::SecretsManager {
+                    client: aws_sdk_secretsmanager::Client::new(&config),
+                    arn: arn.clone(),
+                })
+            }
+            (None, None) => Err(CliError::Settings(
+                "give --secret-file PATH or --secret-arn ARN".into(),
+            )),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::SecretsManager { arn, .. } => arn.clone(),
+        }
+    }
+
+    /// The secret's JSON object as stored (unknown keys kept), or empty when there is none.
+    async fn read(&self) -> Result<Map<String, Value>, CliError> {
+        let text = match self {
+            Self::File(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    return Err(CliError::Settings(format!(
+                        "the secret file {} cannot be read: {e}",
+                        path.display()
+                    )));
+                }
+            },
+            Self::SecretsManager { client, arn } => {
+                leadpipe_aws::secrets::read_secret_string(client, arn).await?
+            }
+        };
+        match text.as_deref().map(str::trim) {
+            None | Some("") => Ok(Map::new()),
+            // serde's message may quote the text: name the place only.
+            Some(text) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(map)) => Ok(map),
+                _ => Err(CliError::Settings(format!(
+                    "the secret at {} is not a JSON object",
+                    self.describe()
+                ))),
+            },
+        }
+    }
+
+    async fn write(&self, secret: &Map<String, Value>) -> Result<(), CliError> {
+        let text = serde_json::to_string_pretty(secret)
+            .map_err(|e| CliError::Settings(format!("the secret could not be encoded: {e}")))?;
+        match self {
+            Self::File(path) => write_private(path, &text).map_err(|e| {
+                CliError::Settings(format!(
+                    "the secret file {} cannot be written: {e}",
+                    path.display()
+                ))
+            }),
+            Self::SecretsManager { client, arn } => {
+                leadpipe_aws::secrets::put_secret_string(client, arn, &text).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Writes `text` to `path` readable by its owner only, all or nothing: a temporary file
+/// beside it (created 0600), synced, then renamed over it.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "secret".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `bytes` random bytes from the operating system, hex-encoded.
+fn random_hex(bytes: usize) -> Result<String, CliError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|e| CliError::Settings(format!("no randomness from the system: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn string_of(map: &Map<String, Value>, key: &str) -> Option<String> {
+    map.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+/// The person's token: `--user-token-file` or `LEADPIPE_USER_TOKEN`.
+fn user_token(args: &ConnectArgs) -> Result<SecretString, CliError> {
+    if let Some(path) = &args.user_token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::Settings(format!(
+                "the token file {} cannot be read: {e}",
+                path.display()
+            ))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(CliError::Settings(format!(
+                "the token file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(SecretString::from(token.to_owned()));
+    }
+    Env::process()
+        .optional("LEADPIPE_USER_TOKEN")
+        .map(|t| SecretString::from(t.trim().to_owned()))
+        .ok_or_else(|| {
+            CliError::Settings(
+                "no token: set LEADPIPE_USER_TOKEN or give --user-token-file PATH (a user token from Graph API Explorer or your login flow, or a system user's token)".into(),
+            )
+        })
+}
+
+/// What connect found and did for one page; the final table's row.
+#[derive(Debug, Default)]
+struct PageRow {
+    id: String,
+    name: String,
+    subscribed: Option<bool>,
+    lead_access: Option<bool>,
+    forms: usize,
+    active_forms: Vec<String>,
+    leads: i64,
+    token_expiry: String,
+    token: Option<SecretString>,
+}
+
+impl PageRow {
+    fn ready(&self) -> bool {
+        self.subscribed == Some(true) && self.lead_access == Some(true)
+    }
+}
+
+fn yes_no(value: Option<bool>, dry_run: bool) -> &'static str {
+    match value {
+        Some(true) => "yes",
+        Some(false) if dry_run => "not yet",
+        Some(false) => "NO",
+        None => "unknown",
+    }
+}
+
+/// Runs every step, prints the table and the verdict; fails when a page needs a person.
+pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
+    let place = SecretPlace::from_args(&args).await?;
+    let mut secret = place.read().await?;
+    let app_secret = match string_of(&secret, "app_secret") {
+        Some(s) => SecretString::from(s),
+        None => Env::process()
+            .optional("APP_SECRET")
+            .map(SecretString::from)
+            .ok_or_else(|| {
+                CliError::Settings(format!(
+                    "no app secret: put app_secret in {} or set APP_SECRET (App settings > Basic in Meta's dashboard)",
+                    place.describe()
+                ))
+            })?,
+    };
+    let person = user_token(&args)?;
+    let env = Env::process();
+    let placeholder = AppSecrets {
+        app_secret: app_secret.clone(),
+        verify_token: None,
+        access_token: None,
+        page_tokens: Default::default(),
+    };
+    let client = GraphClient::new(leadpipe_graph_source::graph_config(&env, &placeholder)?)?;
+    let app_token = SecretString::from(format!("{}|{}", args.app_id, app_secret.expose_secret()));
+    if args.dry_run {
+        println!("dry run: reading only; nothing is written, subscribed or created");
+    }
+    let mut problems = 0usize;
+
+    // 1. The token.
+    let info = match client.debug_token(&app_token, &person).await {
+        Ok(info) => info,
+        Err(e) => {
+            fail(format!("the token could not be checked: {e}"));
+            note(
+                "check --app-id and the app secret (App settings > Basic), then run connect again",
+            );
+            return Err(CliError::Failed(
+                "verdict: the token could not be checked".into(),
+            ));
+        }
+    };
+    if !check_token(&info, &args.app_id) {
+        return Err(CliError::Failed(
+            "verdict: a new token is needed (see above)".into(),
+        ));
+    }
+    let missing = info.missing_scopes();
+    for scope in &missing {
+        problems += 1;
+        fail(format!("the token lacks {scope}: {}", how_to_grant(scope)));
+    }
+    for (scope, gives) in info.missing_optional_scopes() {
+        note(format!(
+            "! the token lacks {scope} (optional: {gives}); {}",
+            how_to_grant(scope)
+        ));
+    }
+
+    // 2. A long-lived token.
+    let (long_lived, long_expiry) =
+        match long_lived(&client, &args, &app_secret, &person, &info).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                fail(format!("the token could not be exchanged: {e}"));
+                return Err(CliError::Failed(
+                    "verdict: the token could not be made long-lived".into(),
+                ));
+            }
+        };
+
+    // 3. Pages.
+    let accounts: Vec<PageAccount> = match client.my_accounts(&long_lived).all_items().await {
+        Ok(accounts) => accounts,
+        Err(e) => {
+            fail(format!("the token's pages could not be listed: {e}"));
+            if missing.contains(&"pages_show_list") {
+                note("grant pages_show_list and issue a new token");
+            }
+            return Err(CliError::Failed(
+                "verdict: no page could be read (see above)".into(),
+            ));
+        }
+    };
+    ok(format!(
+        "the token's user manages {} page(s)",
+        accounts.len()
+    ));
+    let mut rows = Vec::new();
+    for wanted in &args.pages {
+        if !accounts.iter().any(|a| &a.id == wanted) {
+            problems += 1;
+            fail(format!(
+                "page {wanted} is not among them: the token's user needs a role on it (Page settings > Page access) and the token must include it"
+            ));
+        }
+    }
+    for account in accounts
+        .into_iter()
+        .filter(|a| args.pages.is_empty() || args.pages.contains(&a.id))
+    {
+        let expiry = match client.debug_token(&app_token, &account.access_token).await {
+            Ok(page_info) if page_info.is_valid => when(page_info.expires_at),
+            Ok(_) => "not valid".to_owned(),
+            Err(_) => "unknown".to_owned(),
+        };
+        rows.push(PageRow {
+            name: account.name.clone().unwrap_or_default(),
+            id: account.id.clone(),
+            token_expiry: expiry,
+            token: Some(account.access_token.clone()),
+            ..PageRow::default()
+        });
+    }
+
+    // 4. Per page: subscription, lead access, forms.
+    for row in &mut rows {
+        println!("page {} ({})", row.id, row.name);
+        let Some(token) = row.token.clone() else {
+            continue;
+        };
+        note(format!(
+            "page token {} ({})",
+            tail(&token),
+            row.token_expiry
+        ));
+        page_steps(&client, &args, &info, &token, row).await;
+        // A dry run subscribes nothing: only what a person must fix counts there.
+        let needs_person = if args.dry_run {
+            row.lead_access != Some(true)
+        } else {
+            !row.ready()
+        };
+        if needs_person {
+            problems += 1;
+        }
+    }
+
+    // 6. The secret, written before the app's subscription: Meta's challenge comes at once,
+    // and the webhook answers it with the verify token it reads from here.
+    let verify_token = match merge_secret(&mut secret, &rows, &long_lived, &app_secret) {
+        Ok(merge) => {
+            let line = format!(
+                "{}: page_tokens for {} page(s) ({} new, {} kept from before), access_token {} ({long_expiry}), verify_token {}, lookup_key {}",
+                place.describe(),
+                rows.len(),
+                merge.new_pages,
+                merge.kept_pages,
+                tail(&long_lived),
+                if merge.verify_generated {
+                    "generated"
+                } else {
+                    "kept"
+                },
+                if merge.lookup_generated {
+                    "generated"
+                } else {
+                    "kept"
+                },
+            );
+            if args.dry_run {
+                ok(format!("would write the secret {line}"));
+            } else {
+                place.write(&secret).await?;
+                ok(format!("wrote the secret {line}"));
+                if let SecretPlace::File(_) = place {
+                    note("the file is readable by you only (0600)");
+                } else {
+                    note("functions read it at their next cold start");
+                }
+            }
+            merge.verify_token
+        }
+        Err(e) => return Err(e),
+    };
+
+    // 5. The app's webhook subscription.
+    if let Some(callback) = &args.callback_url {
+        if args.dry_run {
+            ok(format!(
+                "would subscribe app {} to pages' leadgen at {callback}",
+                args.app_id
+            ));
+        } else {
+            match client
+                .subscribe_app(&app_token, &args.app_id, callback, &verify_token)
+                .await
+            {
+                Ok(()) => ok(format!(
+                    "app {} subscribed to pages' leadgen at {callback}: it answered Meta's challenge",
+                    args.app_id
+                )),
+                Err(e) => {
+                    problems += 1;
+                    fail(format!("the app's webhook subscription failed: {e}"));
+                    note(
+                        "Meta calls the URL with a GET at once: is it reachable from the internet, serving leadpipe's webhook, with the verify_token just written?",
+                    );
+                }
+            }
+        }
+    }
+
+    // 7. A test lead.
+    if args.test_lead {
+        if args.dry_run {
+            ok("would create a test lead and wait for it");
+        } else if !test_lead(&client, &args, &rows).await {
+            problems += 1;
+        }
+    }
+
+    print_table(&rows, args.dry_run);
+    if problems == 0 {
+        println!(
+            "verdict: {} {} page(s) subscribed and readable",
+            if args.dry_run {
+                "dry run ok:"
+            } else {
+                "ready:"
+            },
+            rows.iter().filter(|r| r.ready()).count()
+        );
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!(
+            "verdict: {problems} thing(s) need a person's action (✘ above); fix them and run connect again"
+        )))
+    }
+}
+
+/// Step 1's verdict: true when the token can be used at all.
+fn check_token(info: &TokenInfo, app_id: &str) -> bool {
+    if !info.is_valid {
+        let why = info
+            .error
+            .as_ref()
+            .map(|e| {
+                format!(
+                    "{} (code {}{})",
+                    e.message.as_deref().unwrap_or("Meta gave no reason"),
+                    e.code.unwrap_or_default(),
+                    e.subcode.map(|s| format!("/{s}")).unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "Meta gave no reason".into());
+        fail(format!("the token is not valid: {why}"));
+        note(
+            "issue a new one (Graph API Explorer, your login flow, or a system user in Business Settings) and run connect again",
+        );
+        return false;
+    }
+    if let Some(owner) = info.app_id.as_deref()
+        && owner != app_id
+    {
+        fail(format!(
+            "the token belongs to app {owner}, not {app_id}: issue it for this app"
+        ));
+        return false;
+    }
+    ok(format!(
+        "token valid: {} of user {}, {}, {} scope(s)",
+        info.token_type.as_deref().unwrap_or("unknown type"),
+        info.user_id.as_deref().unwrap_or("unknown"),
+        when(info.expires_at),
+        info.scopes.len()
+    ));
+    true
+}
+
+/// Step 2: a short-lived user token is exchanged; a long-lived or system user's is kept.
+async fn long_lived(
+    client: &GraphClient,
+    args: &ConnectArgs,
+    app_secret: &SecretString,
+    person: &SecretString,
+    info: &TokenInfo,
+) -> Result<(SecretString, String), GraphError> {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let expires_at = info.expires_at.unwrap_or_default();
+    let is_user = info.token_type.as_deref() == Some("USER");
+    let short = is_user && expires_at > 0 && expires_at - now < EXCHANGE_BELOW.as_secs() as i64;
+    if !short {
+        ok(format!(
+            "kept the token {} as it is ({})",
+            tail(person),
+            when(info.expires_at)
+        ));
+        return Ok((person.clone(), when(info.expires_at)));
+    }
+    if args.dry_run {
+        ok(format!(
+            "would exchange the short-lived token {} ({}) for a long-lived one",
+            tail(person),
+            when(info.expires_at)
+        ));
+        return Ok((person.clone(), when(info.expires_at)));
+    }
+    let exchanged = client
+        .exchange_token(&args.app_id, app_secret, person)
+        .await?;
+    let expiry = when(exchanged.expires_in.map(|s| now + s));
+    ok(format!(
+        "exchanged the short-lived token {} ({}) for a long-lived one {} ({expiry})",
+        tail(person),
+        when(info.expires_at),
+        tail(&exchanged.access_token)
+    ));
+    Ok((exchanged.access_token, expiry))
+}
+
+/// Step 4 for one page: subscribe it, check lead access, list its forms.
+async fn page_steps(
+    client: &GraphClient,
+    args: &ConnectArgs,
+    info: &TokenInfo,
+    token: &SecretString,
+    row: &mut PageRow,
+) {
+    let page = row.id.clone();
+    let already = client
+        .page_subscriptions(token, &page)
+        .await
+        .map(|apps| {
+            apps.iter().any(|a| {
+                a.id.as_deref() == Some(args.app_id.as_str())
+                    && a.subscribed_fields.iter().any(|f| f == "leadgen")
+            })
+        })
+        .unwrap_or(false);
+    if already {
+        row.subscribed = Some(true);
+        ok("the app gets this page's leadgen webhooks (already subscribed)");
+    } else if args.dry_run {
+        row.subscribed = Some(false);
+        ok("would subscribe the app to this page's leadgen webhooks");
+    } else {
+        match client.subscribe_page(token, &page).await {
+            Ok(()) => {
+                row.subscribed = Some(true);
+                ok("subscribed the app to this page's leadgen webhooks");
+            }
+            Err(e) => {
+                row.subscribed = Some(false);
+                fail(format!("subscribing the app to this page failed: {e}"));
+                note("the token's user must be able to manage the page (pages_manage_metadata)");
+            }
+        }
+    }
+    match client
+        .has_lead_access(
+            token,
+            &page,
+            info.user_id.as_deref().unwrap_or_default(),
+            Some(args.app_id.as_str()),
+        )
+        .await
+    {
+        Ok(access) if access.can_access_lead => {
+            row.lead_access = Some(true);
+            ok("lead access granted");
+        }
+        Ok(access) => {
+            row.lead_access = Some(false);
+            fail(format!(
+                "no lead access: {}",
+                access
+                    .failure_reason
+                    .as_deref()
+                    .unwrap_or("Meta gave no reason")
+            ));
+            if let Some(fix) = &access.failure_resolution {
+                note(format!("Meta says: {fix}"));
+            }
+        }
+        Err(e) => {
+            row.lead_access = Some(false);
+            fail(format!("lead access could not be checked: {e}"));
+        }
+    }
+    let forms: Result<Vec<leadpipe_graph::LeadgenForm>, GraphError> =
+        client.leadgen_forms(token, &page).all_items().await;
+    match forms {
+        Ok(forms) => {
+            row.forms = forms.len();
+            row.leads = forms.iter().filter_map(|f| f.leads_count).sum();
+            row.active_forms = forms
+                .iter()
+                .filter(|f| f.status.as_deref() == Some("ACTIVE"))
+                .map(|f| f.id.clone())
+                .collect();
+            ok(format!(
+                "{} form(s), {} active, {} lead(s) on them so far",
+                row.forms,
+                row.active_forms.len(),
+                row.leads
+            ));
+            for form in &forms {
+                note(format!(
+                    "form {} {:?} {} ({} leads)",
+                    form.id,
+                    form.name.as_deref().unwrap_or(""),
+                    form.status.as_deref().unwrap_or("?"),
+                    form.leads_count
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "?".into())
+                ));
+            }
+        }
+        Err(e) => fail(format!("the page's forms could not be listed: {e}")),
+    }
+}
+
+/// What [`merge_secret`] did.
+struct Merge {
+    new_pages: usize,
+    kept_pages: usize,
+    verify_generated: bool,
+    lookup_generated: bool,
+    verify_token: SecretString,
+}
+
+/// Step 6: `page_tokens` merged (pages from before kept unless replaced), `access_token`
+/// set, `verify_token` and `lookup_key` kept or generated, `app_secret` kept (or set from
+/// APP_SECRET). Every other key is left as it was.
+fn merge_secret(
+    secret: &mut Map<String, Value>,
+    rows: &[PageRow],
+    access_token: &SecretString,
+    app_secret: &SecretString,
+) -> Result<Merge, CliError> {
+    if string_of(secret, "app_secret").is_none() {
+        secret.insert("app_secret".into(), json!(app_secret.expose_secret()));
+    }
+    let mut tokens = match secret.remove("page_tokens") {
+        Some(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    let mut new_pages = 0;
+    for row in rows {
+        if let Some(token) = &row.token {
+            if !tokens.contains_key(&row.id) {
+                new_pages += 1;
+            }
+            tokens.insert(row.id.clone(), json!(token.expose_secret()));
+        }
+    }
+    let kept_pages = tokens.len() - rows.iter().filter(|r| r.token.is_some()).count();
+    secret.insert("page_tokens".into(), Value::Object(tokens));
+    secret.insert("access_token".into(), json!(access_token.expose_secret()));
+    let verify_generated = string_of(secret, "verify_token").is_none();
+    if verify_generated {
+        secret.insert("verify_token".into(), json!(random_hex(20)?));
+    }
+    let lookup_generated = string_of(secret, "lookup_key").is_none();
+    if lookup_generated {
+        secret.insert("lookup_key".into(), json!(random_hex(32)?));
+    }
+    let verify_token = SecretString::from(string_of(secret, "verify_token").unwrap_or_default());
+    Ok(Merge {
+        new_pages,
+        kept_pages,
+        verify_generated,
+        lookup_generated,
+        verify_token,
+    })
+}
+
+/// Where a test lead is looked for.
+enum Store {
+    Local(PathBuf),
+    Dynamo(leadpipe_aws::DynamoLeadStore),
+}
+
+impl Store {
+    async fn ingested_at(&self, lead_id: &str) -> Result<Option<String>, String> {
+        match self {
+            Self::Local(path) => {
+                if !path.exists() {
+                    return Ok(None);
+                }
+                let db =
+                    leadpipe_local::LocalDb::open_read_only(path).map_err(|e| e.to_string())?;
+                db.ingested_at(lead_id).map_err(|e| e.to_string())
+            }
+            Self::Dynamo(store) => store.ingested_at(lead_id).await.map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Step 7: a test lead on the first ready page's first active form, waited for in the
+/// store, then deleted at Meta. True when it was seen stored.
+async fn test_lead(client: &GraphClient, args: &ConnectArgs, rows: &[PageRow]) -> bool {
+    let store = match (&args.db, &args.leads_table) {
+        (Some(path), _) => Store::Local(path.clone()),
+        (None, Some(table)) => {
+            let config = leadpipe_aws::sdk_config().await;
+            Store::Dynamo(leadpipe_aws::DynamoLeadStore::new(&config, table.clone()))
+        }
+        (None, None) => {
+            fail(
+                "--test-lead needs --db PATH (serve's file) or --leads-table NAME (the stack's table) to look for it",
+            );
+            return false;
+        }
+    };
+    let Some((row, form)) = rows
+        .iter()
+        .filter(|r| r.ready())
+        .find_map(|r| r.active_forms.first().map(|f| (r, f.clone())))
+    else {
+        fail("no test lead: no subscribed, readable page has an active form");
+        return false;
+    };
+    let Some(token) = &row.token else {
+        return false;
+    };
+    let created = Instant::now();
+    let lead_id = match create_test_lead(client, token, &form).await {
+        Ok(id) => id,
+        Err(e) => {
+            fail(format!(
+                "the test lead could not be created on form {form}: {e}"
+            ));
+            return false;
+        }
+    };
+    ok(format!(
+        "created test lead {lead_id} on form {form} (page {}); waiting up to {} s for it to be stored",
+        row.id, args.wait_seconds
+    ));
+    let deadline = created + Duration::from_secs(args.wait_seconds);
+    let mut seen = None;
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        match store.ingested_at(&lead_id).await {
+            Ok(Some(at)) => {
+                seen = Some(at);
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let observed = created.elapsed();
+    // The store's ingested_at has whole seconds: the time is what this command saw.
+    let stored = match &seen {
+        Some(_) => {
+            ok(format!(
+                "test lead {lead_id} stored: in the store {:.1} s after it was created",
+                observed.as_secs_f64()
+            ));
+            true
+        }
+        None => {
+            fail(format!(
+                "test lead {lead_id} was not stored within {} s{}",
+                args.wait_seconds,
+                last_error
+                    .map(|e| format!(" (the store: {e})"))
+                    .unwrap_or_default()
+            ));
+            note(
+                "is the webhook running at the callback URL, subscribed (--callback-url), and can ingest read Graph? `leadpipe status` and the logs say more",
+            );
+            false
+        }
+    };
+    match client.delete_node(token, &lead_id).await {
+        Ok(()) => note(format!("deleted test lead {lead_id} at Meta")),
+        Err(e) => fail(format!(
+            "test lead {lead_id} could not be deleted at Meta: {e}"
+        )),
+    }
+    stored
+}
+
+/// `POST /{form}/test_leads`; when Meta refuses because one exists already, that one is
+/// deleted and the call made again.
+async fn create_test_lead(
+    client: &GraphClient,
+    token: &SecretString,
+    form: &str,
+) -> Result<String, GraphError> {
+    match client.create_test_lead(token, form, None).await {
+        Ok(id) => Ok(id),
+        Err(first) => {
+            let existing: Vec<String> = client
+                .test_leads(token, form)
+                .all_items()
+                .await
+                .unwrap_or_default();
+            if existing.is_empty() {
+                return Err(first);
+            }
+            for id in &existing {
+                client.delete_node(token, id).await?;
+                note(format!(
+                    "deleted the form's earlier test lead {id} (Meta allows one at a time)"
+                ));
+            }
+            client.create_test_lead(token, form, None).await
+        }
+    }
+}
+
+fn print_table(rows: &[PageRow], dry_run: bool) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header([
+        "page",
+        "name",
+        "subscribed",
+        "lead access",
+        "forms",
+        "token expiry",
+    ]);
+    for row in rows {
+        table.add_row([
+            row.id.clone(),
+            row.name.clone(),
+            yes_no(row.subscribed, dry_run).to_owned(),
+            yes_no(row.lead_access, false).to_owned(),
+            format!("{} ({} active)", row.forms, row.active_forms.len()),
+            row.token_expiry.clone(),
+        ]);
+    }
+    println!("{table}");
+}

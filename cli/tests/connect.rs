@@ -1,0 +1,434 @@
+//! `leadpipe connect`, the real binary against the sandbox Graph: from a short-lived token to
+//! subscribed pages, a merged 0600 secret and a test lead seen in `serve`'s SQLite file;
+//! `--dry-run` changes nothing; each failure is named in Meta's words; no token is printed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use leadpipe_sandbox::accounts::DEFAULT_USER_TOKEN;
+use leadpipe_sandbox::server::demo_app_secret;
+use leadpipe_sandbox::{Accounts, Dataset, DatasetSpec, Faults, Sandbox, TokenKind, UserToken};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+
+fn world() -> Dataset {
+    Dataset::generate(&DatasetSpec {
+        pages: 2,
+        forms_per_page: 2,
+        leads: 8,
+        ..DatasetSpec::default()
+    })
+}
+
+/// A sandbox whose pages have no app subscribed yet, as before a first connect.
+async fn sandbox_with(data: &Dataset, faults: Faults, users: Vec<UserToken>) -> Sandbox {
+    let sandbox = Sandbox::start(data.clone(), faults).await.unwrap();
+    sandbox.set_accounts(Accounts {
+        users,
+        subscribed_pages: Some(BTreeSet::new()),
+        ..Accounts::default()
+    });
+    sandbox
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("leadpipe-connect-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Run {
+    ok: bool,
+    text: String,
+}
+
+async fn connect(sandbox: &Sandbox, user_token: &str, args: &[&str]) -> Run {
+    let out = tokio::process::Command::new(BINARY)
+        .arg("connect")
+        .args(["--app-id", leadpipe_sandbox::accounts::APP_ID])
+        .args(args)
+        .env("LEADPIPE_USER_TOKEN", user_token)
+        .env("GRAPH_API_BASE", sandbox.base_url())
+        .env_remove("APP_SECRET")
+        .output()
+        .await
+        .unwrap();
+    Run {
+        ok: out.status.success(),
+        text: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// No token or secret in what a person sees.
+fn assert_no_secrets(text: &str, data: &Dataset, extra: &[&str]) {
+    let mut secrets: Vec<String> = data.pages.iter().map(|(_, t)| t.clone()).collect();
+    secrets.extend(
+        [
+            DEFAULT_USER_TOKEN,
+            "sandbox-long-lived-1",
+            "sandbox-long-lived-2",
+            demo_app_secret(),
+        ]
+        .map(str::to_owned),
+    );
+    secrets.extend(extra.iter().map(|s| (*s).to_owned()));
+    for secret in secrets {
+        assert!(!text.contains(&secret), "{secret} is printed:\n{text}");
+    }
+}
+
+async fn serve(db: &Path, secret: &Path, graph: &str) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(BINARY)
+        .args(["serve", "--backfill-every", "0", "--workers", "2"])
+        .env("LEADPIPE_DB", db)
+        .env("LEADPIPE_SECRET_FILE", secret)
+        .env("LEADPIPE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GRAPH_API_BASE", graph)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("{base}/health"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return (child, format!("{base}/webhook"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("serve did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_subscribes_writes_the_secret_and_sees_a_test_lead_stored() {
+    let data = world();
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![UserToken::new(DEFAULT_USER_TOKEN, TokenKind::ShortLived)],
+    )
+    .await;
+    let dir = scratch("happy");
+    let secret_file = dir.join("secret.json");
+    // What a person starts with: the app secret, a page from another token, a note.
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret(), "page_tokens": {"777": "an-older-page-token-kept"}, "note": "mine"})
+            .to_string(),
+    )
+    .unwrap();
+
+    // First run: no callback yet (serve needs the verify token connect writes).
+    let first = connect(
+        &sandbox,
+        DEFAULT_USER_TOKEN,
+        &["--secret-file", secret_file.to_str().unwrap()],
+    )
+    .await;
+    assert!(first.ok, "{}", first.text);
+    assert!(
+        first.text.contains("exchanged the short-lived token"),
+        "{}",
+        first.text
+    );
+    assert!(
+        first.text.contains("verdict: ready: 2 page(s)"),
+        "{}",
+        first.text
+    );
+    let pages: Vec<String> = data.pages.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(sandbox.subscribed_pages(), pages);
+    let secret = read_json(&secret_file);
+    assert_eq!(secret["note"], "mine", "unknown keys are kept");
+    assert_eq!(secret["app_secret"], demo_app_secret());
+    assert_eq!(secret["page_tokens"]["777"], "an-older-page-token-kept");
+    for (page, token) in &data.pages {
+        assert_eq!(secret["page_tokens"][page], token.as_str());
+    }
+    assert_eq!(
+        secret["access_token"], "sandbox-long-lived-1",
+        "the long-lived token, not the short one"
+    );
+    let verify = secret["verify_token"].as_str().unwrap().to_owned();
+    let lookup = secret["lookup_key"].as_str().unwrap().to_owned();
+    assert!(verify.len() >= 32 && lookup.len() == 64, "{secret}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    assert_no_secrets(&first.text, &data, &[&verify, &lookup]);
+
+    // Second run: the callback at a running serve, and a test lead.
+    let db = dir.join("leads.db");
+    let (mut server, callback) = serve(&db, &secret_file, &sandbox.base_url()).await;
+    let second = connect(
+        &sandbox,
+        DEFAULT_USER_TOKEN,
+        &[
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--callback-url",
+            &callback,
+            "--test-lead",
+            "--db",
+            db.to_str().unwrap(),
+            "--wait-seconds",
+            "60",
+        ],
+    )
+    .await;
+    let _ = server.kill().await;
+    assert!(second.ok, "{}", second.text);
+    assert_eq!(sandbox.app_callback().as_deref(), Some(callback.as_str()));
+    assert!(
+        second.text.contains("answered Meta's challenge"),
+        "{}",
+        second.text
+    );
+    assert!(second.text.contains("verify_token kept"), "{}", second.text);
+    let line = second
+        .text
+        .lines()
+        .find(|l| l.contains("stored: in the store") && l.contains("s after it was created"))
+        .unwrap_or_else(|| panic!("{}", second.text));
+    let lead_id = line.split_whitespace().nth(3).unwrap().to_owned();
+    let stored = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT source FROM leads WHERE lead_id = ?1",
+            [&lead_id],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored, "webhook",
+        "it came through Meta's webhook, not a backfill"
+    );
+    assert!(
+        sandbox.test_leads().is_empty(),
+        "the test lead is deleted at Meta"
+    );
+    assert_eq!(read_json(&secret_file)["verify_token"], verify.as_str());
+    assert_no_secrets(&second.text, &data, &[&verify, &lookup]);
+}
+
+#[tokio::test]
+async fn dry_run_reads_everything_and_changes_nothing() {
+    let data = world();
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![UserToken::new(DEFAULT_USER_TOKEN, TokenKind::ShortLived)],
+    )
+    .await;
+    let dir = scratch("dry");
+    let secret_file = dir.join("secret.json");
+    let before = serde_json::json!({"app_secret": demo_app_secret()}).to_string();
+    std::fs::write(&secret_file, &before).unwrap();
+    let leads_before = sandbox.dataset().leads.len();
+    let run = connect(
+        &sandbox,
+        DEFAULT_USER_TOKEN,
+        &[
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--callback-url",
+            "http://127.0.0.1:9/webhook",
+            "--test-lead",
+            "--db",
+            dir.join("none.db").to_str().unwrap(),
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(run.ok, "{}", run.text);
+    assert!(run.text.contains("would exchange"), "{}", run.text);
+    assert!(run.text.contains("would write the secret"), "{}", run.text);
+    assert!(run.text.contains("would subscribe app"), "{}", run.text);
+    assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), before);
+    assert!(sandbox.subscribed_pages().is_empty());
+    assert_eq!(sandbox.app_callback(), None);
+    assert!(sandbox.test_leads().is_empty());
+    assert_eq!(sandbox.dataset().leads.len(), leads_before);
+    assert!(!dir.join("none.db").exists());
+    assert_no_secrets(&run.text, &data, &[]);
+}
+
+#[tokio::test]
+async fn an_expired_token_is_named_in_metas_words() {
+    let data = world();
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![UserToken::new("an-expired-user-token", TokenKind::Expired)],
+    )
+    .await;
+    let dir = scratch("expired");
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    let run = connect(
+        &sandbox,
+        "an-expired-user-token",
+        &["--secret-file", secret_file.to_str().unwrap()],
+    )
+    .await;
+    assert!(!run.ok, "{}", run.text);
+    assert!(
+        run.text.contains("✘ the token is not valid"),
+        "{}",
+        run.text
+    );
+    assert!(run.text.contains("Session has expired"), "{}", run.text);
+    assert!(run.text.contains("code 190/463"), "{}", run.text);
+    assert!(sandbox.subscribed_pages().is_empty());
+    assert_no_secrets(&run.text, &data, &["an-expired-user-token"]);
+}
+
+#[tokio::test]
+async fn missing_scopes_denied_access_a_failed_challenge_and_an_old_test_lead() {
+    let data = world();
+    let denied = data.pages[1].0.clone();
+    let system_user = UserToken::new("a-system-user-token-0001", TokenKind::SystemUser)
+        .without(&["leads_retrieval"]);
+    let sandbox = sandbox_with(
+        &data,
+        Faults {
+            denied_pages: vec![denied.clone()],
+            ..Faults::default()
+        },
+        vec![system_user],
+    )
+    .await;
+    // A test lead left over from an earlier try on the first page's first form.
+    let form = data
+        .forms
+        .iter()
+        .find(|(p, _, _)| p == &data.pages[0].0)
+        .unwrap()
+        .1
+        .clone();
+    let client = leadpipe_graph::GraphClient::new(leadpipe_graph::GraphConfig {
+        base_url: sandbox.base_url(),
+        ..leadpipe_graph::GraphConfig::default()
+    })
+    .unwrap();
+    let page_token = secrecy::SecretString::from(data.pages[0].1.clone());
+    let old = client
+        .create_test_lead(&page_token, &form, None)
+        .await
+        .unwrap();
+
+    let dir = scratch("sick");
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret(), "verify_token": "vt-from-before-0123456789"}).to_string(),
+    )
+    .unwrap();
+    // The sandbox's own address answers the challenge with a Graph error, not the challenge.
+    let run = connect(
+        &sandbox,
+        "a-system-user-token-0001",
+        &[
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+            "--callback-url",
+            &format!("{}/not-a-webhook", sandbox.base_url()),
+            "--test-lead",
+            "--db",
+            dir.join("leads.db").to_str().unwrap(),
+            "--wait-seconds",
+            "1",
+        ],
+    )
+    .await;
+    assert!(!run.ok, "{}", run.text);
+    assert!(
+        run.text.contains("kept the token"),
+        "a system user's token is not exchanged: {}",
+        run.text
+    );
+    assert!(
+        run.text.contains("✘ the token lacks leads_retrieval"),
+        "{}",
+        run.text
+    );
+    assert!(
+        run.text.contains(
+            "✘ no lead access: The user is not assigned to this Page in Leads Access Manager"
+        ),
+        "{}",
+        run.text
+    );
+    assert!(
+        run.text.contains("Meta says: Assign the user"),
+        "{}",
+        run.text
+    );
+    assert!(
+        run.text.contains("(#2200) callback verification failed"),
+        "{}",
+        run.text
+    );
+    assert!(
+        run.text
+            .contains(&format!("deleted the form's earlier test lead {old}")),
+        "{}",
+        run.text
+    );
+    // Nothing answers the webhook, so the new test lead is not stored; it is deleted anyway.
+    assert!(
+        run.text.contains("was not stored within 1 s"),
+        "{}",
+        run.text
+    );
+    assert!(sandbox.test_leads().is_empty());
+    let table_row = run
+        .text
+        .lines()
+        .find(|l| l.contains(&denied) && l.contains("NO"))
+        .unwrap_or_else(|| panic!("{}", run.text));
+    assert!(
+        table_row.contains("yes"),
+        "subscribed but not readable: {table_row}"
+    );
+    assert!(run.text.contains("need a person's action"), "{}", run.text);
+    let secret = read_json(&secret_file);
+    assert_eq!(secret["verify_token"], "vt-from-before-0123456789");
+    assert_eq!(secret["access_token"], "a-system-user-token-0001");
+    assert_no_secrets(
+        &run.text,
+        &data,
+        &["a-system-user-token-0001", "vt-from-before-0123456789"],
+    );
+}
