@@ -77,10 +77,10 @@ pub struct ConnectArgs {
 }
 
 /// One step's line.
-fn ok(text: impl std::fmt::Display) {
+pub(crate) fn ok(text: impl std::fmt::Display) {
     println!("✔ {text}");
 }
-fn fail(text: impl std::fmt::Display) {
+pub(crate) fn fail(text: impl std::fmt::Display) {
     println!("✘ {text}");
 }
 fn note(text: impl std::fmt::Display) {
@@ -97,7 +97,7 @@ pub fn tail(token: &SecretString) -> String {
     format!("…{}", chars[chars.len() - 4..].iter().collect::<String>())
 }
 
-fn when(unix: Option<i64>) -> String {
+pub(crate) fn when(unix: Option<i64>) -> String {
     match unix {
         None | Some(0) => "never expires".to_owned(),
         Some(at) => match OffsetDateTime::from_unix_timestamp(at) {
@@ -268,22 +268,22 @@ fn user_token(args: &ConnectArgs) -> Result<SecretString, CliError> {
         })
 }
 
-/// What connect found and did for one page; the final table's row.
+/// What connect (or doctor) found and did for one page; the final table's row.
 #[derive(Debug, Default)]
-struct PageRow {
-    id: String,
-    name: String,
-    subscribed: Option<bool>,
-    lead_access: Option<bool>,
-    forms: usize,
-    active_forms: Vec<String>,
-    leads: i64,
-    token_expiry: String,
-    token: Option<SecretString>,
+pub(crate) struct PageRow {
+    pub id: String,
+    pub name: String,
+    pub subscribed: Option<bool>,
+    pub lead_access: Option<bool>,
+    pub forms: usize,
+    pub active_forms: Vec<String>,
+    pub leads: i64,
+    pub token_expiry: String,
+    pub token: Option<SecretString>,
 }
 
 impl PageRow {
-    fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.subscribed == Some(true) && self.lead_access == Some(true)
     }
 }
@@ -341,22 +341,13 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             ));
         }
     };
-    if !check_token(&info, &args.app_id) {
+    if !check_token(&info, Some(&args.app_id)) {
         return Err(CliError::Failed(
             "verdict: a new token is needed (see above)".into(),
         ));
     }
     let missing = info.missing_scopes();
-    for scope in &missing {
-        problems += 1;
-        fail(format!("the token lacks {scope}: {}", how_to_grant(scope)));
-    }
-    for (scope, gives) in info.missing_optional_scopes() {
-        note(format!(
-            "! the token lacks {scope} (optional: {gives}); {}",
-            how_to_grant(scope)
-        ));
-    }
+    problems += report_scopes(&info);
 
     // 2. A long-lived token.
     let (long_lived, long_expiry) =
@@ -425,7 +416,12 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             tail(&token),
             row.token_expiry
         ));
-        page_steps(&client, &args, &info, &token, row).await;
+        let subscribe = if args.dry_run {
+            Subscribe::WouldInDryRun
+        } else {
+            Subscribe::Yes
+        };
+        page_steps(&client, subscribe, Some(&args.app_id), &info, &token, row).await;
         // A dry run subscribes nothing: only what a person must fix counts there.
         let needs_person = if args.dry_run {
             row.lead_access != Some(true)
@@ -530,8 +526,9 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
     }
 }
 
-/// Step 1's verdict: true when the token can be used at all.
-fn check_token(info: &TokenInfo, app_id: &str) -> bool {
+/// Step 1's verdict: true when the token can be used at all (and, given `app_id`, is that
+/// app's).
+pub(crate) fn check_token(info: &TokenInfo, app_id: Option<&str>) -> bool {
     if !info.is_valid {
         let why = info
             .error
@@ -551,7 +548,7 @@ fn check_token(info: &TokenInfo, app_id: &str) -> bool {
         );
         return false;
     }
-    if let Some(owner) = info.app_id.as_deref()
+    if let (Some(owner), Some(app_id)) = (info.app_id.as_deref(), app_id)
         && owner != app_id
     {
         fail(format!(
@@ -567,6 +564,21 @@ fn check_token(info: &TokenInfo, app_id: &str) -> bool {
         info.scopes.len()
     ));
     true
+}
+
+/// The scopes the token lacks, each with how to get it; returns the required ones missing.
+pub(crate) fn report_scopes(info: &TokenInfo) -> usize {
+    let missing = info.missing_scopes();
+    for scope in &missing {
+        fail(format!("the token lacks {scope}: {}", how_to_grant(scope)));
+    }
+    for (scope, gives) in info.missing_optional_scopes() {
+        note(format!(
+            "! the token lacks {scope} (optional: {gives}); {}",
+            how_to_grant(scope)
+        ));
+    }
+    missing.len()
 }
 
 /// Step 2: a short-lived user token is exchanged; a long-lived or system user's is kept.
@@ -610,10 +622,22 @@ async fn long_lived(
     Ok((exchanged.access_token, expiry))
 }
 
-/// Step 4 for one page: subscribe it, check lead access, list its forms.
-async fn page_steps(
+/// What step 4 does about a page the app is not subscribed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Subscribe {
+    /// Subscribe it (connect).
+    Yes,
+    /// Say it would (connect --dry-run).
+    WouldInDryRun,
+    /// Report it as a problem (doctor, which only reads).
+    CheckOnly,
+}
+
+/// Step 4 for one page: subscribe it (or check), check lead access, list its forms.
+pub(crate) async fn page_steps(
     client: &GraphClient,
-    args: &ConnectArgs,
+    subscribe: Subscribe,
+    app_id: Option<&str>,
     info: &TokenInfo,
     token: &SecretString,
     row: &mut PageRow,
@@ -624,17 +648,22 @@ async fn page_steps(
         .await
         .map(|apps| {
             apps.iter().any(|a| {
-                a.id.as_deref() == Some(args.app_id.as_str())
+                app_id.is_none_or(|app| a.id.as_deref() == Some(app))
                     && a.subscribed_fields.iter().any(|f| f == "leadgen")
             })
         })
         .unwrap_or(false);
     if already {
         row.subscribed = Some(true);
-        ok("the app gets this page's leadgen webhooks (already subscribed)");
-    } else if args.dry_run {
+        ok("the app gets this page's leadgen webhooks (subscribed)");
+    } else if subscribe == Subscribe::WouldInDryRun {
         row.subscribed = Some(false);
         ok("would subscribe the app to this page's leadgen webhooks");
+    } else if subscribe == Subscribe::CheckOnly {
+        row.subscribed = Some(false);
+        fail(format!(
+            "the app does not get this page's leadgen webhooks: run `leadpipe connect` (or POST /{page}/subscribed_apps?subscribed_fields=leadgen)"
+        ));
     } else {
         match client.subscribe_page(token, &page).await {
             Ok(()) => {
@@ -653,7 +682,7 @@ async fn page_steps(
             token,
             &page,
             info.user_id.as_deref().unwrap_or_default(),
-            Some(args.app_id.as_str()),
+            app_id,
         )
         .await
     {
@@ -906,7 +935,7 @@ async fn create_test_lead(
     }
 }
 
-fn print_table(rows: &[PageRow], dry_run: bool) {
+pub(crate) fn print_table(rows: &[PageRow], dry_run: bool) {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
     table.set_header([

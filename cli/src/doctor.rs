@@ -1,12 +1,17 @@
-//! `leadpipe doctor`: the read-only check of a real setup, page by page: the token (valid,
-//! expiry, scopes), lead access in Meta's words, and the page's leadgen subscription.
+//! `leadpipe doctor`: the read-only check of a real setup, page by page, with the secret's
+//! own page tokens: the token (valid, expiry, scopes), the app's leadgen subscription, lead
+//! access in Meta's words, and the forms. The checks are `connect`'s (steps 1, 3 and 4),
+//! run without changing anything.
 
+use crate::connect::{
+    PageRow, Subscribe, check_token, fail, page_steps, print_table, report_scopes, when,
+};
 use crate::{CliError, DoctorArgs, load_secrets};
 use leadpipe_core::settings::Env;
 use leadpipe_graph::GraphClient;
-use secrecy::SecretString;
 
-/// Runs the checks and prints one line each, then a verdict; fails when anything needs doing.
+/// Runs the checks and prints one line each, a table, then a verdict; fails when anything
+/// needs doing.
 pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
     let secrets = load_secrets(args.secret_file.as_ref())?;
     let env = Env::process();
@@ -23,16 +28,53 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
         ));
     }
     let mut problems = 0;
+    let mut rows = Vec::new();
     for page in &pages {
         println!("page {page}");
+        let mut row = PageRow {
+            id: page.clone(),
+            ..PageRow::default()
+        };
         let Some(token) = secrets.token_for_page(page) else {
-            println!("  PROBLEM no token: add page_tokens.{page} (or access_token) to the secret");
+            fail(format!(
+                "no token: add page_tokens.{page} (or access_token) to the secret, or run `leadpipe connect`"
+            ));
             problems += 1;
+            rows.push(row);
             continue;
         };
-        problems += check_token_and_access(&client, token, page).await;
-        problems += check_subscription(&client, token, page).await;
+        // A page token asks about itself: doctor has no app token (no app id is given).
+        let info = match client.debug_token(token, token).await {
+            Ok(info) => info,
+            Err(e) => {
+                fail(format!("the token check failed: {e}"));
+                problems += 1;
+                rows.push(row);
+                continue;
+            }
+        };
+        if !check_token(&info, None) {
+            problems += 1;
+            rows.push(row);
+            continue;
+        }
+        problems += report_scopes(&info);
+        row.token_expiry = when(info.expires_at);
+        page_steps(
+            &client,
+            Subscribe::CheckOnly,
+            info.app_id.as_deref(),
+            &info,
+            token,
+            &mut row,
+        )
+        .await;
+        if !row.ready() {
+            problems += 1;
+        }
+        rows.push(row);
     }
+    print_table(&rows, false);
     if problems == 0 {
         println!(
             "verdict: ready: leads from {} page(s) can be received and read",
@@ -43,84 +85,5 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
         Err(CliError::Failed(format!(
             "verdict: {problems} problem(s) above; fix them and run doctor again"
         )))
-    }
-}
-
-/// The token (valid, expiry, scopes) and, with its user, the page's lead access. Returns
-/// the number of problems it printed.
-async fn check_token_and_access(client: &GraphClient, token: &SecretString, page: &str) -> usize {
-    let info = match client.debug_token(token, token).await {
-        Ok(info) if info.is_valid => info,
-        Ok(_) => {
-            println!(
-                "  PROBLEM token is not valid: issue a new one (a system user token does not expire)"
-            );
-            return 1;
-        }
-        Err(e) => {
-            println!("  PROBLEM token check failed: {e}");
-            return 1;
-        }
-    };
-    let mut problems = 0;
-    let expiry = match info.expires_at {
-        Some(0) | None => "never expires".to_owned(),
-        Some(at) => format!("expires at unix {at}"),
-    };
-    println!(
-        "  ok      token valid ({}), {expiry}",
-        info.token_type.as_deref().unwrap_or("unknown type")
-    );
-    let missing = info.missing_scopes();
-    if !missing.is_empty() {
-        problems += 1;
-        println!(
-            "  PROBLEM token lacks {}: grant them and issue a new token",
-            missing.join(", ")
-        );
-    }
-    match client
-        .has_lead_access(
-            token,
-            page,
-            info.user_id.as_deref().unwrap_or_default(),
-            info.app_id.as_deref(),
-        )
-        .await
-    {
-        Ok(access) if access.can_access_lead => println!("  ok      lead access"),
-        Ok(access) => {
-            problems += 1;
-            println!("  PROBLEM {}", access.diagnosis());
-        }
-        Err(e) => {
-            problems += 1;
-            println!("  PROBLEM lead access could not be checked: {e}");
-        }
-    }
-    problems
-}
-
-/// Whether an app gets the page's `leadgen` webhooks. Returns the problems it printed.
-async fn check_subscription(client: &GraphClient, token: &SecretString, page: &str) -> usize {
-    match client.page_subscriptions(token, page).await {
-        Ok(apps)
-            if apps
-                .iter()
-                .any(|a| a.subscribed_fields.iter().any(|f| f == "leadgen")) =>
-        {
-            println!("  ok      an app gets this page's leadgen webhooks");
-            0
-        }
-        Ok(_) => {
-            println!(
-                "  PROBLEM no app is subscribed to leadgen: POST /{page}/subscribed_apps?subscribed_fields=leadgen"
-            );
-            1
-        }
-        Err(e) => {
-            println!("  PROBLEM webhook subscription could not be read: {e}");
-            1
-        }
     }
 }

@@ -73,3 +73,28 @@ async fn doctor_gives_a_verdict_and_what_to_do() {
     assert!(text.contains("Leads Access Manager"), "{text}");
     assert!(text.contains("problem(s) above"), "{text}");
 }
+
+#[tokio::test]
+async fn doctor_names_a_page_without_the_apps_subscription_and_changes_nothing() {
+    let data = Dataset::generate(&DatasetSpec {
+        pages: 1,
+        leads: 2,
+        ..DatasetSpec::default()
+    });
+    let sandbox = Sandbox::start(data.clone(), Faults::default())
+        .await
+        .unwrap();
+    sandbox.set_accounts(leadpipe_sandbox::Accounts {
+        subscribed_pages: Some(Default::default()),
+        ..leadpipe_sandbox::Accounts::default()
+    });
+    let (ok, text) = doctor(&sandbox, &data, "unsubscribed").await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(
+            "✘ the app does not get this page's leadgen webhooks: run `leadpipe connect`"
+        ),
+        "{text}"
+    );
+    assert!(sandbox.subscribed_pages().is_empty(), "doctor only reads");
+}

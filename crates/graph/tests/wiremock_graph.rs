@@ -699,3 +699,117 @@ async fn a_cursor_resumes_only_a_next_page_of_this_client() {
     }
     assert!(server.received_requests().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn token_exchange_pages_of_accounts_and_test_lead_deletion() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v26.0/oauth/access_token"))
+        .and(query_param("grant_type", "fb_exchange_token"))
+        .and(query_param("client_id", "99"))
+        .and(query_param("client_secret", APP_SECRET))
+        .and(query_param("fb_exchange_token", "short-lived-user-token-1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"access_token": "long-lived-user-token-2", "token_type": "bearer", "expires_in": 5183944}),
+        ))
+        .mount(&server)
+        .await;
+    // Meta's error may echo what it was given: neither the app secret nor a token may
+    // reach the error's text.
+    Mock::given(method("GET"))
+        .and(path("/v26.0/oauth/access_token"))
+        .and(query_param("fb_exchange_token", "expired-user-token-3"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": {
+            "message": format!("Error validating access token expired-user-token-3 for client_secret {APP_SECRET}"),
+            "type": "OAuthException", "code": 190, "error_subcode": 463}})))
+        .mount(&server)
+        .await;
+    let next = format!(
+        "{}/v26.0/me/accounts?access_token=long-lived-user-token-2&limit=100&after=QVFI",
+        server.uri()
+    );
+    Mock::given(method("GET"))
+        .and(path("/v26.0/me/accounts"))
+        .and(query_param("after", "QVFI"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": [{"id": "778", "name": "Second", "access_token": "page-token-778", "tasks": ["MANAGE"]}],
+            "paging": {"cursors": {"before": "QVFI", "after": "QVFJ"}}})))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v26.0/me/accounts"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": [{"id": 777, "name": "First", "access_token": "page-token-777", "category": "Shop", "tasks": ["MANAGE", "ADVERTISE"]}],
+            "paging": {"cursors": {"before": "QVFH", "after": "QVFI"}, "next": next}})))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/v26.0/8008"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"success": true})),
+        )
+        .mount(&server)
+        .await;
+
+    let client = client(&server);
+    let secret = SecretString::from(APP_SECRET);
+    let exchanged = client
+        .exchange_token(
+            "99",
+            &secret,
+            &SecretString::from("short-lived-user-token-1"),
+        )
+        .await
+        .unwrap();
+    use secrecy::ExposeSecret;
+    assert_eq!(
+        exchanged.access_token.expose_secret(),
+        "long-lived-user-token-2"
+    );
+    assert_eq!(exchanged.expires_in, Some(5_183_944));
+    let err = client
+        .exchange_token("99", &secret, &SecretString::from("expired-user-token-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Token);
+    let text = format!("{err} {err:?}");
+    assert!(
+        !text.contains(APP_SECRET) && !text.contains("expired-user-token-3"),
+        "{text}"
+    );
+
+    let long = exchanged.access_token;
+    let pages: Vec<leadpipe_graph::PageAccount> = client
+        .my_accounts(&long)
+        .map_ok(|p| {
+            futures::stream::iter(p.items.into_iter().map(Ok::<_, leadpipe_graph::GraphError>))
+        })
+        .try_flatten()
+        .try_collect()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = pages.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["777", "778"]);
+    assert_eq!(pages[1].access_token.expose_secret(), "page-token-778");
+    assert!(
+        !format!("{pages:?}").contains("page-token-"),
+        "Debug hides page tokens"
+    );
+    // The next page went with our token, not the one Meta echoed in `next` (the same here),
+    // and exactly once each.
+    let requests = server.received_requests().await.unwrap();
+    let accounts: Vec<_> = requests
+        .iter()
+        .filter(|r| r.url.path() == "/v26.0/me/accounts")
+        .collect();
+    assert_eq!(accounts.len(), 2);
+    assert!(accounts.iter().all(|r| {
+        r.url
+            .query_pairs()
+            .filter(|(k, _)| k == "access_token")
+            .count()
+            == 1
+    }));
+    client.delete_node(&token(), "8008").await.unwrap();
+}
