@@ -40,9 +40,30 @@ pub enum SecretsError {
 }
 
 impl AppSecrets {
-    /// Parses the Secrets Manager JSON.
+    /// Parses the Secrets Manager JSON. Empty values count as absent: the template creates
+    /// the secret with `"app_secret": ""`, and a webhook checking signatures with an empty
+    /// key would accept posts anyone can sign, so an empty app secret is refused outright.
     pub fn from_json(json: &str) -> Result<Self, SecretsError> {
-        serde_json::from_str(json).map_err(|e| SecretsError::Shape(e.into()))
+        use secrecy::ExposeSecret;
+        let mut secrets: Self =
+            serde_json::from_str(json).map_err(|e| SecretsError::Shape(e.into()))?;
+        if secrets.app_secret.expose_secret().is_empty() {
+            return Err(SecretsError::Missing(
+                "app_secret (it is empty: set it, e.g. with `leadpipe connect`)",
+            ));
+        }
+        let present =
+            |v: &Option<SecretString>| v.as_ref().is_some_and(|s| !s.expose_secret().is_empty());
+        if !present(&secrets.verify_token) {
+            secrets.verify_token = None;
+        }
+        if !present(&secrets.access_token) {
+            secrets.access_token = None;
+        }
+        secrets
+            .page_tokens
+            .retain(|_, token| !token.expose_secret().is_empty());
+        Ok(secrets)
     }
 
     /// The verify token, or an error naming what the secret lacks.
@@ -83,6 +104,23 @@ mod tests {
         for value in ["s3cr3t-app", "vt-123", "EAAtoken", "EAApage"] {
             assert!(!debug.contains(value), "{debug}");
         }
+    }
+
+    #[test]
+    fn empty_values_are_absent_and_an_empty_app_secret_is_refused() {
+        // The secret as the template creates it, before anyone set it.
+        let err = AppSecrets::from_json(
+            r#"{"app_secret":"","access_token":"","page_tokens":{},"verify_token":"generated"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("app_secret"), "{err}");
+        let secrets = AppSecrets::from_json(
+            r#"{"app_secret":"s","access_token":"","verify_token":"","page_tokens":{"1":"","2":"t"}}"#,
+        )
+        .unwrap();
+        assert!(secrets.access_token.is_none() && secrets.verify_token.is_none());
+        assert_eq!(secrets.page_tokens.len(), 1);
+        assert!(secrets.token_for_page("1").is_none());
     }
 
     #[test]
