@@ -7,6 +7,7 @@
 //! * [`accept`]: the webhook use case: verify, parse, queue, and say what to answer Meta.
 //! * [`ingest`]: queued lead events to stored leads, message by message.
 //! * [`backfill`]: forms' and ads' leads since their checkpoints, in resumable time slices.
+//! * [`lead_received`]: lead event v1 and the deliver use case (one event per first write).
 //! * [`memory`]: in-memory fakes of every port, for the use cases' own tests.
 //!
 //! The use cases return reports ([`ingest::IngestReport`], [`backfill::BackfillSummary`],
@@ -25,6 +26,7 @@ pub mod contract;
 pub mod event;
 pub mod ids;
 pub mod ingest;
+pub mod lead_received;
 pub mod memory;
 pub mod ports;
 pub mod record;

@@ -98,7 +98,8 @@ pub trait EventQueue: Send + Sync {
 }
 
 /// Where a lead came from into the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LeadSourceKind {
     /// Read because a webhook announced it.
     Webhook,
