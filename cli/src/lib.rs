@@ -8,6 +8,7 @@ pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod export;
+pub mod forward;
 pub mod pipeline;
 pub mod status;
 

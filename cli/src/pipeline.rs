@@ -411,11 +411,52 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's body.
     #[arg(long, env = "LEADPIPE_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
     pub body_timeout_seconds: u64,
+    /// POST each new lead's event (lead event v1) to this URL, from a durable outbox.
+    #[arg(long, env = "LEADPIPE_FORWARD_TO", requires = "forward_secret_file")]
+    pub forward_to: Option<String>,
+    /// The key that signs forwarded posts (X-Leadpipe-Signature-256), in a file.
+    #[arg(long, env = "LEADPIPE_FORWARD_SECRET_FILE", requires = "forward_to")]
+    pub forward_secret_file: Option<PathBuf>,
+    /// The first retry's longest wait, in ms; doubled per attempt (with jitter) up to 10 min.
+    #[arg(long, env = "LEADPIPE_FORWARD_FIRST_RETRY_MS", default_value_t = 1000)]
+    pub forward_first_retry_ms: u64,
+}
+
+/// The forward URL and key from `serve`'s flags, checked before anything starts.
+fn forward_settings(args: &ServeArgs) -> Result<Option<(String, secrecy::SecretString)>, CliError> {
+    let (Some(url), Some(key_file)) = (&args.forward_to, &args.forward_secret_file) else {
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(url)
+        .map_err(|e| CliError::Settings(format!("--forward-to is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "https" | "http") {
+        return Err(CliError::Settings(
+            "--forward-to must be an http(s) URL".into(),
+        ));
+    }
+    let key = std::fs::read_to_string(key_file).map_err(|e| {
+        CliError::Settings(format!(
+            "the forward key file {} cannot be read: {e}",
+            key_file.display()
+        ))
+    })?;
+    let key = key.trim();
+    if key.len() < 16 {
+        return Err(CliError::Settings(format!(
+            "the forward key in {} is shorter than 16 characters: use a long random one",
+            key_file.display()
+        )));
+    }
+    Ok(Some((
+        url.clone(),
+        secrecy::SecretString::from(key.to_owned()),
+    )))
 }
 
 /// `leadpipe serve`: runs until interrupted.
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let secrets = crate::load_secrets(args.secret_file.as_ref())?;
+    let forward = forward_settings(&args)?;
     let tuning = Tuning {
         visibility: Duration::from_secs(args.visibility_seconds.max(1)),
         ..Tuning::default()
@@ -445,6 +486,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
     };
+    // The outbox is on before any worker stores a lead, so every new lead has its event.
+    let forwarder = match forward {
+        Some((url, key)) => {
+            pipeline.db.enable_outbox();
+            let forwarder = crate::forward::Forwarder::new(
+                pipeline.db.clone(),
+                url,
+                key,
+                crate::forward::ForwardSettings {
+                    first_wait: Duration::from_millis(args.forward_first_retry_ms.max(1)),
+                    ..crate::forward::ForwardSettings::default()
+                },
+            )?;
+            Some(tokio::spawn(forwarder.run(stop.clone())))
+        }
+        None => None,
+    };
     let server = pipeline.spawn_http(listener, limits);
     let workers = pipeline.spawn_workers(args.workers, stop.clone());
     tracing::info!(address = %address, db = %args.db.display(), workers = args.workers, "leadpipe serving; webhook at /webhook");
@@ -468,6 +526,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     server.abort();
     for worker in workers {
         let _ = worker.await;
+    }
+    if let Some(forwarder) = forwarder {
+        let _ = forwarder.await;
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `leadpipe status --db PATH`: what the local pipeline holds, for a person (a table and a
 //! verdict) or a script (`--json`): the queue's depth and its oldest message's age, dead
 //! letters by reason class with the newest reason, each form's checkpoint and last run, and
-//! leads stored in the last 24 hours and 7 days per form. Ids and counts only: no lead value.
+//! leads stored in the last 24 hours and 7 days per form, and the forwarding outbox. Ids and counts only: no lead value.
 //! It opens the file read-only and exits non-zero when something needs a person. (The
 //! deployed stack's side, `--stack`, is not built yet.)
 
@@ -60,6 +60,27 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         ));
     }
 
+    // A file from before forwarding existed has no outbox table: nothing to show then.
+    let outbox = db.outbox_summary().ok();
+    let outbox_oldest_s = outbox.as_ref().and_then(|o| o.oldest_pending_ms).map(|at| {
+        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+        (now_ms - at).max(0) / 1000
+    });
+    if let Some(o) = &outbox {
+        if o.dead > 0 {
+            needs.push(format!(
+                "{} lead event(s) could not be forwarded: read the reason, fix the receiver, then replay them",
+                o.dead
+            ));
+        }
+        if outbox_oldest_s.is_some_and(|age| age > STUCK_AFTER.as_secs() as i64) {
+            needs.push(format!(
+                "the oldest lead event waits {} s to be forwarded: is the receiver up?",
+                outbox_oldest_s.unwrap_or_default()
+            ));
+        }
+    }
+
     if args.json {
         let per_form = |rows: &[(Option<String>, i64)]| {
             rows.iter()
@@ -74,6 +95,8 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
                 {"key": key, "checkpoint": cp, "updated_at": at, "last_run": {"leads_read": read, "new": new, "already_present": present}})).collect::<Vec<_>>(),
             "stored_last_24h": per_form(&day),
             "stored_last_7d": per_form(&week),
+            "forwarding": outbox.as_ref().map(|o| serde_json::json!({"pending": o.pending,
+                "oldest_pending_age_seconds": outbox_oldest_s, "dead": o.dead, "newest_dead_reason": o.newest_dead_reason})),
             "needs_a_person": needs,
         });
         println!("{report}");
@@ -103,6 +126,20 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
                 .unwrap_or(0);
             let name = form.as_deref().unwrap_or("(no form)");
             println!("  {name:<20} {day_n:>6} {week_n:>8}");
+        }
+        if let Some(o) = outbox.as_ref().filter(|o| o.pending + o.dead > 0) {
+            println!(
+                "forwarding     {} pending{}, {} dead{}",
+                o.pending,
+                outbox_oldest_s
+                    .map(|age| format!(" (oldest {age} s)"))
+                    .unwrap_or_default(),
+                o.dead,
+                o.newest_dead_reason
+                    .as_deref()
+                    .map(|r| format!(": newest reason {r}"))
+                    .unwrap_or_default()
+            );
         }
         match needs.as_slice() {
             [] => println!("verdict: ok"),

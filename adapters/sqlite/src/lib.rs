@@ -5,11 +5,15 @@
 
 #![warn(missing_docs)]
 use leadpipe_core::event::LeadEvent;
+use leadpipe_core::lead_received::LeadReceived;
 use leadpipe_core::ports::{
     Cause, CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl,
     QueueError, RunFacts, StoreError, StoredLead,
 };
 use leadpipe_core::record::contract_time;
+
+mod outbox;
+pub use outbox::{OutboxItem, OutboxSummary};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -53,6 +57,17 @@ CREATE TABLE IF NOT EXISTS leads (
 );
 CREATE INDEX IF NOT EXISTS by_form ON leads (form_id, created_time);
 CREATE TABLE IF NOT EXISTS write_probe (at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    lead_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    leased INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
 CREATE TABLE IF NOT EXISTS state (
     pk TEXT PRIMARY KEY,
     checkpoint INTEGER NOT NULL,
@@ -103,6 +118,9 @@ pub struct LocalDb {
     conn: Arc<Mutex<Connection>>,
     /// The post writer (group commit); absent on a read-only handle.
     posts: Option<PostWriter>,
+    /// Whether a first insert also writes the lead's event to the outbox (`serve
+    /// --forward-to`), in the same transaction.
+    outbox: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// One post's queue messages, and where to say whether they are durable.
@@ -279,6 +297,7 @@ impl LocalDb {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             posts: Some(PostWriter::start(path)?),
+            outbox: Arc::default(),
         })
     }
 
@@ -292,6 +311,7 @@ impl LocalDb {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             posts: None,
+            outbox: Arc::default(),
         })
     }
 
@@ -605,6 +625,8 @@ impl QueueControl for LocalQueueControl {
 
 impl LeadStore for LocalDb {
     async fn put_leads(&self, leads: &[StoredLead]) -> Result<Vec<PutOutcome>, StoreError> {
+        let outbox = self.outbox.load(std::sync::atomic::Ordering::Relaxed);
+        let now = now_unix_ms();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(leads.len());
@@ -646,6 +668,14 @@ impl LeadStore for LocalDb {
                         record.ingested_at,
                     ],
                 )?;
+                // The lead's event, in the same transaction as its first write: a lead stored
+                // is a lead to forward, whatever crashes next (docs/leads-out.md).
+                if changed == 1 && outbox {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO outbox (lead_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?3)",
+                        params![record.lead_id, LeadReceived::from_record(&record).to_json(), now],
+                    )?;
+                }
                 outcomes.push(if changed == 1 { PutOutcome::Inserted } else { PutOutcome::AlreadyPresent });
             }
             tx.commit()?;
