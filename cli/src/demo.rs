@@ -42,6 +42,9 @@ pub struct DemoArgs {
     /// No progress bars (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
+    /// Share of forwarded posts the demo's receiver answers 503 (each is retried).
+    #[arg(long, default_value_t = 0.1)]
+    pub forward_fail: f64,
 }
 
 impl Default for DemoArgs {
@@ -55,6 +58,7 @@ impl Default for DemoArgs {
             db: None,
             keep: false,
             quiet: true,
+            forward_fail: 0.1,
         }
     }
 }
@@ -90,6 +94,18 @@ pub struct DemoReport {
     pub received_to_stored_ms: Option<(u64, u64)>,
     /// Speed to lead of the webhook's leads, Meta's `created_time` to stored: (p50, p99) ms.
     pub created_to_stored_ms: Option<(u64, u64)>,
+    /// Leads the demo's receiver got, counted once each (by `Idempotency-Key`).
+    pub forwarded: usize,
+    /// POSTs the receiver answered, failures included.
+    pub forward_calls: usize,
+    /// POSTs the receiver failed on purpose (each retried).
+    pub forward_failed: usize,
+    /// Leads the receiver got more than once (a retry after a lost answer).
+    pub forwarded_twice: usize,
+    /// Stored to delivered at the receiver: (p50, p99) ms.
+    pub stored_to_forwarded_ms: Option<(u64, u64)>,
+    /// Leads per second the receiver got, from its first to its last.
+    pub forward_rate: Option<u64>,
 }
 
 fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
@@ -136,22 +152,168 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
     });
     let pipeline = Arc::new(local_pipeline(&db, &data, &sandbox)?);
+    // 0. Every new lead is forwarded to a receiver that fails some calls on purpose.
+    let receiver = Receiver::start(args.forward_fail).await?;
+    pipeline.db.enable_outbox();
+    let forward_stop = Arc::new(AtomicBool::new(false));
+    let forward_latencies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let forwarder = crate::forward::Forwarder::new(
+        pipeline.db.clone(),
+        receiver.url.clone(),
+        SecretString::from("demo-forward-key-0123456789"),
+        crate::forward::ForwardSettings {
+            first_wait: Duration::from_millis(20),
+            ..crate::forward::ForwardSettings::default()
+        },
+    )?
+    .record_latencies(forward_latencies.clone());
+    let forwarding = tokio::spawn(forwarder.run(forward_stop.clone()));
 
     // 1. Meta delivers, imperfectly; 2. ingest drains the queue.
     let sent = deliver_and_ingest(&pipeline, &data, &args).await?;
     // 3. Backfill recovers what the webhooks missed.
     recover(&pipeline, &data, args.quiet).await;
+    // 5. The receiver has every lead.
+    drain_outbox(&pipeline, &receiver, args.quiet).await?;
+    forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = forwarding.await;
     // 4. Compare with the sandbox, field for field.
     let mut report = compare(&pipeline, &data, &sent, &db)?;
+    receiver.fill(&mut report);
+    report.stored_to_forwarded_ms = percentiles(
+        forward_latencies
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default(),
+    );
     report.seconds = started.elapsed().as_secs();
     print_report(&report, &db, args.keep || args.db.is_some());
-    if report.missing > 0 || report.mismatched > 0 {
+    if report.missing > 0 || report.mismatched > 0 || report.forwarded != report.stored {
         return Err(CliError::Failed(format!(
-            "{} lead(s) missing, {} differing",
-            report.missing, report.mismatched
+            "{} lead(s) missing, {} differing, {} of {} forwarded",
+            report.missing, report.mismatched, report.forwarded, report.stored
         )));
     }
     Ok(report)
+}
+
+/// The demo's stand-in for a CRM: counts each lead by its `Idempotency-Key` and answers 503
+/// to a share of calls.
+struct Receiver {
+    url: String,
+    seen: Arc<std::sync::Mutex<ReceiverCounts>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+type ReceiverState = (
+    Arc<std::sync::Mutex<ReceiverCounts>>,
+    Arc<std::sync::Mutex<fastrand::Rng>>,
+);
+
+#[derive(Default)]
+struct ReceiverCounts {
+    keys: BTreeMap<String, usize>,
+    calls: usize,
+    failed: usize,
+    first_and_last: Option<(Instant, Instant)>,
+}
+
+impl Receiver {
+    async fn start(fail_rate: f64) -> Result<Self, CliError> {
+        let seen = Arc::new(std::sync::Mutex::new(ReceiverCounts::default()));
+        let rng = Arc::new(std::sync::Mutex::new(fastrand::Rng::with_seed(5)));
+        let state = (seen.clone(), rng);
+        let app = axum::Router::new()
+            .route(
+                "/leads",
+                axum::routing::post(
+                    move |axum::extract::State((seen, rng)): axum::extract::State<
+                        ReceiverState,
+                    >,
+                          headers: axum::http::HeaderMap| async move {
+                        let fail = rng.lock().map(|mut r| r.f64() < fail_rate).unwrap_or(false);
+                        let Ok(mut seen) = seen.lock() else {
+                            return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                        };
+                        seen.calls += 1;
+                        if fail {
+                            seen.failed += 1;
+                            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let key = headers
+                            .get("idempotency-key")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        *seen.keys.entry(key).or_default() += 1;
+                        let now = Instant::now();
+                        seen.first_and_last = Some(match seen.first_and_last {
+                            Some((first, _)) => (first, now),
+                            None => (now, now),
+                        });
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| CliError::Failed(format!("the demo's receiver: {e}")))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| CliError::Failed(format!("the demo's receiver: {e}")))?;
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            url: format!("http://{address}/leads"),
+            seen,
+            _server: server,
+        })
+    }
+
+    fn fill(&self, report: &mut DemoReport) {
+        if let Ok(seen) = self.seen.lock() {
+            report.forwarded = seen.keys.len();
+            report.forward_calls = seen.calls;
+            report.forward_failed = seen.failed;
+            report.forwarded_twice = seen.keys.values().filter(|n| **n > 1).count();
+            report.forward_rate = seen.first_and_last.and_then(|(first, last)| {
+                let secs = (last - first).as_secs_f64();
+                (secs > 0.0).then(|| (seen.keys.len() as f64 / secs) as u64)
+            });
+        }
+    }
+}
+
+/// Waits until the outbox is empty, as long as the receiver keeps getting leads.
+async fn drain_outbox(
+    pipeline: &Pipeline,
+    receiver: &Receiver,
+    quiet: bool,
+) -> Result<(), CliError> {
+    let stored = pipeline.db.lead_count()? as usize;
+    let forwarding = bar(quiet, stored, "forwarded");
+    let mut last = (Instant::now(), 0usize);
+    loop {
+        let summary = pipeline.db.outbox_summary()?;
+        let got = receiver.seen.lock().map(|s| s.keys.len()).unwrap_or(0);
+        forwarding.set_position(got as u64);
+        if summary.pending == 0 {
+            break;
+        }
+        if got != last.1 {
+            last = (Instant::now(), got);
+        } else if last.0.elapsed() > Duration::from_secs(60) {
+            return Err(CliError::Failed(format!(
+                "forwarding stalled with {} lead event(s) pending",
+                summary.pending
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    forwarding.finish();
+    Ok(())
 }
 
 /// The local pipeline on `db`, reading the sandbox with its page tokens, tuned so the
@@ -340,6 +502,22 @@ fn print_report(report: &DemoReport, db: &Path, keep: bool) {
         "  speed to lead, created→stored  {} (the sandbox dates its leads up to days back)",
         show(report.created_to_stored_ms)
     );
+    println!(
+        "  forwarded to a receiver        {:>7} (each once by Idempotency-Key; {} of {} calls failed on purpose and were retried; {} received twice)",
+        report.forwarded, report.forward_failed, report.forward_calls, report.forwarded_twice
+    );
+    println!(
+        "  stored→forwarded               {}",
+        report
+            .stored_to_forwarded_ms
+            .map(|(p50, p99)| format!("p50 {p50} ms, p99 {p99} ms"))
+            .unwrap_or_else(|| "nothing forwarded".into())
+    );
+    if let Some(rate) = report.forward_rate {
+        println!(
+            "  forwarding rate                {rate:>7} leads/s (first to last delivery; bounded by ingest here)"
+        );
+    }
     println!("  time                           {:>6}s", report.seconds);
     if keep {
         println!("  data                           {}", db.display());

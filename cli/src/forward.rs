@@ -71,9 +71,17 @@ pub struct Forwarder {
     url: String,
     key: SecretString,
     settings: ForwardSettings,
+    /// Stored-to-delivered times (ms), kept only when asked (the demo's table).
+    latencies: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
 }
 
 impl Forwarder {
+    /// Keeps each delivered event's time from stored to delivered, in `into`.
+    pub fn record_latencies(mut self, into: Arc<std::sync::Mutex<Vec<u64>>>) -> Self {
+        self.latencies = Some(into);
+        self
+    }
+
     /// A forwarder over `db`'s outbox to `url`, signing with `key`.
     pub fn new(
         db: LocalDb,
@@ -94,6 +102,7 @@ impl Forwarder {
             url,
             key,
             settings,
+            latencies: None,
         })
     }
 
@@ -136,6 +145,11 @@ impl Forwarder {
         let result = match &delivery {
             Delivery::Delivered => {
                 tracing::debug!(lead_id = %item.lead_id, "lead forwarded");
+                if let Some(all) = &self.latencies
+                    && let Ok(mut all) = all.lock()
+                {
+                    all.push((now - item.created_at).max(0) as u64);
+                }
                 self.db.outbox_delivered(&item.lead_id)
             }
             Delivery::Retry { after, reason } => {
