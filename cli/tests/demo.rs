@@ -47,7 +47,10 @@ async fn a_thousand_lead_demo_with_drops_duplicates_and_faults_stores_every_lead
     assert!(created_p50 >= p50, "created before received: {report:?}");
     // Leads out: the demo's receiver got each stored lead, despite the calls it failed.
     assert_eq!(report.forwarded, 1000, "{report:?}");
-    assert!(report.forward_failed > 0, "failures were injected: {report:?}");
+    assert!(
+        report.forward_failed > 0,
+        "failures were injected: {report:?}"
+    );
     assert_eq!(
         report.forward_calls,
         report.forward_failed + 1000 + report.forwarded_twice,

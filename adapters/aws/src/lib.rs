@@ -6,10 +6,12 @@
 
 #![warn(missing_docs)]
 pub mod dynamo;
+pub mod events;
 pub mod secrets;
 pub mod sqs;
 
 pub use dynamo::{DynamoCheckpointStore, DynamoLeadStore};
+pub use events::EventBridgePublisher;
 pub use secrets::load_secrets;
 pub use sqs::{SqsEventQueue, SqsQueueControl};
 

@@ -217,6 +217,24 @@ pub struct DeliverReport {
     pub retry_from: Option<String>,
 }
 
+impl DeliverReport {
+    /// The counts the edges emit as metrics.
+    pub fn metrics(&self) -> [(&'static str, u64); 4] {
+        [
+            ("LeadEventsPublished", self.published as u64),
+            (
+                "LeadEventPublishFailures",
+                self.publish_failures.values().sum::<usize>() as u64,
+            ),
+            ("UnreadableStreamRecords", self.unreadable.len() as u64),
+            (
+                "DeliverBatchesRetried",
+                u64::from(self.retry_from.is_some()),
+            ),
+        ]
+    }
+}
+
 /// Publishes one event per first write, in stream order, ten at a time. A chunk's failed
 /// entries are retried (with a doubling wait); if some still fail, the batch stops there and
 /// [`DeliverReport::retry_from`] names the first failed record, so the stream hands it (and
