@@ -207,7 +207,8 @@ fn value_size(value: &AttributeValue) -> usize {
     }
 }
 
-/// Creates a leads table with the contract's keys (docs/architecture.md) and `by_form` GSI (on-demand billing). For
+/// Creates a leads table with the contract's keys (docs/architecture.md), the `by_form` GSI
+/// and a NEW_IMAGE stream (on-demand billing). For
 /// tests and local runs against moto; in AWS the SAM template owns the table.
 pub async fn create_leads_table(
     client: &aws_sdk_dynamodb::Client,
@@ -215,7 +216,7 @@ pub async fn create_leads_table(
 ) -> Result<(), StoreError> {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-        Projection, ProjectionType, ScalarAttributeType,
+        Projection, ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
     };
     let build = |e: aws_sdk_dynamodb::error::BuildError| StoreError::Rejected(Cause::from_error(e));
     let attribute = |name: &str| {
@@ -252,6 +253,14 @@ pub async fn create_leads_table(
         .attribute_definitions(attribute("created_time")?)
         .key_schema(key("lead_id", KeyType::Hash)?)
         .global_secondary_indexes(by_form)
+        // As the template: deliver reads first writes from the stream.
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewImage)
+                .build()
+                .map_err(build)?,
+        )
         .send()
         .await
         .map_err(|e| StoreError::Rejected(Cause::described(describe_sdk_error(&e), e)))?;

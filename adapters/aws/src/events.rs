@@ -196,40 +196,40 @@ pub fn lead_from_image(image: &Value) -> Result<LeadReceived, String> {
     })
 }
 
-/// An SDK attribute value in DynamoDB's JSON, as Lambda's stream events carry it (for a
-/// poller that hands `GetRecords` results to the function, as Lambda's does).
-pub fn attribute_json(value: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
-    use aws_sdk_dynamodb::types::AttributeValue as A;
-    match value {
-        A::S(s) => serde_json::json!({ "S": s }),
-        A::N(n) => serde_json::json!({ "N": n }),
-        A::Bool(b) => serde_json::json!({ "BOOL": b }),
-        A::Null(_) => serde_json::json!({ "NULL": true }),
-        A::L(list) => {
-            serde_json::json!({ "L": list.iter().map(attribute_json).collect::<Vec<_>>() })
-        }
-        A::M(map) => serde_json::json!({ "M": item_json(map) }),
-        A::Ss(list) => serde_json::json!({ "SS": list }),
-        A::Ns(list) => serde_json::json!({ "NS": list }),
-        _ => Value::Null,
-    }
-}
-
-/// An item in DynamoDB's JSON.
-pub fn item_json(
-    item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
-) -> Value {
-    Value::Object(
-        item.iter()
-            .map(|(k, v)| (k.clone(), attribute_json(v)))
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use leadpipe_core::ports::StoredLead;
+
+    /// An SDK attribute value in DynamoDB's JSON, as Lambda's stream events carry it (for a
+    /// poller that hands `GetRecords` results to the function, as Lambda's does).
+    fn attribute_json(value: &aws_sdk_dynamodb::types::AttributeValue) -> Value {
+        use aws_sdk_dynamodb::types::AttributeValue as A;
+        match value {
+            A::S(s) => serde_json::json!({ "S": s }),
+            A::N(n) => serde_json::json!({ "N": n }),
+            A::Bool(b) => serde_json::json!({ "BOOL": b }),
+            A::Null(_) => serde_json::json!({ "NULL": true }),
+            A::L(list) => {
+                serde_json::json!({ "L": list.iter().map(attribute_json).collect::<Vec<_>>() })
+            }
+            A::M(map) => serde_json::json!({ "M": item_json(map) }),
+            A::Ss(list) => serde_json::json!({ "SS": list }),
+            A::Ns(list) => serde_json::json!({ "NS": list }),
+            _ => Value::Null,
+        }
+    }
+
+    /// An item in DynamoDB's JSON.
+    fn item_json(
+        item: &std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    ) -> Value {
+        Value::Object(
+            item.iter()
+                .map(|(k, v)| (k.clone(), attribute_json(v)))
+                .collect(),
+        )
+    }
 
     #[test]
     fn the_stream_image_of_a_stored_item_is_the_same_event_as_the_record() {

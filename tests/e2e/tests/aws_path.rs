@@ -612,12 +612,209 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         "every unreadable lead is in the DLQ with its id, to redrive after a fix"
     );
 
+    // ---- leads out: the table's stream through deliver to the bus, one event per lead -----------
+    // As the template wires it: a bus, a rule on `source` and `detail-type` with an SQS queue
+    // as its target (standing in for an API destination or a person's own rule), and the
+    // deliver binary handed the stream's records the way Lambda's stream poller does.
+    let eventbridge = aws_sdk_eventbridge::Client::new(&config);
+    let bus = unique_name("e2e-bus");
+    eventbridge
+        .create_event_bus()
+        .name(&bus)
+        .send()
+        .await
+        .unwrap();
+    let target_url = sqs
+        .create_queue()
+        .queue_name(unique_name("e2e-lead-events"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let target_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&target_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .unwrap();
+    let rule = unique_name("e2e-rule");
+    eventbridge
+        .put_rule()
+        .name(&rule)
+        .event_bus_name(&bus)
+        .event_pattern(
+            serde_json::json!({"source": ["leadpipe"], "detail-type": ["Lead Received"]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    eventbridge
+        .put_targets()
+        .rule(&rule)
+        .event_bus_name(&bus)
+        .targets(
+            aws_sdk_eventbridge::types::Target::builder()
+                .id("leads")
+                .arn(&target_arn)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let deliver_calls = record(moto.clone()).await;
+    let deliver = start(
+        "leadpipe-deliver",
+        &env_with(&[
+            ("AWS_ENDPOINT_URL", &deliver_calls.url),
+            ("EVENT_BUS_NAME", &bus),
+        ]),
+    )
+    .await;
+    let streams = aws_sdk_dynamodbstreams::Client::new(&config);
+    let stream_arn = ddb
+        .describe_table()
+        .table_name(&leads_table)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .unwrap()
+        .latest_stream_arn
+        .unwrap();
+    let shards = streams
+        .describe_stream()
+        .stream_arn(&stream_arn)
+        .send()
+        .await
+        .unwrap()
+        .stream_description
+        .unwrap()
+        .shards
+        .unwrap_or_default();
+    let (mut stream_records, mut deliver_invocations) = (0usize, 0usize);
+    for shard in shards {
+        let mut iterator = streams
+            .get_shard_iterator()
+            .stream_arn(&stream_arn)
+            .shard_id(shard.shard_id().unwrap())
+            .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap()
+            .shard_iterator;
+        while let Some(current) = iterator {
+            let got = streams
+                .get_records()
+                .shard_iterator(current)
+                .limit(100)
+                .send()
+                .await
+                .unwrap();
+            let mut batch: Vec<aws_sdk_dynamodbstreams::types::Record> = got.records().to_vec();
+            if batch.is_empty() {
+                break;
+            }
+            stream_records += batch.len();
+            // Lambda retries from the reported record, as many times as it takes here.
+            for _ in 0..10 {
+                let answer = deliver
+                    .api
+                    .invoke(
+                        &leadpipe_lambda_harness::events::dynamodb_stream_event(
+                            &batch,
+                            &stream_arn,
+                        ),
+                        Duration::from_secs(60),
+                        WAIT,
+                    )
+                    .await
+                    .unwrap()
+                    .json()
+                    .unwrap();
+                deliver_invocations += 1;
+                let Some(from) = answer["batchItemFailures"]
+                    .as_array()
+                    .and_then(|f| f.first())
+                    .and_then(|f| f["itemIdentifier"].as_str())
+                else {
+                    break;
+                };
+                let at = batch
+                    .iter()
+                    .position(|r| r.dynamodb().and_then(|d| d.sequence_number()) == Some(from))
+                    .unwrap();
+                batch.drain(..at);
+            }
+            iterator = got.next_shard_iterator;
+        }
+    }
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../schemas/lead-received.v1.json")).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut events_per_lead: BTreeMap<String, usize> = BTreeMap::new();
+    let mut empty_receives = 0;
+    while empty_receives < 3 {
+        let got = sqs
+            .receive_message()
+            .queue_url(&target_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .unwrap();
+        if got.messages().is_empty() {
+            empty_receives += 1;
+            continue;
+        }
+        empty_receives = 0;
+        for message in got.messages() {
+            let envelope: serde_json::Value =
+                serde_json::from_str(message.body().unwrap()).unwrap();
+            assert_eq!(envelope["source"], "leadpipe", "{envelope}");
+            assert_eq!(envelope["detail-type"], "Lead Received", "{envelope}");
+            let detail = &envelope["detail"];
+            let errors: Vec<String> = validator
+                .iter_errors(detail)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "not lead event v1: {errors:?}");
+            let lead_id = detail["lead_id"].as_str().unwrap().to_owned();
+            let item = &items[&lead_id];
+            assert_eq!(detail["source"], item["source"], "{lead_id}");
+            *events_per_lead.entry(lead_id).or_default() += 1;
+            sqs.delete_message()
+                .queue_url(&target_url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let event_ids: BTreeSet<&str> = events_per_lead.keys().map(String::as_str).collect();
+    assert_eq!(
+        event_ids, stored_ids,
+        "one event per stored lead, none for anything else"
+    );
+    let doubled: Vec<(&String, &usize)> = events_per_lead.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "events published twice: {doubled:?}");
+    println!(
+        "e2e: leads out: {stream_records} stream records, {deliver_invocations} deliver invocations, {} Lead Received events, one per stored lead",
+        events_per_lead.len()
+    );
+
     // ---- what each function called, for infra/tests' least-privilege proof ---------------------
     let mut observed = serde_json::Map::new();
     for (name, proxies) in [
         ("webhook", vec![&webhook_calls]),
         ("ingest", vec![&ingest_calls, &ingest_ddb_calls]),
         ("backfill", vec![&backfill_calls, &backfill_ddb_calls]),
+        ("deliver", vec![&deliver_calls]),
     ] {
         let calls: BTreeSet<String> = proxies.iter().flat_map(|p| p.state.aws_calls()).collect();
         observed.insert(name.to_owned(), serde_json::json!(calls));
@@ -656,6 +853,7 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
     let mut processes = vec![
         ("webhook", &webhook.process),
         ("backfill", &backfill.process),
+        ("deliver", &deliver.process),
     ];
     processes.extend(ingests.iter().map(|i| ("ingest", &i.process)));
     for (name, function) in processes {

@@ -133,3 +133,63 @@ pub fn sqs_event_from(records: &[(String, String, String)]) -> Value {
 pub fn scheduled_event() -> Value {
     serde_json::from_str(SCHEDULED).unwrap_or_else(|_| json!({}))
 }
+
+/// A DynamoDB stream batch as Lambda's poller hands it to a function, from `GetRecords`
+/// results (the shape of `sam local generate-event dynamodb update`).
+pub fn dynamodb_stream_event(
+    records: &[aws_sdk_dynamodbstreams::types::Record],
+    stream_arn: &str,
+) -> Value {
+    let records: Vec<Value> = records
+        .iter()
+        .map(|record| {
+            let data = record.dynamodb();
+            let mut dynamodb = json!({
+                "SequenceNumber": data.and_then(|d| d.sequence_number()).unwrap_or_default(),
+                "SizeBytes": data.and_then(|d| d.size_bytes()).unwrap_or_default(),
+                "StreamViewType": data.and_then(|d| d.stream_view_type()).map(|v| v.as_str()).unwrap_or("NEW_IMAGE"),
+            });
+            if let Some(keys) = data.and_then(|d| d.keys.as_ref()) {
+                dynamodb["Keys"] = stream_item_json(keys);
+            }
+            if let Some(image) = data.and_then(|d| d.new_image.as_ref()) {
+                dynamodb["NewImage"] = stream_item_json(image);
+            }
+            json!({
+                "eventID": record.event_id().unwrap_or_default(),
+                "eventName": record.event_name().map(|n| n.as_str()).unwrap_or_default(),
+                "eventVersion": "1.1",
+                "eventSource": "aws:dynamodb",
+                "awsRegion": record.aws_region().unwrap_or("us-east-1"),
+                "dynamodb": dynamodb,
+                "eventSourceARN": stream_arn,
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+fn stream_item_json(
+    item: &std::collections::HashMap<String, aws_sdk_dynamodbstreams::types::AttributeValue>,
+) -> Value {
+    Value::Object(
+        item.iter()
+            .map(|(k, v)| (k.clone(), stream_attribute_json(v)))
+            .collect(),
+    )
+}
+
+fn stream_attribute_json(value: &aws_sdk_dynamodbstreams::types::AttributeValue) -> Value {
+    use aws_sdk_dynamodbstreams::types::AttributeValue as A;
+    match value {
+        A::S(s) => json!({ "S": s }),
+        A::N(n) => json!({ "N": n }),
+        A::Bool(b) => json!({ "BOOL": b }),
+        A::Null(_) => json!({ "NULL": true }),
+        A::L(list) => json!({ "L": list.iter().map(stream_attribute_json).collect::<Vec<_>>() }),
+        A::M(map) => json!({ "M": stream_item_json(map) }),
+        A::Ss(list) => json!({ "SS": list }),
+        A::Ns(list) => json!({ "NS": list }),
+        _ => Value::Null,
+    }
+}
