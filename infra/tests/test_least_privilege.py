@@ -31,6 +31,17 @@ PLATFORM = {
         "sqs:GetQueueAttributes",
     },
     "backfill": {"logs:CreateLogStream", "logs:PutLogEvents"},
+    # The DynamoDB stream's event source mapping reads the stream and sends the batches it
+    # gives up on to the on-failure destination, with the function's role.
+    "deliver": {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "dynamodb:DescribeStream",
+        "dynamodb:GetRecords",
+        "dynamodb:GetShardIterator",
+        "dynamodb:ListStreams",
+        "sqs:SendMessage",
+    },
 }
 
 # The API call seen on the wire -> the IAM action that authorises it.
@@ -40,7 +51,12 @@ AUTHORISED_AS = {
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
 }
 
-FUNCTIONS = {"webhook": "WebhookFunction", "ingest": "IngestFunction", "backfill": "BackfillFunction"}
+FUNCTIONS = {
+    "webhook": "WebhookFunction",
+    "ingest": "IngestFunction",
+    "backfill": "BackfillFunction",
+    "deliver": "DeliverFunction",
+}
 
 
 class NoManagedPolicies:

@@ -19,6 +19,10 @@ def ref_target(value):
     if isinstance(value, dict):
         if "Ref" in value:
             return value["Ref"]
+        if "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+            # `${LeadsTable.Arn}/stream/*`: the one resource the string is built on.
+            found = re.search(r"\$\{([A-Za-z0-9]+)(\.[A-Za-z]+)?\}", value["Fn::Sub"])
+            return found.group(1) if found else None
         if "Fn::GetAtt" in value:
             target = value["Fn::GetAtt"]
             return target[0] if isinstance(target, list) else str(target).split(".")[0]
@@ -32,12 +36,14 @@ class TemplateContracts(unittest.TestCase):
         cls.resources = cls.t["Resources"]
         cls.functions = {k: v for k, v in cls.resources.items() if v["Type"] == "AWS::Serverless::Function"}
 
-    def test_three_rust_functions_on_arm64_al2023(self):
+    def test_four_rust_functions_on_arm64_al2023(self):
         binaries = {}
         for name, fn in self.functions.items():
             self.assertEqual(fn["Metadata"]["BuildMethod"], "rust-cargolambda", name)
             binaries[fn["Metadata"]["BuildProperties"]["Binary"]] = name
-        self.assertEqual(set(binaries), {"leadpipe-webhook", "leadpipe-ingest", "leadpipe-backfill"})
+        self.assertEqual(
+            set(binaries), {"leadpipe-webhook", "leadpipe-ingest", "leadpipe-backfill", "leadpipe-deliver"}
+        )
         glob = self.t["Globals"]["Function"]
         self.assertEqual(glob["Runtime"], "provided.al2023")
         self.assertEqual(glob["Architectures"], ["arm64"])
@@ -51,6 +57,43 @@ class TemplateContracts(unittest.TestCase):
         self.assertEqual(ref_target(props["Queue"]), "LeadEventsQueue")
         self.assertEqual(props["ScalingConfig"]["MaximumConcurrency"], {"Ref": "IngestMaximumConcurrency"})
         self.assertEqual(props["BatchSize"], {"Ref": "IngestBatchSize"})
+
+    def test_deliver_reads_first_writes_from_the_stream_and_gives_up_into_a_queue(self):
+        table = self.resources["LeadsTable"]["Properties"]
+        self.assertEqual(table["StreamSpecification"]["StreamViewType"], "NEW_IMAGE")
+        fn = self.functions["DeliverFunction"]["Properties"]
+        self.assertEqual(ref_target(fn["Environment"]["Variables"]["EVENT_BUS_NAME"]), "LeadEventBus")
+        streams = [e for e in fn["Events"].values() if e["Type"] == "DynamoDB"]
+        self.assertEqual(len(streams), 1)
+        props = streams[0]["Properties"]
+        self.assertEqual(ref_target(props["Stream"]), "LeadsTable")
+        self.assertIn("ReportBatchItemFailures", props["FunctionResponseTypes"])
+        self.assertTrue(props["BisectBatchOnFunctionError"])
+        self.assertLessEqual(props["MaximumRecordAgeInSeconds"], 86400)
+        self.assertEqual(ref_target(props["DestinationConfig"]["OnFailure"]["Destination"]), "DeliverFailureQueue")
+        self.assertEqual(ref_target(fn["Role"]), "DeliverRole")
+
+    def test_lead_targets_are_optional_rules_on_the_stacks_bus(self):
+        pattern = {"source": ["leadpipe"], "detail-type": ["Lead Received"]}
+        for rule_id, condition in [
+            ("LeadWebhookRule", "HasLeadWebhook"),
+            ("NotifyRule", "NotifyShort"),
+            ("NotifyWithAnswersRule", "NotifyWithAnswers"),
+        ]:
+            rule = self.resources[rule_id]
+            self.assertEqual(rule["Condition"], condition, rule_id)
+            self.assertEqual(ref_target(rule["Properties"]["EventBusName"]), "LeadEventBus", rule_id)
+            self.assertEqual(rule["Properties"]["EventPattern"], pattern, rule_id)
+        webhook = self.resources["LeadWebhookRule"]["Properties"]["Targets"][0]
+        self.assertEqual(webhook["InputPath"], "$.detail")
+        self.assertEqual(ref_target(webhook["DeadLetterConfig"]["Arn"]), "LeadWebhookDeadLetterQueue")
+        self.assertEqual(webhook["RetryPolicy"]["MaximumEventAgeInSeconds"], 86400)
+        auth = self.resources["LeadWebhookConnection"]["Properties"]["AuthParameters"]["ApiKeyAuthParameters"]
+        self.assertEqual(auth["ApiKeyValue"], "set-after-deploy", "the key is never a parameter")
+        short = self.resources["NotifyRule"]["Properties"]["Targets"][0]["InputTransformer"]
+        self.assertNotIn("fields", short["InputPathsMap"], "answers only when NotifyIncludesAnswers is true")
+        for alarm in ["DeliverErrorsAlarm", "DeliverFailuresAlarm", "DeliverLagAlarm", "LeadWebhookDeadLettersAlarm"]:
+            self.assertEqual(self.resources[alarm]["Type"], "AWS::CloudWatch::Alarm")
 
     def test_queue_redrives_to_an_encrypted_dlq_and_outlives_ingest(self):
         queue = self.resources["LeadEventsQueue"]["Properties"]
