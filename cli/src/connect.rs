@@ -318,6 +318,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
     let placeholder = AppSecrets {
         app_secret: app_secret.clone(),
         verify_token: None,
+        lookup_key: None,
         access_token: None,
         page_tokens: Default::default(),
     };

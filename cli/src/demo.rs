@@ -322,6 +322,7 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
     let secrets = AppSecrets {
         app_secret: SecretString::from(leadpipe_sandbox::server::demo_app_secret()),
         verify_token: Some(SecretString::from("demo-verify-token")),
+        lookup_key: None,
         access_token: None,
         page_tokens: leadpipe_sandbox::server::tokens(data)
             .into_iter()

@@ -11,6 +11,7 @@ use leadpipe_core::backfill::{
 };
 use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
 use leadpipe_core::secrets::AppSecrets;
+use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_core::settings::Env;
 use leadpipe_graph::{GraphClient, GraphConfig};
 use leadpipe_graph_source::{GraphBackfillSource, GraphLeadFetcher, graph_config};
@@ -64,12 +65,16 @@ impl Pipeline {
     /// Opens the SQLite file and builds the Graph client from the environment's
     /// `GRAPH_API_BASE` / `GRAPH_API_VERSION`.
     /// The `BACKFILL_*` settings of the environment replace `tuning.backfill`, as on Lambda.
+    /// Leads are written with the secret's lookup keys and `LEADS_RETENTION_DAYS`' expiry.
     pub fn open(db: &Path, secrets: AppSecrets, mut tuning: Tuning) -> Result<Self, CliError> {
         let env = Env::process();
         let config = graph_config(&env, &secrets).map_err(|e| CliError::Settings(e.to_string()))?;
         tuning.backfill =
             BackfillSettings::from_env(&env).map_err(|e| CliError::Settings(e.to_string()))?;
-        Self::with_graph(db, secrets, config, tuning)
+        let policy = LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
+        let pipeline = Self::with_graph(db, secrets, config, tuning)?;
+        pipeline.db.set_policy(policy);
+        Ok(pipeline)
     }
 
     /// Like [`Pipeline::open`] with an explicit Graph configuration.
@@ -417,6 +422,10 @@ pub struct ServeArgs {
     /// The key that signs forwarded posts (X-Leadpipe-Signature-256), in a file.
     #[arg(long, env = "LEADPIPE_FORWARD_SECRET_FILE", requires = "forward_to")]
     pub forward_secret_file: Option<PathBuf>,
+    /// Delete leads this many days after they were created, checked every hour (0 keeps
+    /// them; default LEADS_RETENTION_DAYS, else 0).
+    #[arg(long)]
+    pub retention_days: Option<u32>,
     /// The first retry's longest wait, in ms; doubled per attempt (with jitter) up to 10 min.
     #[arg(long, env = "LEADPIPE_FORWARD_FIRST_RETRY_MS", default_value_t = 1000)]
     pub forward_first_retry_ms: u64,
@@ -461,7 +470,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         visibility: Duration::from_secs(args.visibility_seconds.max(1)),
         ..Tuning::default()
     };
+    let lookup_key = secrets.lookup_key.clone();
     let pipeline = Arc::new(Pipeline::open(&args.db, secrets, tuning)?);
+    let mut policy = LeadPolicy::from_env(&Env::process(), lookup_key.clone())?;
+    if let Some(days) = args.retention_days {
+        policy = LeadPolicy::new(lookup_key, days);
+        pipeline.db.set_policy(policy.clone());
+    }
     // A file that cannot be written would answer every post 503: refuse to start instead.
     pipeline.db.probe_posts().await.map_err(|reason| {
         CliError::Settings(format!(
@@ -510,6 +525,20 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         "leadpipe serving: webhook at http://{address}/webhook, data in {}",
         args.db.display()
     );
+    if policy.retention_days() > 0 {
+        let db = pipeline.db.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                match db.purge_expired(now) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(leads = n, "retention: expired leads deleted"),
+                    Err(err) => tracing::error!(error = %err, "retention: expired leads could not be deleted"),
+                }
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+            }
+        });
+    }
     if args.backfill_every > 0 {
         let pipeline = pipeline.clone();
         let every = Duration::from_secs(args.backfill_every);

@@ -73,6 +73,17 @@ class TemplateContracts(unittest.TestCase):
         self.assertEqual(ref_target(props["DestinationConfig"]["OnFailure"]["Destination"]), "DeliverFailureQueue")
         self.assertEqual(ref_target(fn["Role"]), "DeliverRole")
 
+    def test_lookup_indexes_are_sparse_keys_only_and_retention_is_ttl(self):
+        table = self.resources["LeadsTable"]["Properties"]
+        indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+        for name, attribute in [("by_email_key", "email_key"), ("by_phone_key", "phone_key")]:
+            self.assertEqual(indexes[name]["KeySchema"], [{"AttributeName": attribute, "KeyType": "HASH"}])
+            self.assertEqual(indexes[name]["Projection"]["ProjectionType"], "KEYS_ONLY")
+        self.assertEqual(table["TimeToLiveSpecification"], {"AttributeName": "expires_at", "Enabled": True})
+        for fn in ["IngestFunction", "BackfillFunction"]:
+            env = self.functions[fn]["Properties"]["Environment"]["Variables"]
+            self.assertEqual(env["LEADS_RETENTION_DAYS"], {"Ref": "LeadsRetentionDays"}, fn)
+
     def test_lead_targets_are_optional_rules_on_the_stacks_bus(self):
         pattern = {"source": ["leadpipe"], "detail-type": ["Lead Received"]}
         for rule_id, condition in [
@@ -109,8 +120,13 @@ class TemplateContracts(unittest.TestCase):
         leads = self.resources["LeadsTable"]["Properties"]
         self.assertEqual(leads["KeySchema"], [{"AttributeName": "lead_id", "KeyType": "HASH"}])
         types = {a["AttributeName"]: a["AttributeType"] for a in leads["AttributeDefinitions"]}
-        self.assertEqual(types, {"lead_id": "S", "form_id": "S", "created_time": "S"})
-        (gsi,) = leads["GlobalSecondaryIndexes"]
+        self.assertEqual(
+            types, {"lead_id": "S", "form_id": "S", "created_time": "S", "email_key": "S", "phone_key": "S"}
+        )
+        gsi = leads["GlobalSecondaryIndexes"][0]
+        self.assertEqual(
+            [i["IndexName"] for i in leads["GlobalSecondaryIndexes"]], ["by_form", "by_email_key", "by_phone_key"]
+        )
         self.assertEqual(gsi["IndexName"], "by_form")
         self.assertEqual(
             gsi["KeySchema"],

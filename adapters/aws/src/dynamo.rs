@@ -7,6 +7,7 @@
 use crate::describe_sdk_error;
 use aws_sdk_dynamodb::types::AttributeValue;
 use leadpipe_core::ports::{Cause, LeadStore, PutOutcome, StoreError, StoredLead};
+use leadpipe_core::privacy::{LeadPolicy, PrivacyAttributes};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 
@@ -18,6 +19,7 @@ const CONCURRENT_PUTS: usize = 16;
 pub struct DynamoLeadStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    policy: LeadPolicy,
 }
 
 impl DynamoLeadStore {
@@ -31,7 +33,14 @@ impl DynamoLeadStore {
         Self {
             client,
             table: table.into(),
+            policy: LeadPolicy::default(),
         }
+    }
+
+    /// The same store, writing `policy`'s lookup keys and expiry with each lead.
+    pub fn with_policy(mut self, policy: LeadPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// When the lead was stored (`ingested_at`), or `None` when it is not in the table.
@@ -54,7 +63,7 @@ impl DynamoLeadStore {
     }
 
     async fn put_one(&self, lead: &StoredLead) -> Result<PutOutcome, StoreError> {
-        let item = match fitting_item(lead) {
+        let item = match fitting_item(lead, &self.policy.attributes(lead)) {
             Ok(item) => item,
             Err(bytes) => return Ok(PutOutcome::TooLarge { bytes }),
         };
@@ -163,12 +172,25 @@ pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
 /// DynamoDB's largest item: 400 KB, names and values together.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
-/// The item for `stored` as it can be written: whole; or, when that would pass
+/// The item for `stored` (with its lookup keys and expiry) as it can be written: whole; or, when that would pass
 /// [`MAX_ITEM_BYTES`], without `raw` and with `raw_omitted: true` (every other attribute,
 /// the answers included, is still there). `Err` with the size without `raw` when even that
 /// does not fit: a permanent `too_large` failure of this lead alone.
-pub fn fitting_item(stored: &StoredLead) -> Result<HashMap<String, AttributeValue>, usize> {
+pub fn fitting_item(
+    stored: &StoredLead,
+    privacy: &PrivacyAttributes,
+) -> Result<HashMap<String, AttributeValue>, usize> {
     let mut item = lead_item(stored);
+    // Sparse: only leads with an email (phone) have the key, so only they are in its index.
+    if let Some(key) = &privacy.email_key {
+        item.insert("email_key".to_owned(), s(key.as_str()));
+    }
+    if let Some(key) = &privacy.phone_key {
+        item.insert("phone_key".to_owned(), s(key.as_str()));
+    }
+    if let Some(at) = privacy.expires_at {
+        item.insert("expires_at".to_owned(), AttributeValue::N(at.to_string()));
+    }
     if item_size(&item) <= MAX_ITEM_BYTES {
         return Ok(item);
     }
@@ -207,8 +229,9 @@ fn value_size(value: &AttributeValue) -> usize {
     }
 }
 
-/// Creates a leads table with the contract's keys (docs/architecture.md), the `by_form` GSI
-/// and a NEW_IMAGE stream (on-demand billing). For
+/// Creates a leads table with the contract's keys (docs/architecture.md), the `by_form`,
+/// `by_email_key` and `by_phone_key` GSIs, TTL on `expires_at` and a NEW_IMAGE stream
+/// (on-demand billing). For
 /// tests and local runs against moto; in AWS the SAM template owns the table.
 pub async fn create_leads_table(
     client: &aws_sdk_dynamodb::Client,
@@ -233,6 +256,22 @@ pub async fn create_leads_table(
             .build()
             .map_err(build)
     };
+    // Sparse and KEYS_ONLY: only leads with an email (phone) are in them, and `forget` needs
+    // nothing but the lead ids.
+    let lookup_index = |name: &str, attribute: &str| {
+        GlobalSecondaryIndex::builder()
+            .index_name(name)
+            .key_schema(key(attribute, KeyType::Hash)?)
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::KeysOnly)
+                    .build(),
+            )
+            .build()
+            .map_err(build)
+    };
+    let by_email_key = lookup_index("by_email_key", "email_key")?;
+    let by_phone_key = lookup_index("by_phone_key", "phone_key")?;
     let by_form = GlobalSecondaryIndex::builder()
         .index_name("by_form")
         .key_schema(key("form_id", KeyType::Hash)?)
@@ -251,13 +290,31 @@ pub async fn create_leads_table(
         .attribute_definitions(attribute("lead_id")?)
         .attribute_definitions(attribute("form_id")?)
         .attribute_definitions(attribute("created_time")?)
+        .attribute_definitions(attribute("email_key")?)
+        .attribute_definitions(attribute("phone_key")?)
         .key_schema(key("lead_id", KeyType::Hash)?)
         .global_secondary_indexes(by_form)
+        .global_secondary_indexes(by_email_key)
+        .global_secondary_indexes(by_phone_key)
         // As the template: deliver reads first writes from the stream.
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
                 .stream_view_type(StreamViewType::NewImage)
+                .build()
+                .map_err(build)?,
+        )
+        .send()
+        .await
+        .map_err(|e| StoreError::Rejected(Cause::described(describe_sdk_error(&e), e)))?;
+    // As the template: retention deletes a lead once its `expires_at` has passed.
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
                 .build()
                 .map_err(build)?,
         )

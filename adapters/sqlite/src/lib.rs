@@ -10,10 +10,13 @@ use leadpipe_core::ports::{
     Cause, CheckpointStore, DeadLetterReason, EventQueue, LeadStore, PutOutcome, QueueControl,
     QueueError, RunFacts, StoreError, StoredLead,
 };
+use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_core::record::contract_time;
 
 mod outbox;
+mod privacy;
 pub use outbox::{OutboxItem, OutboxSummary};
+pub use privacy::Erased;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -121,6 +124,8 @@ pub struct LocalDb {
     /// Whether a first insert also writes the lead's event to the outbox (`serve
     /// --forward-to`), in the same transaction.
     outbox: Arc<std::sync::atomic::AtomicBool>,
+    /// Lookup keys and expiry written with each lead.
+    policy: Arc<std::sync::RwLock<LeadPolicy>>,
 }
 
 /// One post's queue messages, and where to say whether they are durable.
@@ -265,6 +270,29 @@ fn migrate_form_id_nullable(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// The lookup keys and expiry (`crate::privacy`), added to files made before they existed,
+/// with their partial indexes (only leads that have one are in them).
+fn migrate_privacy_columns(conn: &Connection) -> rusqlite::Result<()> {
+    for column in ["email_key TEXT", "phone_key TEXT", "expires_at INTEGER"] {
+        let name = column.split(' ').next().unwrap_or_default();
+        let exists: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('leads') WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)?;
+        if !exists {
+            conn.execute_batch(&format!("ALTER TABLE leads ADD COLUMN {column}"))?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS by_email_key ON leads (email_key) WHERE email_key IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS by_phone_key ON leads (phone_key) WHERE phone_key IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS by_expiry ON leads (expires_at) WHERE expires_at IS NOT NULL;",
+    )
+}
+
 /// Creates `path` with mode 0600 when it does not exist yet; an existing file is left as is.
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -294,10 +322,12 @@ impl LocalDb {
         conn.execute_batch(PRAGMAS)?;
         conn.execute_batch(SCHEMA)?;
         migrate_form_id_nullable(&conn)?;
+        migrate_privacy_columns(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             posts: Some(PostWriter::start(path)?),
             outbox: Arc::default(),
+            policy: Arc::default(),
         })
     }
 
@@ -312,6 +342,7 @@ impl LocalDb {
             conn: Arc::new(Mutex::new(conn)),
             posts: None,
             outbox: Arc::default(),
+            policy: Arc::default(),
         })
     }
 
@@ -626,6 +657,7 @@ impl QueueControl for LocalQueueControl {
 impl LeadStore for LocalDb {
     async fn put_leads(&self, leads: &[StoredLead]) -> Result<Vec<PutOutcome>, StoreError> {
         let outbox = self.outbox.load(std::sync::atomic::Ordering::Relaxed);
+        let policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
         let now = now_unix_ms();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -633,6 +665,7 @@ impl LeadStore for LocalDb {
             for stored in leads {
                 // Core's projection, encoded as a row: `fields` and the disclaimers as JSON.
                 let record = stored.record();
+                let privacy = policy.attributes(stored);
                 let optional = |name: &str| {
                     record.optional.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
                 };
@@ -644,8 +677,8 @@ impl LeadStore for LocalDb {
                 let changed = tx.execute(
                     "INSERT OR IGNORE INTO leads (lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id,
                         adset_name, campaign_id, campaign_name, platform, partner_name, retailer_item_id, is_organic,
-                        fields, custom_disclaimer_responses, raw, source, ingested_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                        fields, custom_disclaimer_responses, raw, source, ingested_at, email_key, phone_key, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
                     params![
                         record.lead_id,
                         record.created_time,
@@ -666,6 +699,9 @@ impl LeadStore for LocalDb {
                         record.raw,
                         record.source,
                         record.ingested_at,
+                        privacy.email_key,
+                        privacy.phone_key,
+                        privacy.expires_at,
                     ],
                 )?;
                 // The lead's event, in the same transaction as its first write: a lead stored

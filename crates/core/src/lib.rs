@@ -14,6 +14,7 @@
 //! [`accept::WebhookResponse`]) with their counts; the edges turn those into metrics. No
 //! adapter is a dependency here: no HTTP client, AWS SDK, SQLite or log subscriber
 //! (docs/architecture.md, "Layers").
+//! * [`privacy`]: lookup keys (HMAC of email and phone) and retention, for `forget` and TTL.
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
 #![warn(missing_docs)]
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod lead_received;
 pub mod memory;
 pub mod ports;
+pub mod privacy;
 pub mod record;
 pub mod secrets;
 pub mod settings;

@@ -23,6 +23,9 @@ pub struct AppSecrets {
     /// Each page's own token.
     #[serde(default)]
     pub page_tokens: BTreeMap<String, SecretString>,
+    /// Keys the lookup hashes of email and phone (`crate::privacy`); `connect` makes one.
+    #[serde(default)]
+    pub lookup_key: Option<SecretString>,
 }
 
 /// Why the secrets could not be read. Never carries a secret's value.
@@ -59,6 +62,9 @@ impl AppSecrets {
         }
         if !present(&secrets.access_token) {
             secrets.access_token = None;
+        }
+        if !present(&secrets.lookup_key) {
+            secrets.lookup_key = None;
         }
         secrets
             .page_tokens

@@ -99,6 +99,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
         Ok(AppSecrets {
             app_secret: SecretString::from(app_secret),
             verify_token: self.optional("VERIFY_TOKEN").map(SecretString::from),
+            lookup_key: self.optional("LOOKUP_KEY").map(SecretString::from),
             access_token: self.optional("ACCESS_TOKEN").map(SecretString::from),
             page_tokens: BTreeMap::new(),
         })

@@ -154,6 +154,7 @@ async fn main() {
     let secrets = AppSecrets {
         app_secret: SecretString::from("bench-secret"),
         verify_token: None,
+        lookup_key: None,
         access_token: None,
         page_tokens: BTreeMap::from([("7001".to_owned(), SecretString::from("bench-token"))]),
     };

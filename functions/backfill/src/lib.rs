@@ -115,13 +115,15 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, Sq
         let config = leadpipe_aws::sdk_config().await;
         let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
         let graph = GraphClient::new(graph_config(&env, &secrets)?)?;
+        // Lookup keys for `forget` and the retention expiry (docs/operate.md).
+        let policy = leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
         let pages: Vec<String> = secrets.page_tokens.keys().cloned().collect();
         if pages.is_empty() {
             tracing::warn!("the secret has no page_tokens: scheduled runs have no page to cover");
         }
         Ok(Self::new(
             GraphBackfillSource::new(graph, secrets),
-            DynamoLeadStore::new(&config, settings.leads_table),
+            DynamoLeadStore::new(&config, settings.leads_table).with_policy(policy),
             DynamoCheckpointStore::new(&config, settings.state_table),
             SqsQueueControl::dead_letters_only(
                 aws_sdk_sqs::Client::new(&config),

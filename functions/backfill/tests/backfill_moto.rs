@@ -53,6 +53,7 @@ fn source(graph: &wiremock::MockServer) -> GraphBackfillSource {
     let secrets = AppSecrets {
         app_secret: SecretString::from(APP_SECRET),
         verify_token: None,
+        lookup_key: None,
         access_token: None,
         page_tokens: BTreeMap::from([
             (PAGE_A.to_owned(), SecretString::from(TOKEN_A)),

@@ -71,6 +71,7 @@ async fn main() {
     let secrets = AppSecrets {
         app_secret: SecretString::from("bench-secret"),
         verify_token: None,
+        lookup_key: None,
         access_token: Some(SecretString::from("bench-token")),
         page_tokens: BTreeMap::new(),
     };

@@ -73,10 +73,12 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl> {
         let config = leadpipe_aws::sdk_config().await;
         let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
         let graph = GraphClient::new(graph_config(&env, &secrets)?)?;
+        // Lookup keys for `forget` and the retention expiry (docs/operate.md).
+        let policy = leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
         let sqs = aws_sdk_sqs::Client::new(&config);
         Ok(Self::new(
             GraphLeadFetcher::new(graph, secrets),
-            DynamoLeadStore::new(&config, settings.leads_table),
+            DynamoLeadStore::new(&config, settings.leads_table).with_policy(policy),
             SqsQueueControl::new(sqs, settings.queue_url, settings.dead_letter_queue_url),
         ))
     }

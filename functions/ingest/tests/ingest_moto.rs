@@ -21,6 +21,7 @@ fn secrets() -> AppSecrets {
     AppSecrets {
         app_secret: SecretString::from(APP_SECRET),
         verify_token: None,
+        lookup_key: None,
         access_token: Some(SecretString::from(ACCESS_TOKEN)),
         page_tokens: BTreeMap::new(),
     }

@@ -1,0 +1,236 @@
+//! Retention and erasure on the SQLite file (docs/operate.md): the lookup keys and expiry
+//! each lead is written with, the hourly purge of expired leads, and `forget`.
+
+use crate::{LocalDb, LocalError};
+use leadpipe_core::privacy::LeadPolicy;
+use rusqlite::params;
+
+/// What one erasure removed: ids and counts only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// The leads removed.
+    pub lead_ids: Vec<String>,
+    /// Forwarding outbox rows removed (pending or dead).
+    pub outbox: usize,
+    /// Dead letters that named one of the leads.
+    pub dead_letters: usize,
+    /// Queued messages that named one of the leads.
+    pub queued: usize,
+}
+
+impl LocalDb {
+    /// From now on, leads are written with `policy`'s lookup keys and expiry.
+    pub fn set_policy(&self, policy: LeadPolicy) {
+        if let Ok(mut p) = self.policy.write() {
+            *p = policy;
+        }
+    }
+
+    /// Deletes leads whose `expires_at` (unix s) is before `now`; returns how many.
+    pub fn purge_expired(&self, now: i64) -> Result<usize, LocalError> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM outbox WHERE lead_id IN
+                   (SELECT lead_id FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1)",
+                params![now],
+            )?;
+            let removed = tx.execute(
+                "DELETE FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1",
+                params![now],
+            )?;
+            tx.commit()?;
+            Ok(removed)
+        })
+    }
+
+    /// The leads with this lookup key (by the partial indexes: no scan).
+    pub fn leads_by_lookup(
+        &self,
+        email_key: Option<&str>,
+        phone_key: Option<&str>,
+    ) -> Result<Vec<String>, LocalError> {
+        self.with(|conn| {
+            let mut ids = Vec::new();
+            if let Some(key) = email_key {
+                let mut stmt = conn.prepare("SELECT lead_id FROM leads WHERE email_key = ?1")?;
+                for id in stmt.query_map(params![key], |r| r.get::<_, String>(0))? {
+                    ids.push(id?);
+                }
+            }
+            if let Some(key) = phone_key {
+                let mut stmt = conn.prepare("SELECT lead_id FROM leads WHERE phone_key = ?1")?;
+                for id in stmt.query_map(params![key], |r| r.get::<_, String>(0))? {
+                    ids.push(id?);
+                }
+            }
+            ids.sort();
+            ids.dedup();
+            Ok(ids)
+        })
+    }
+
+    /// Whether a lead is stored.
+    pub fn has_lead(&self, lead_id: &str) -> Result<bool, LocalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM leads WHERE lead_id = ?1",
+                params![lead_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        })
+    }
+
+    /// Dead letters and queued messages naming `lead_id` (their bodies are queue messages:
+    /// `"leadgen_id":"<id>"`), as `(dead letters, queued)` row ids.
+    fn messages_naming(
+        conn: &rusqlite::Connection,
+        lead_id: &str,
+    ) -> rusqlite::Result<(Vec<i64>, Vec<i64>)> {
+        let needle = format!("%\"leadgen_id\":\"{lead_id}\"%");
+        let ids = |sql: &str| -> rusqlite::Result<Vec<i64>> {
+            let mut stmt = conn.prepare(sql)?;
+            let rows = stmt.query_map(params![needle], |r| r.get::<_, i64>(0))?;
+            rows.collect()
+        };
+        Ok((
+            ids("SELECT id FROM dead_letters WHERE body LIKE ?1")?,
+            ids("SELECT id FROM queue WHERE body LIKE ?1")?,
+        ))
+    }
+
+    /// What erasing these leads would remove, without removing it (`forget --dry-run`).
+    pub fn erasure_preview(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
+        self.with(|conn| {
+            let mut erased = Erased::default();
+            for id in lead_ids {
+                let stored: i64 = conn.query_row(
+                    "SELECT COUNT(*) FROM leads WHERE lead_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )?;
+                if stored > 0 {
+                    erased.lead_ids.push(id.clone());
+                }
+                erased.outbox += conn.query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE lead_id = ?1",
+                    params![id],
+                    |r| r.get::<_, i64>(0),
+                )? as usize;
+                let (dead, queued) = Self::messages_naming(conn, id)?;
+                erased.dead_letters += dead.len();
+                erased.queued += queued.len();
+            }
+            Ok(erased)
+        })
+    }
+
+    /// Erases these leads everywhere the file keeps them: the leads table, the outbox, and
+    /// any dead letter or queued message naming them. One transaction: all or nothing.
+    pub fn erase(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut erased = Erased::default();
+            for id in lead_ids {
+                if tx.execute("DELETE FROM leads WHERE lead_id = ?1", params![id])? > 0 {
+                    erased.lead_ids.push(id.clone());
+                }
+                erased.outbox +=
+                    tx.execute("DELETE FROM outbox WHERE lead_id = ?1", params![id])?;
+                let (dead, queued) = Self::messages_naming(&tx, id)?;
+                for row in &dead {
+                    tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![row])?;
+                }
+                for row in &queued {
+                    tx.execute("DELETE FROM queue WHERE id = ?1", params![row])?;
+                }
+                erased.dead_letters += dead.len();
+                erased.queued += queued.len();
+            }
+            tx.commit()?;
+            Ok(erased)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
+    use secrecy::SecretString;
+
+    fn stored(id: &str, email: &str, created: &str) -> StoredLead {
+        StoredLead {
+            lead: leadpipe_graph::Lead::from_json(&format!(
+                r#"{{"id":"{id}","created_time":"{created}","field_data":[{{"name":"email","values":["{email}"]}}]}}"#
+            ))
+            .unwrap(),
+            page_id: "7".into(),
+            form_id: Some("5".into()),
+            source: LeadSourceKind::Webhook,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    fn db(name: &str) -> (LocalDb, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("leadpipe-privacy-{name}-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        (LocalDb::open(&path).unwrap(), path)
+    }
+
+    #[tokio::test]
+    async fn forget_finds_a_person_by_key_and_erases_everywhere() {
+        let (db, path) = db("forget");
+        let policy = LeadPolicy::new(Some(SecretString::from("lk")), 0);
+        db.set_policy(policy.clone());
+        db.enable_outbox();
+        db.put_leads(&[
+            stored("1", "Ada@Example.org", "2026-11-30T00:00:00+0000"),
+            stored("2", "ada@example.org ", "2026-11-30T00:00:00+0000"),
+            stored("3", "grace@example.org", "2026-11-30T00:00:00+0000"),
+        ])
+        .await
+        .unwrap();
+        db.with(|c| {
+            c.execute(
+                "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, 'token', 'expired', 'now')",
+                params![r#"{"leadgen_id":"2","page_id":"7"}"#],
+            )
+        })
+        .unwrap();
+        let key = policy.email_key("ADA@example.org");
+        let ids = db.leads_by_lookup(key.as_deref(), None).unwrap();
+        assert_eq!(ids, ["1", "2"]);
+        let preview = db.erasure_preview(&ids).unwrap();
+        assert_eq!(
+            (preview.lead_ids.len(), preview.outbox, preview.dead_letters),
+            (2, 2, 1)
+        );
+        assert_eq!(db.lead_count().unwrap(), 3, "a preview removes nothing");
+        let erased = db.erase(&ids).unwrap();
+        assert_eq!(erased, preview);
+        assert_eq!(db.lead_count().unwrap(), 1);
+        assert!(db.has_lead("3").unwrap());
+        assert!(db.dead_letters().unwrap().is_empty());
+        assert_eq!(db.outbox_summary().unwrap().pending, 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn expired_leads_are_purged_and_others_kept() {
+        let (db, path) = db("purge");
+        db.set_policy(LeadPolicy::new(None, 30));
+        db.put_leads(&[
+            stored("old", "a@b.c", "2020-01-01T00:00:00+0000"),
+            stored("new", "a@b.c", "2026-11-30T00:00:00+0000"),
+        ])
+        .await
+        .unwrap();
+        let now = time::macros::datetime!(2026-12-01 00:00 UTC).unix_timestamp();
+        assert_eq!(db.purge_expired(now).unwrap(), 1);
+        assert!(!db.has_lead("old").unwrap() && db.has_lead("new").unwrap());
+        let _ = std::fs::remove_file(&path);
+    }
+}

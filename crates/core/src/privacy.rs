@@ -1,0 +1,208 @@
+//! What every store adds to a lead for the duties personal data brings (GDPR, LGPD, CCPA):
+//! keyed lookup hashes of the person's email and phone, so `forget` finds their leads
+//! through an index instead of a scan, and an expiry for retention (docs/operate.md).
+//!
+//! The hashes are HMAC-SHA256 with the secret's `lookup_key`, never plain digests: an email
+//! address is guessable, and a plain hash of it would be the address in all but name.
+
+use crate::ports::StoredLead;
+use crate::settings::{Env, SettingsError};
+use hmac::{Hmac, KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::Sha256;
+
+/// The field names whose first value is hashed (Meta's standard questions).
+pub const EMAIL_FIELD: &str = "email";
+/// See [`EMAIL_FIELD`].
+pub const PHONE_FIELD: &str = "phone_number";
+
+/// The setting that turns retention on.
+pub const RETENTION_SETTING: &str = "LEADS_RETENTION_DAYS";
+
+/// Lookup keys and retention, as every store applies them.
+#[derive(Clone, Default)]
+pub struct LeadPolicy {
+    lookup_key: Option<SecretString>,
+    retention_days: u32,
+}
+
+impl std::fmt::Debug for LeadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeadPolicy")
+            .field("lookup_keys", &self.lookup_key.is_some())
+            .field("retention_days", &self.retention_days)
+            .finish()
+    }
+}
+
+/// The attributes a [`LeadPolicy`] gives one lead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrivacyAttributes {
+    /// Keyed hash of the normalised first email.
+    pub email_key: Option<String>,
+    /// Keyed hash of the normalised first phone number.
+    pub phone_key: Option<String>,
+    /// Unix seconds after which the lead is deleted.
+    pub expires_at: Option<i64>,
+}
+
+impl LeadPolicy {
+    /// A policy with this lookup key (none: no lookup attributes) and retention (0: keep).
+    pub fn new(lookup_key: Option<SecretString>, retention_days: u32) -> Self {
+        Self {
+            lookup_key: lookup_key.filter(|k| !k.expose_secret().is_empty()),
+            retention_days,
+        }
+    }
+
+    /// `LEADS_RETENTION_DAYS` (unset or 0: keep) with the secret's `lookup_key`.
+    pub fn from_env<F: Fn(&str) -> Option<String>>(
+        env: &Env<F>,
+        lookup_key: Option<SecretString>,
+    ) -> Result<Self, SettingsError> {
+        let days = match env.optional(RETENTION_SETTING) {
+            None => 0,
+            Some(v) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|d| *d <= 36_500)
+                .ok_or(SettingsError::Invalid {
+                    name: RETENTION_SETTING,
+                    why: "it must be a whole number of days from 0 (keep) to 36500".into(),
+                })?,
+        };
+        Ok(Self::new(lookup_key, days))
+    }
+
+    /// Days a lead is kept; 0 keeps it.
+    pub fn retention_days(&self) -> u32 {
+        self.retention_days
+    }
+
+    /// Whether lookup keys are written.
+    pub fn has_lookup_key(&self) -> bool {
+        self.lookup_key.is_some()
+    }
+
+    /// The attributes of one lead: hashes of its first email and phone, and its expiry
+    /// (`created_time` plus the retention).
+    pub fn attributes(&self, stored: &StoredLead) -> PrivacyAttributes {
+        let first = |name: &str| {
+            stored
+                .lead
+                .field(name)
+                .and_then(|values| values.first())
+                .map(String::as_str)
+        };
+        PrivacyAttributes {
+            email_key: first(EMAIL_FIELD).and_then(|e| self.email_key(e)),
+            phone_key: first(PHONE_FIELD).and_then(|p| self.phone_key(p)),
+            expires_at: (self.retention_days > 0).then(|| {
+                stored.lead.created_time.unix_timestamp() + i64::from(self.retention_days) * 86_400
+            }),
+        }
+    }
+
+    /// The lookup key of an email address, as `forget --email` asks for it.
+    pub fn email_key(&self, email: &str) -> Option<String> {
+        self.keyed(&normalise_email(email)?)
+    }
+
+    /// The lookup key of a phone number, as `forget --phone` asks for it.
+    pub fn phone_key(&self, phone: &str) -> Option<String> {
+        self.keyed(&normalise_phone(phone)?)
+    }
+
+    fn keyed(&self, value: &str) -> Option<String> {
+        let key = self.lookup_key.as_ref()?;
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose_secret().as_bytes()).ok()?;
+        mac.update(value.as_bytes());
+        Some(hex::encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// Trimmed and lower-cased; `None` when nothing is left.
+pub fn normalise_email(email: &str) -> Option<String> {
+    let e = email.trim().to_lowercase();
+    (!e.is_empty()).then_some(e)
+}
+
+/// Digits only, a leading `+` kept; `None` without a digit.
+pub fn normalise_phone(phone: &str) -> Option<String> {
+    let trimmed = phone.trim();
+    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        return None;
+    }
+    Some(if trimmed.starts_with('+') {
+        format!("+{digits}")
+    } else {
+        digits
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::LeadSourceKind;
+
+    fn stored() -> StoredLead {
+        StoredLead {
+            lead: leadpipe_graph::Lead::from_json(
+                r#"{"id":"1","created_time":"2026-11-30T00:00:00+0000","field_data":[
+                    {"name":"email","values":["  Ada@Example.ORG ","second@example.org"]},
+                    {"name":"phone_number","values":["+1 (555) 010-9999"]}]}"#,
+            )
+            .unwrap(),
+            page_id: "7".into(),
+            form_id: Some("5".into()),
+            source: LeadSourceKind::Webhook,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        }
+    }
+
+    #[test]
+    fn keys_are_keyed_hashes_of_the_normalised_first_values() {
+        let policy = LeadPolicy::new(Some(SecretString::from("k1")), 30);
+        let attrs = policy.attributes(&stored());
+        // Computed apart: python3 -c "import hmac,hashlib;
+        // print(hmac.new(b'k1',b'ada@example.org',hashlib.sha256).hexdigest())"
+        assert_eq!(
+            attrs.email_key.as_deref(),
+            Some("fad71898e04afd4563bb0e08245ab88cb61722287f77a1e6b9908c4525cbaac3")
+        );
+        assert_eq!(
+            attrs.phone_key.as_deref(),
+            Some("f9458a26e3e26e74a4847bcf56cd83763e7030c2973f5cc4a880936d9a87c319")
+        );
+        assert_eq!(attrs.email_key, policy.email_key("ada@example.org"));
+        assert_eq!(attrs.phone_key, policy.phone_key("+15550109999"));
+        assert_ne!(attrs.email_key, policy.email_key("second@example.org"));
+        assert_eq!(attrs.expires_at, Some(1_764_460_800 + 30 * 86_400));
+        let other_key = LeadPolicy::new(Some(SecretString::from("k2")), 0);
+        assert_ne!(other_key.email_key("ada@example.org"), attrs.email_key);
+        assert_eq!(other_key.attributes(&stored()).expires_at, None);
+    }
+
+    #[test]
+    fn without_a_lookup_key_nothing_is_hashed() {
+        let attrs = LeadPolicy::new(None, 0).attributes(&stored());
+        assert_eq!(attrs, PrivacyAttributes::default());
+        assert_eq!(normalise_phone("555 0101"), Some("5550101".into()));
+        assert_eq!(normalise_phone("n/a"), None);
+        assert_eq!(normalise_email("   "), None);
+    }
+
+    #[test]
+    fn retention_comes_from_the_setting() {
+        let env = Env::from_lookup(|name| (name == RETENTION_SETTING).then(|| "90".to_owned()));
+        assert_eq!(
+            LeadPolicy::from_env(&env, None).unwrap().retention_days(),
+            90
+        );
+        let bad = Env::from_lookup(|name| (name == RETENTION_SETTING).then(|| "-1".to_owned()));
+        assert!(LeadPolicy::from_env(&bad, None).is_err());
+    }
+}
