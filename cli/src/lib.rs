@@ -9,6 +9,7 @@ pub mod demo;
 pub mod doctor;
 pub mod export;
 pub mod forward;
+pub mod operate;
 pub mod pipeline;
 pub mod status;
 
@@ -51,6 +52,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// From a person's token to subscribed pages, a written secret and a test lead stored.
     Connect(connect::ConnectArgs),
+    /// Erase a person's leads everywhere leadpipe keeps them (by lead id, email or phone).
+    Forget(operate::ForgetArgs),
+    /// Move dead letters back to the queue (all, or one reason class).
+    Redrive(operate::RedriveArgs),
 }
 
 /// Why a command failed.
@@ -80,6 +85,12 @@ pub enum CliError {
     /// The secret could not be read or written where it lives.
     #[error(transparent)]
     Secret(#[from] leadpipe_core::secrets::SecretsError),
+    /// The leads table could not be read or written.
+    #[error("the leads table: {0}")]
+    Store(#[from] leadpipe_core::ports::StoreError),
+    /// A queue could not be read or written.
+    #[error("the queue: {0}")]
+    Queue(#[from] leadpipe_core::ports::QueueError),
     /// An on-demand backfill request cannot be run.
     #[error(transparent)]
     Request(#[from] leadpipe_core::backfill::RequestError),
@@ -177,6 +188,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Doctor(args) => doctor::run(args).await,
         Command::Status(args) => status::run(args),
         Command::Connect(args) => connect::run(args).await,
+        Command::Forget(args) => operate::forget(args).await,
+        Command::Redrive(args) => operate::redrive(args).await,
     }
 }
 

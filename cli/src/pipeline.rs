@@ -10,8 +10,8 @@ use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillSettings, BackfillSummary, InstantDeadline, run_backfill,
 };
 use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
-use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::privacy::LeadPolicy;
+use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::settings::Env;
 use leadpipe_graph::{GraphClient, GraphConfig};
 use leadpipe_graph_source::{GraphBackfillSource, GraphLeadFetcher, graph_config};
@@ -533,7 +533,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 match db.purge_expired(now) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(leads = n, "retention: expired leads deleted"),
-                    Err(err) => tracing::error!(error = %err, "retention: expired leads could not be deleted"),
+                    Err(err) => {
+                        tracing::error!(error = %err, "retention: expired leads could not be deleted")
+                    }
                 }
                 tokio::time::sleep(Duration::from_secs(3600)).await;
             }

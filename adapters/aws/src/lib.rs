@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 pub mod dynamo;
 pub mod events;
+pub mod operate;
 pub mod secrets;
 pub mod sqs;
 

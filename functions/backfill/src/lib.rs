@@ -116,7 +116,8 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, Sq
         let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
         let graph = GraphClient::new(graph_config(&env, &secrets)?)?;
         // Lookup keys for `forget` and the retention expiry (docs/operate.md).
-        let policy = leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
+        let policy =
+            leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
         let pages: Vec<String> = secrets.page_tokens.keys().cloned().collect();
         if pages.is_empty() {
             tracing::warn!("the secret has no page_tokens: scheduled runs have no page to cover");

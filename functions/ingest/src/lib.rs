@@ -74,7 +74,8 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl> {
         let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
         let graph = GraphClient::new(graph_config(&env, &secrets)?)?;
         // Lookup keys for `forget` and the retention expiry (docs/operate.md).
-        let policy = leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
+        let policy =
+            leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
         let sqs = aws_sdk_sqs::Client::new(&config);
         Ok(Self::new(
             GraphLeadFetcher::new(graph, secrets),

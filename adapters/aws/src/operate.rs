@@ -1,0 +1,288 @@
+//! What the operator's commands do on the deployed stack (docs/operate.md): find a person's
+//! leads through the lookup indexes, erase leads and the dead letters naming them, and move
+//! dead letters back to the queue without ever deleting one before its copy is sent.
+
+use crate::describe_sdk_error;
+use aws_sdk_dynamodb::types::AttributeValue;
+use leadpipe_core::ports::{Cause, QueueError, StoreError};
+use std::collections::BTreeSet;
+
+/// A lookup index of the leads table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupIndex {
+    /// `by_email_key` on `email_key`.
+    Email,
+    /// `by_phone_key` on `phone_key`.
+    Phone,
+}
+
+impl LookupIndex {
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Email => ("by_email_key", "email_key"),
+            Self::Phone => ("by_phone_key", "phone_key"),
+        }
+    }
+}
+
+fn unavailable<E, R>(err: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    StoreError::Unavailable(Cause::described(describe_sdk_error(&err), err))
+}
+
+/// The lead ids with this lookup key: a `Query` on the index, never a scan.
+pub async fn leads_by_lookup(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    index: LookupIndex,
+    key: &str,
+) -> Result<Vec<String>, StoreError> {
+    let (index_name, attribute) = index.names();
+    let mut ids = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .query()
+            .table_name(table)
+            .index_name(index_name)
+            .key_condition_expression("#k = :k")
+            .expression_attribute_names("#k", attribute)
+            .expression_attribute_values(":k", AttributeValue::S(key.to_owned()))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(unavailable)?;
+        for item in page.items() {
+            if let Some(AttributeValue::S(id)) = item.get("lead_id") {
+                ids.push(id.clone());
+            }
+        }
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            break;
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Whether the lead is in the table.
+pub async fn lead_exists(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    lead_id: &str,
+) -> Result<bool, StoreError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key("lead_id", AttributeValue::S(lead_id.to_owned()))
+        .projection_expression("lead_id")
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(unavailable)?;
+    Ok(out.item.is_some())
+}
+
+/// Deletes the lead; true when there was one.
+pub async fn delete_lead(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    lead_id: &str,
+) -> Result<bool, StoreError> {
+    let out = client
+        .delete_item()
+        .table_name(table)
+        .key("lead_id", AttributeValue::S(lead_id.to_owned()))
+        .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(unavailable)?;
+    Ok(out.attributes.is_some())
+}
+
+/// The `leadgen_id` a queue-shaped body names, if it is one.
+pub fn body_lead_id(body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        leadgen_id: String,
+    }
+    serde_json::from_str::<Body>(body)
+        .ok()
+        .map(|b| b.leadgen_id)
+}
+
+/// A message taken off a queue for a while.
+#[derive(Debug, Clone)]
+pub struct TakenMessage {
+    /// Its body.
+    pub body: String,
+    /// To delete it or give it back.
+    pub receipt_handle: String,
+    /// Its `leadpipe_reason_class` attribute.
+    pub reason_class: Option<String>,
+    /// Its `leadpipe_reason` attribute.
+    pub reason: Option<String>,
+}
+
+/// Every message on the queue, each hidden for `hide_seconds` (give back with
+/// [`give_back`]). A queue in use keeps changing; this is what one pass saw.
+pub async fn take_all(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    hide_seconds: i32,
+) -> Result<Vec<TakenMessage>, QueueError> {
+    let mut taken = Vec::new();
+    let mut empty = 0;
+    // SQS answers from a sample of its servers: an empty answer is not proof of an empty
+    // queue, so it takes three in a row.
+    while empty < 3 {
+        let got = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(hide_seconds)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| QueueError::Unavailable(Cause::described(describe_sdk_error(&e), e)))?;
+        if got.messages().is_empty() {
+            empty += 1;
+            continue;
+        }
+        empty = 0;
+        for m in got.messages() {
+            let attribute = |name: &str| {
+                m.message_attributes()
+                    .and_then(|a| a.get(name))
+                    .and_then(|v| v.string_value())
+                    .map(str::to_owned)
+            };
+            taken.push(TakenMessage {
+                body: m.body().unwrap_or_default().to_owned(),
+                receipt_handle: m.receipt_handle().unwrap_or_default().to_owned(),
+                reason_class: attribute("leadpipe_reason_class"),
+                reason: attribute("leadpipe_reason"),
+            });
+        }
+    }
+    Ok(taken)
+}
+
+/// Makes taken messages visible again at once.
+pub async fn give_back(sqs: &aws_sdk_sqs::Client, queue_url: &str, messages: &[TakenMessage]) {
+    for m in messages {
+        if let Err(e) = sqs
+            .change_message_visibility()
+            .queue_url(queue_url)
+            .receipt_handle(&m.receipt_handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+        {
+            // It becomes visible when its hiding ends anyway.
+            tracing::warn!(error = %describe_sdk_error(&e), "a message could not be given back at once");
+        }
+    }
+}
+
+/// Deletes a taken message.
+pub async fn delete_taken(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+    message: &TakenMessage,
+) -> Result<(), QueueError> {
+    sqs.delete_message()
+        .queue_url(queue_url)
+        .receipt_handle(&message.receipt_handle)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| QueueError::Unavailable(Cause::described(describe_sdk_error(&e), e)))
+}
+
+/// Deletes the DLQ's messages naming one of `lead_ids` (all of them when `delete` is false:
+/// only counted) and gives the others back. Returns how many named one.
+pub async fn erase_dead_letters_naming(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    lead_ids: &BTreeSet<String>,
+    delete: bool,
+) -> Result<usize, QueueError> {
+    let taken = take_all(sqs, dlq_url, 120).await?;
+    let (naming, others): (Vec<TakenMessage>, Vec<TakenMessage>) = taken
+        .into_iter()
+        .partition(|m| body_lead_id(&m.body).is_some_and(|id| lead_ids.contains(&id)));
+    give_back(sqs, dlq_url, &others).await;
+    if delete {
+        for m in &naming {
+            delete_taken(sqs, dlq_url, m).await?;
+        }
+    } else {
+        give_back(sqs, dlq_url, &naming).await;
+    }
+    Ok(naming.len())
+}
+
+/// What a filtered redrive did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redriven {
+    /// Moved back to the queue.
+    pub moved: usize,
+    /// Left in the DLQ (another class, or its send failed).
+    pub left: usize,
+    /// Sends that failed (each message stays in the DLQ).
+    pub failed: usize,
+}
+
+/// Moves the DLQ's messages of `reason_class` (all when `None`) back to the queue, each
+/// deleted only after its copy was sent; `dry_run` only counts.
+pub async fn redrive(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    queue_url: &str,
+    reason_class: Option<&str>,
+    dry_run: bool,
+) -> Result<Redriven, QueueError> {
+    let taken = take_all(sqs, dlq_url, 300).await?;
+    let mut result = Redriven::default();
+    let mut keep = Vec::new();
+    for m in taken {
+        let wanted = reason_class.is_none_or(|c| m.reason_class.as_deref() == Some(c));
+        if !wanted || dry_run {
+            if wanted {
+                result.moved += 1;
+            } else {
+                result.left += 1;
+            }
+            keep.push(m);
+            continue;
+        }
+        match sqs
+            .send_message()
+            .queue_url(queue_url)
+            .message_body(&m.body)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                // Sent: now, and only now, it may leave the DLQ. If this delete fails the
+                // message is in both places; ingest's first write wins, so nothing doubles.
+                delete_taken(sqs, dlq_url, &m).await?;
+                result.moved += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %describe_sdk_error(&e), "a dead letter could not be sent back; it stays in the DLQ");
+                result.failed += 1;
+                result.left += 1;
+                keep.push(m);
+            }
+        }
+    }
+    give_back(sqs, dlq_url, &keep).await;
+    Ok(result)
+}

@@ -1,0 +1,34 @@
+//! `leadpipe redrive` on the SQLite file: dead letters back to the queue, in one
+//! transaction, so none is lost or doubled by a crash midway.
+
+use crate::{LocalDb, LocalError, now_unix_ms};
+use rusqlite::params;
+
+impl LocalDb {
+    /// Moves the dead letters of `reason_class` (all when `None`) back to the queue; with
+    /// `dry_run`, only counts them. Returns how many.
+    pub fn redrive(&self, reason_class: Option<&str>, dry_run: bool) -> Result<usize, LocalError> {
+        let now = now_unix_ms();
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rows: Vec<(i64, String)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, body FROM dead_letters WHERE ?1 IS NULL OR reason_class = ?1 ORDER BY id",
+                )?;
+                stmt.query_map(params![reason_class], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            if !dry_run {
+                for (id, body) in &rows {
+                    tx.execute(
+                        "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
+                        params![body, now],
+                    )?;
+                    tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(rows.len())
+        })
+    }
+}

@@ -1,0 +1,407 @@
+//! The operator's commands that work the same on the local file and on the deployed stack
+//! (docs/operate.md): `forget` (erasure: GDPR, LGPD, CCPA) and `redrive`. Output is ids and
+//! counts only; `--json` for scripts.
+
+use crate::CliError;
+use leadpipe_aws::operate::{self as aws_ops, LookupIndex};
+use leadpipe_core::privacy::LeadPolicy;
+use leadpipe_local::LocalDb;
+use secrecy::SecretString;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// Where the command acts: the local file, or the stack's resources.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// The local SQLite file.
+    #[arg(long, conflicts_with_all = ["stack", "leads_table", "queue_url", "dlq_url", "state_table"])]
+    pub db: Option<PathBuf>,
+    /// The deployed stack: its outputs name the table and queues (CloudFormation DescribeStacks).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// The leads table (instead of, or over, --stack's).
+    #[arg(long)]
+    pub leads_table: Option<String>,
+    /// The lead events queue.
+    #[arg(long)]
+    pub queue_url: Option<String>,
+    /// The dead-letter queue.
+    #[arg(long)]
+    pub dlq_url: Option<String>,
+    /// The state table (checkpoints).
+    #[arg(long)]
+    pub state_table: Option<String>,
+}
+
+/// The stack's resources a command can use.
+#[derive(Debug, Clone, Default)]
+pub struct AwsNames {
+    /// `LeadsTableName`.
+    pub leads_table: Option<String>,
+    /// `LeadEventsQueueUrl`.
+    pub queue_url: Option<String>,
+    /// `DeadLetterQueueUrl`.
+    pub dlq_url: Option<String>,
+    /// `StateTableName`.
+    pub state_table: Option<String>,
+    /// `AppSecretArn`.
+    pub secret_arn: Option<String>,
+}
+
+/// Where a command acts, resolved.
+pub enum Target {
+    /// The SQLite file.
+    Local(PathBuf),
+    /// The stack, with the SDK's configuration.
+    Aws(Box<aws_config::SdkConfig>, AwsNames),
+}
+
+impl TargetArgs {
+    /// Reads `--stack`'s outputs (explicit names win) or takes `--db`.
+    pub async fn resolve(&self) -> Result<Target, CliError> {
+        if let Some(db) = &self.db {
+            if !db.exists() {
+                return Err(CliError::Settings(format!(
+                    "{} does not exist",
+                    db.display()
+                )));
+            }
+            return Ok(Target::Local(db.clone()));
+        }
+        let config = leadpipe_aws::sdk_config().await;
+        let mut names = match &self.stack {
+            Some(stack) => stack_outputs(&config, stack).await?,
+            None => AwsNames::default(),
+        };
+        let take = |explicit: &Option<String>, from_stack: &mut Option<String>| {
+            if explicit.is_some() {
+                *from_stack = explicit.clone();
+            }
+        };
+        take(&self.leads_table, &mut names.leads_table);
+        take(&self.queue_url, &mut names.queue_url);
+        take(&self.dlq_url, &mut names.dlq_url);
+        take(&self.state_table, &mut names.state_table);
+        if self.stack.is_none()
+            && [
+                &names.leads_table,
+                &names.queue_url,
+                &names.dlq_url,
+                &names.state_table,
+            ]
+            .iter()
+            .all(|n| n.is_none())
+        {
+            return Err(CliError::Settings(
+                "say where: --db PATH for the local file, or --stack NAME (or --leads-table, --queue-url, --dlq-url, --state-table) for the deployed stack".into(),
+            ));
+        }
+        Ok(Target::Aws(Box::new(config), names))
+    }
+}
+
+/// The stack's outputs, by the names the template gives them.
+pub async fn stack_outputs(
+    config: &aws_config::SdkConfig,
+    stack: &str,
+) -> Result<AwsNames, CliError> {
+    let client = aws_sdk_cloudformation::Client::new(config);
+    let out = client
+        .describe_stacks()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| {
+            CliError::Settings(format!(
+                "the stack {stack} could not be read: {}",
+                aws_sdk_cloudformation::error::DisplayErrorContext(&e)
+            ))
+        })?;
+    let stack_info = out
+        .stacks()
+        .first()
+        .ok_or_else(|| CliError::Settings(format!("no stack named {stack}")))?;
+    let output = |key: &str| {
+        stack_info
+            .outputs()
+            .iter()
+            .find(|o| o.output_key() == Some(key))
+            .and_then(|o| o.output_value())
+            .map(str::to_owned)
+    };
+    Ok(AwsNames {
+        leads_table: output("LeadsTableName"),
+        queue_url: output("LeadEventsQueueUrl"),
+        dlq_url: output("DeadLetterQueueUrl"),
+        state_table: output("StateTableName"),
+        secret_arn: output("AppSecretArn"),
+    })
+}
+
+fn need<'a>(name: &'a Option<String>, what: &str, flag: &str) -> Result<&'a str, CliError> {
+    name.as_deref()
+        .ok_or_else(|| CliError::Settings(format!("{what} is not known: give {flag} or --stack")))
+}
+
+// ---- forget ------------------------------------------------------------------------------
+
+/// Arguments of `leadpipe forget`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["lead", "email", "phone"])))]
+pub struct ForgetArgs {
+    /// Where.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The lead's id.
+    #[arg(long)]
+    pub lead: Option<String>,
+    /// Every lead whose first email is this (as normalised: trimmed, lower case).
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Every lead whose first phone number is this (digits, a leading + kept).
+    #[arg(long)]
+    pub phone: Option<String>,
+    /// The secret holding lookup_key (a file; else --secret-arn, the stack's, or LOOKUP_KEY).
+    #[arg(long, env = "LEADPIPE_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// The secret holding lookup_key, in Secrets Manager.
+    #[arg(long)]
+    pub secret_arn: Option<String>,
+    /// Say what would be erased; erase nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `forget` found and erased.
+#[derive(Debug, Default, serde::Serialize)]
+struct Erasure {
+    dry_run: bool,
+    found_by: &'static str,
+    lead_ids: Vec<String>,
+    leads: usize,
+    outbox: usize,
+    dead_letters: usize,
+    queued: usize,
+}
+
+/// The lookup key, from the secret (file, ARN, the stack's) or `LOOKUP_KEY`.
+async fn lookup_policy(
+    args: &ForgetArgs,
+    names: Option<&AwsNames>,
+) -> Result<LeadPolicy, CliError> {
+    let key: Option<SecretString> = if let Some(path) = &args.secret_file {
+        crate::load_secrets(Some(path))?.lookup_key
+    } else if let Some(arn) = args
+        .secret_arn
+        .clone()
+        .or_else(|| names.and_then(|n| n.secret_arn.clone()))
+    {
+        let config = leadpipe_aws::sdk_config().await;
+        let source = leadpipe_core::settings::SecretSource::SecretsManager { arn };
+        leadpipe_aws::load_secrets(&config, &source)
+            .await?
+            .lookup_key
+    } else {
+        leadpipe_core::settings::Env::process()
+            .optional("LOOKUP_KEY")
+            .map(SecretString::from)
+    };
+    if key.is_none() {
+        return Err(CliError::Settings(
+            "no lookup_key: --email and --phone need the secret's lookup_key (give --secret-file, --secret-arn or --stack; `leadpipe connect` adds one). Leads stored without one can be forgotten by --lead only".into(),
+        ));
+    }
+    Ok(LeadPolicy::new(key, 0))
+}
+
+/// Erases the person's leads everywhere leadpipe keeps them.
+pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
+    let target = args.target.resolve().await?;
+    let names = match &target {
+        Target::Aws(_, names) => Some(names.clone()),
+        Target::Local(_) => None,
+    };
+    let (found_by, key) = match (&args.lead, &args.email, &args.phone) {
+        (Some(_), _, _) => ("lead id", None),
+        (None, Some(email), _) => {
+            let policy = lookup_policy(&args, names.as_ref()).await?;
+            let key = policy
+                .email_key(email)
+                .ok_or_else(|| CliError::Settings("--email is empty".into()))?;
+            ("email_key", Some((LookupIndex::Email, key)))
+        }
+        (None, None, Some(phone)) => {
+            let policy = lookup_policy(&args, names.as_ref()).await?;
+            let key = policy
+                .phone_key(phone)
+                .ok_or_else(|| CliError::Settings("--phone has no digit".into()))?;
+            ("phone_key", Some((LookupIndex::Phone, key)))
+        }
+        (None, None, None) => {
+            return Err(CliError::Settings("give --lead, --email or --phone".into()));
+        }
+    };
+    let mut erasure = Erasure {
+        dry_run: args.dry_run,
+        found_by,
+        ..Erasure::default()
+    };
+    match target {
+        Target::Local(path) => {
+            let db = LocalDb::open(&path)?;
+            let ids = match (&args.lead, &key) {
+                (Some(id), _) => vec![id.clone()],
+                (None, Some((LookupIndex::Email, k))) => db.leads_by_lookup(Some(k), None)?,
+                (None, Some((LookupIndex::Phone, k))) => db.leads_by_lookup(None, Some(k))?,
+                (None, None) => Vec::new(),
+            };
+            let done = if args.dry_run {
+                db.erasure_preview(&ids)?
+            } else {
+                db.erase(&ids)?
+            };
+            erasure.leads = done.lead_ids.len();
+            erasure.lead_ids = ids;
+            erasure.outbox = done.outbox;
+            erasure.dead_letters = done.dead_letters;
+            erasure.queued = done.queued;
+        }
+        Target::Aws(config, names) => {
+            let table = need(&names.leads_table, "the leads table", "--leads-table")?;
+            let ddb = aws_sdk_dynamodb::Client::new(&config);
+            let ids = match (&args.lead, &key) {
+                (Some(id), _) => vec![id.clone()],
+                (None, Some((index, k))) => {
+                    aws_ops::leads_by_lookup(&ddb, table, *index, k).await?
+                }
+                (None, None) => Vec::new(),
+            };
+            for id in &ids {
+                let present = if args.dry_run {
+                    aws_ops::lead_exists(&ddb, table, id).await?
+                } else {
+                    aws_ops::delete_lead(&ddb, table, id).await?
+                };
+                erasure.leads += usize::from(present);
+            }
+            if let Some(dlq) = &names.dlq_url {
+                let sqs = aws_sdk_sqs::Client::new(&config);
+                let set: BTreeSet<String> = ids.iter().cloned().collect();
+                erasure.dead_letters =
+                    aws_ops::erase_dead_letters_naming(&sqs, dlq, &set, !args.dry_run).await?;
+            }
+            erasure.lead_ids = ids;
+        }
+    }
+    // The erasure record: ids and counts, never the address or number asked for.
+    tracing::warn!(
+        target: "leadpipe::erasure",
+        dry_run = erasure.dry_run,
+        found_by = erasure.found_by,
+        lead_ids = ?erasure.lead_ids,
+        leads = erasure.leads,
+        outbox = erasure.outbox,
+        dead_letters = erasure.dead_letters,
+        queued = erasure.queued,
+        "erasure"
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&erasure).unwrap_or_default());
+    } else {
+        let verb = if args.dry_run {
+            "would forget"
+        } else {
+            "forgot"
+        };
+        println!(
+            "{verb} {} lead(s) found by {}: {}",
+            erasure.leads,
+            erasure.found_by,
+            if erasure.lead_ids.is_empty() {
+                "none".to_owned()
+            } else {
+                erasure.lead_ids.join(", ")
+            }
+        );
+        println!(
+            "  leads {}, forwarding outbox {}, dead letters {}, queued messages {}",
+            erasure.leads, erasure.outbox, erasure.dead_letters, erasure.queued
+        );
+    }
+    Ok(())
+}
+
+// ---- redrive -----------------------------------------------------------------------------
+
+/// Arguments of `leadpipe redrive`.
+#[derive(Debug, clap::Args)]
+pub struct RedriveArgs {
+    /// Where.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Only dead letters of this class (malformed, not_found, permission, token,
+    /// bad_request, too_large, unreadable).
+    #[arg(long)]
+    pub reason_class: Option<String>,
+    /// Count what would move; move nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Moves dead letters back to the queue.
+pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
+    if let Some(class) = &args.reason_class
+        && !leadpipe_core::ports::DeadLetterClass::ALL
+            .iter()
+            .any(|c| c.as_str() == class)
+    {
+        return Err(CliError::Settings(format!(
+            "--reason-class {class} is not a class: use one of {}",
+            leadpipe_core::ports::DeadLetterClass::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let (moved, left, failed) = match args.target.resolve().await? {
+        Target::Local(path) => {
+            let db = LocalDb::open(&path)?;
+            (
+                db.redrive(args.reason_class.as_deref(), args.dry_run)?,
+                0,
+                0,
+            )
+        }
+        Target::Aws(config, names) => {
+            let dlq = need(&names.dlq_url, "the dead-letter queue", "--dlq-url")?;
+            let queue = need(&names.queue_url, "the lead events queue", "--queue-url")?;
+            let sqs = aws_sdk_sqs::Client::new(&config);
+            let done =
+                aws_ops::redrive(&sqs, dlq, queue, args.reason_class.as_deref(), args.dry_run)
+                    .await?;
+            (done.moved, done.left, done.failed)
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"dry_run": args.dry_run, "moved": moved, "left": left, "failed": failed})
+        );
+    } else {
+        let verb = if args.dry_run { "would move" } else { "moved" };
+        println!("{verb} {moved} dead letter(s) back to the queue; {left} left in the DLQ");
+    }
+    if failed > 0 {
+        return Err(CliError::Failed(format!(
+            "{failed} dead letter(s) could not be sent back; they are still in the DLQ: run redrive again"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! `leadpipe forget` and `redrive` on the local file, as the real binary: a person found by
+//! the keyed hash of their email and erased from leads, outbox and dead letters, nothing of
+//! theirs printed; dead letters of one class moved back to the queue.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
+use leadpipe_core::privacy::LeadPolicy;
+use leadpipe_local::LocalDb;
+use secrecy::SecretString;
+use std::path::{Path, PathBuf};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+const LOOKUP_KEY: &str = "operate-test-lookup-key-5e1f";
+
+fn stored(id: &str, email: &str, phone: &str) -> StoredLead {
+    StoredLead {
+        lead: leadpipe_graph::Lead::from_json(&format!(
+            r#"{{"id":"{id}","created_time":"2026-11-30T00:00:00+0000","field_data":[
+                {{"name":"email","values":["{email}"]}},{{"name":"phone_number","values":["{phone}"]}},
+                {{"name":"full_name","values":["Person {id}"]}}]}}"#
+        ))
+        .unwrap(),
+        page_id: "7".into(),
+        form_id: Some("5".into()),
+        source: LeadSourceKind::Webhook,
+        ingested_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+struct Files {
+    dir: PathBuf,
+    db: PathBuf,
+    secret: PathBuf,
+}
+
+async fn world(name: &str) -> Files {
+    let dir = std::env::temp_dir().join(format!("leadpipe-operate-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_path = dir.join("leads.db");
+    let secret = dir.join("secret.json");
+    std::fs::write(
+        &secret,
+        serde_json::json!({"app_secret": "s", "lookup_key": LOOKUP_KEY}).to_string(),
+    )
+    .unwrap();
+    let db = LocalDb::open(&db_path).unwrap();
+    db.set_policy(LeadPolicy::new(Some(SecretString::from(LOOKUP_KEY)), 0));
+    db.enable_outbox();
+    db.put_leads(&[
+        stored("101", "ada@example.org", "+1 555 0101"),
+        stored("102", "ADA@example.org ", "+1 555 0199"),
+        stored("103", "grace@example.org", "+1 555 0101"),
+        stored("104", "edsger@example.org", "+1 555 0104"),
+    ])
+    .await
+    .unwrap();
+    drop(db);
+    // Dead letters of two classes, one naming Ada's second lead.
+    let conn = rusqlite::Connection::open(&db_path).unwrap();
+    for (lead, class) in [("102", "token"), ("900", "token"), ("901", "not_found")] {
+        conn.execute(
+            "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, ?2, 'r', 'now')",
+            rusqlite::params![format!(r#"{{"leadgen_id":"{lead}","page_id":"7","received_at":"2026-11-30T00:00:00Z"}}"#), class],
+        )
+        .unwrap();
+    }
+    Files {
+        dir,
+        db: db_path,
+        secret,
+    }
+}
+
+async fn run(args: &[&str], db: &Path, secret: &Path) -> (bool, String) {
+    let out = tokio::process::Command::new(BINARY)
+        .args(args)
+        .arg("--db")
+        .arg(db)
+        .env("LEADPIPE_SECRET_FILE", secret)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn lead_ids(db: &Path) -> Vec<String> {
+    LocalDb::open_read_only(db)
+        .unwrap()
+        .leads()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.lead_id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_by_email_erases_exactly_the_persons_leads_everywhere() {
+    let files = world("email").await;
+    let (ok, dry) = run(
+        &["forget", "--email", " Ada@Example.org", "--dry-run"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(ok, "{dry}");
+    assert!(
+        dry.contains("would forget 2 lead(s) found by email_key: 101, 102"),
+        "{dry}"
+    );
+    assert_eq!(lead_ids(&files.db).len(), 4, "a dry run erases nothing");
+
+    let (ok, text) = run(
+        &["forget", "--email", "ada@example.org"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("forgot 2 lead(s) found by email_key: 101, 102"),
+        "{text}"
+    );
+    assert!(
+        text.contains("leads 2, forwarding outbox 2, dead letters 1, queued messages 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("erasure"),
+        "an erasure record is logged: {text}"
+    );
+    for personal in [
+        "ada@example.org",
+        "Ada@Example.org",
+        "Person 101",
+        "555 0101",
+    ] {
+        assert!(!text.contains(personal), "{personal} printed: {text}");
+    }
+    assert_eq!(lead_ids(&files.db), ["103", "104"]);
+    let db = LocalDb::open_read_only(&files.db).unwrap();
+    assert_eq!(
+        db.outbox_summary().unwrap().pending,
+        2,
+        "only the others' events are left"
+    );
+    assert!(
+        db.dead_letters()
+            .unwrap()
+            .iter()
+            .all(|(body, _, _)| !body.contains("\"102\""))
+    );
+
+    // By phone: Grace shares Ada's old number; only her lead is left with it.
+    let (ok, text) = run(
+        &["forget", "--phone", "+1 (555) 0101", "--json"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(ok, "{text}");
+    let report: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(report["lead_ids"], serde_json::json!(["103"]));
+    assert_eq!(lead_ids(&files.db), ["104"]);
+    let _ = std::fs::remove_dir_all(&files.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_by_email_needs_the_lookup_key_and_by_lead_does_not() {
+    let files = world("nokey").await;
+    let no_key = files.dir.join("no-key.json");
+    std::fs::write(&no_key, r#"{"app_secret":"s"}"#).unwrap();
+    let (ok, text) = run(
+        &["forget", "--email", "ada@example.org"],
+        &files.db,
+        &no_key,
+    )
+    .await;
+    assert!(!ok && text.contains("no lookup_key"), "{text}");
+    let (ok, text) = run(&["forget", "--lead", "104"], &files.db, &no_key).await;
+    assert!(
+        ok && text.contains("forgot 1 lead(s) found by lead id: 104"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&files.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redrive_moves_one_class_back_to_the_queue() {
+    let files = world("redrive").await;
+    let (ok, text) = run(
+        &["redrive", "--reason-class", "token", "--dry-run"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(ok && text.contains("would move 2 dead letter(s)"), "{text}");
+    let (ok, text) = run(
+        &["redrive", "--reason-class", "nonsense"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(!ok && text.contains("is not a class"), "{text}");
+    let (ok, text) = run(
+        &["redrive", "--reason-class", "token"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(ok && text.contains("moved 2 dead letter(s)"), "{text}");
+    let db = LocalDb::open_read_only(&files.db).unwrap();
+    let left: Vec<String> = db
+        .dead_letters()
+        .unwrap()
+        .into_iter()
+        .map(|(_, class, _)| class)
+        .collect();
+    assert_eq!(left, ["not_found"]);
+    assert_eq!(db.queue_len().unwrap(), 2);
+    let _ = std::fs::remove_dir_all(&files.dir);
+}
