@@ -180,7 +180,7 @@ mod tests {
         assert_eq!(attrs.email_key, policy.email_key("ada@example.org"));
         assert_eq!(attrs.phone_key, policy.phone_key("+15550109999"));
         assert_ne!(attrs.email_key, policy.email_key("second@example.org"));
-        assert_eq!(attrs.expires_at, Some(1_764_460_800 + 30 * 86_400));
+        assert_eq!(attrs.expires_at, Some(1_795_996_800 + 30 * 86_400));
         let other_key = LeadPolicy::new(Some(SecretString::from("k2")), 0);
         assert_ne!(other_key.email_key("ada@example.org"), attrs.email_key);
         assert_eq!(other_key.attributes(&stored()).expires_at, None);

@@ -1,0 +1,266 @@
+//! `leadpipe forget` and `redrive` against moto, as the real binary: a person found through
+//! the `by_email_key` index (the calls recorded at a proxy show a Query and no Scan), their
+//! leads and the dead letters naming them erased, TTL set when retention is on; a filtered
+//! redrive that loses nothing when some sends fail midway.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use leadpipe_aws::DynamoLeadStore;
+use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
+use leadpipe_core::privacy::LeadPolicy;
+use leadpipe_lambda_harness::{moto_endpoint, unique_name};
+use secrecy::SecretString;
+use std::path::PathBuf;
+
+const LOOKUP_KEY: &str = "operate-aws-lookup-key";
+
+fn binary(name: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run scripts/test",
+        path.display()
+    );
+    path
+}
+
+fn stored(i: usize, email: &str) -> StoredLead {
+    StoredLead {
+        lead: leadpipe_graph::Lead::from_json(&format!(
+            r#"{{"id":"{}","created_time":"2026-11-30T00:00:00+0000","field_data":[
+                {{"name":"email","values":["{email}"]}},{{"name":"phone_number","values":["+1555{i:07}"]}}]}}"#,
+            7_000_000 + i
+        ))
+        .unwrap(),
+        page_id: "7".into(),
+        form_id: Some("5".into()),
+        source: LeadSourceKind::Backfill,
+        ingested_at: time::OffsetDateTime::now_utc(),
+    }
+}
+
+async fn queue(sqs: &aws_sdk_sqs::Client, name: &str, max_size: Option<&str>) -> String {
+    let mut create = sqs.create_queue().queue_name(unique_name(name));
+    if let Some(size) = max_size {
+        create = create.attributes(QueueAttributeName::MaximumMessageSize, size);
+    }
+    create.send().await.unwrap().queue_url.unwrap()
+}
+
+async fn dead_letter(
+    sqs: &aws_sdk_sqs::Client,
+    dlq: &str,
+    lead: &str,
+    class: &str,
+    padding: usize,
+) {
+    let body = format!(
+        r#"{{"leadgen_id":"{lead}","page_id":"7","received_at":"2026-11-30T00:00:00Z","pad":"{}"}}"#,
+        "x".repeat(padding)
+    );
+    let attribute = |v: &str| {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(v)
+            .build()
+            .unwrap()
+    };
+    sqs.send_message()
+        .queue_url(dlq)
+        .message_body(body)
+        .message_attributes("leadpipe_reason_class", attribute(class))
+        .message_attributes("leadpipe_reason", attribute("code 190/463"))
+        .send()
+        .await
+        .unwrap();
+}
+
+async fn run(args: &[&str], endpoint: &str) -> (bool, String) {
+    let out = tokio::process::Command::new(binary("leadpipe"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("LOOKUP_KEY", LOOKUP_KEY)
+        .env_remove("LEADPIPE_SECRET_FILE")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run scripts/test"]
+async fn forget_finds_a_person_through_the_index_and_erases_them_on_the_stack() {
+    let moto = moto_endpoint().expect("moto");
+    let config = leadpipe_aws::sdk_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let table = unique_name("operate-leads");
+    leadpipe_aws::dynamo::create_leads_table(&ddb, &table)
+        .await
+        .unwrap();
+    let store = DynamoLeadStore::from_client(ddb.clone(), &table)
+        .with_policy(LeadPolicy::new(Some(SecretString::from(LOOKUP_KEY)), 30));
+    // 1,000 leads; three of them the same person's (the address written three ways).
+    let mut leads: Vec<StoredLead> = (0..1000)
+        .map(|i| stored(i, &format!("person{i}@example.org")))
+        .collect();
+    leads[10] = stored(10, "ada@example.org");
+    leads[500] = stored(500, " Ada@Example.org");
+    leads[999] = stored(999, "ADA@EXAMPLE.ORG");
+    for chunk in leads.chunks(50) {
+        store.put_leads(chunk).await.unwrap();
+    }
+    // Retention on: the TTL attribute is there, 30 days after created_time.
+    let item = ddb
+        .get_item()
+        .table_name(&table)
+        .key(
+            "lead_id",
+            aws_sdk_dynamodb::types::AttributeValue::S("7000010".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        item["expires_at"].as_n().unwrap(),
+        &(1_795_996_800i64 + 30 * 86_400).to_string()
+    );
+    assert!(item.contains_key("email_key") && item.contains_key("phone_key"));
+    let dlq = queue(&sqs, "operate-dlq", None).await;
+    dead_letter(&sqs, &dlq, "7000500", "unreadable", 0).await;
+    dead_letter(&sqs, &dlq, "7000001", "unreadable", 0).await;
+
+    // Every call the binary makes goes through a recording proxy.
+    let proxy =
+        leadpipe_lambda_harness::TcpProxy::start(moto.trim_start_matches("http://").to_owned())
+            .await
+            .unwrap();
+    let (ok, text) = run(
+        &[
+            "forget",
+            "--email",
+            "ada@example.org",
+            "--leads-table",
+            &table,
+            "--dlq-url",
+            &dlq,
+        ],
+        &proxy.url,
+    )
+    .await;
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("forgot 3 lead(s) found by email_key: 7000010, 7000500, 7000999"),
+        "{text}"
+    );
+    assert!(text.contains("dead letters 1"), "{text}");
+    assert!(!text.to_lowercase().contains("ada@example.org"), "{text}");
+    let calls = proxy.state.aws_calls();
+    assert!(calls.contains("dynamodb:Query"), "{calls:?}");
+    assert!(
+        !calls.contains("dynamodb:Scan"),
+        "found without a scan: {calls:?}"
+    );
+    for id in ["7000010", "7000500", "7000999"] {
+        assert!(
+            !leadpipe_aws::operate::lead_exists(&ddb, &table, id)
+                .await
+                .unwrap(),
+            "{id}"
+        );
+    }
+    assert!(
+        leadpipe_aws::operate::lead_exists(&ddb, &table, "7000011")
+            .await
+            .unwrap()
+    );
+    let left = leadpipe_aws::operate::take_all(&sqs, &dlq, 1)
+        .await
+        .unwrap();
+    let named: Vec<Option<String>> = left
+        .iter()
+        .map(|m| leadpipe_aws::operate::body_lead_id(&m.body))
+        .collect();
+    assert_eq!(
+        named,
+        [Some("7000001".to_owned())],
+        "only the other lead's dead letter is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run scripts/test"]
+async fn a_filtered_redrive_loses_nothing_when_sends_fail_midway() {
+    let moto = moto_endpoint().expect("moto");
+    let config = leadpipe_aws::sdk_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let dlq = queue(&sqs, "redrive-dlq", None).await;
+    // The queue takes bodies up to 1 KiB: the padded dead letters' sends fail there.
+    let queue_url = queue(&sqs, "redrive-queue", Some("1024")).await;
+    for i in 0..6 {
+        dead_letter(
+            &sqs,
+            &dlq,
+            &format!("80{i}"),
+            "token",
+            if i % 2 == 0 { 0 } else { 2000 },
+        )
+        .await;
+    }
+    dead_letter(&sqs, &dlq, "890", "not_found", 0).await;
+    let (ok, text) = run(
+        &[
+            "redrive",
+            "--reason-class",
+            "token",
+            "--dlq-url",
+            &dlq,
+            "--queue-url",
+            &queue_url,
+        ],
+        &moto,
+    )
+    .await;
+    assert!(!ok, "failed sends are reported: {text}");
+    assert!(
+        text.contains("moved 3 dead letter(s) back to the queue; 4 left in the DLQ"),
+        "{text}"
+    );
+    assert!(
+        text.contains("3 dead letter(s) could not be sent back"),
+        "{text}"
+    );
+    let moved: Vec<String> = leadpipe_aws::operate::take_all(&sqs, &queue_url, 1)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| leadpipe_aws::operate::body_lead_id(&m.body))
+        .collect();
+    let mut moved = moved;
+    moved.sort();
+    assert_eq!(moved, ["800", "802", "804"]);
+    let mut left: Vec<String> = leadpipe_aws::operate::take_all(&sqs, &dlq, 1)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| leadpipe_aws::operate::body_lead_id(&m.body))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["801", "803", "805", "890"],
+        "every one not sent is still a dead letter"
+    );
+}
