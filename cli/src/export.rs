@@ -21,6 +21,21 @@ pub struct ExportArgs {
     /// The SQLite file to read (opened read-only).
     #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
     pub db: PathBuf,
+    /// Read the deployed stack's leads table (its LeadsTableName output) instead.
+    #[arg(long, conflicts_with = "leads_table")]
+    pub stack: Option<String>,
+    /// Read this DynamoDB leads table instead of the SQLite file.
+    #[arg(long)]
+    pub leads_table: Option<String>,
+    /// Only this form's leads (a `by_form` query on DynamoDB).
+    #[arg(long)]
+    pub form: Option<String>,
+    /// Leads created at or after this time (RFC 3339 or unix seconds).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Leads created before this time (RFC 3339 or unix seconds).
+    #[arg(long)]
+    pub until: Option<String>,
     /// The output's format.
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     pub format: Format,
@@ -83,48 +98,90 @@ pub fn decode_values(cell: &str) -> Vec<String> {
     }
 }
 
+/// Writes rows one at a time in either format; CSV's columns are fixed up front from the
+/// field names, so nothing but the current row is held.
+pub struct RowWriter<W: Write> {
+    inner: Inner<W>,
+    fields: Vec<String>,
+}
+
+enum Inner<W: Write> {
+    Csv(Box<csv::Writer<W>>),
+    Jsonl(W),
+}
+
+impl<W: Write> RowWriter<W> {
+    /// A writer of `format` with these form field columns (CSV; JSONL ignores them).
+    pub fn new(format: Format, fields: BTreeSet<String>, out: W) -> Result<Self, CliError> {
+        let fields: Vec<String> = fields.into_iter().collect();
+        let inner = match format {
+            Format::Jsonl => Inner::Jsonl(out),
+            Format::Csv => {
+                let mut writer = csv::Writer::from_writer(out);
+                let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
+                header.extend(OPTIONAL_COLUMNS.iter().map(|s| s.to_string()));
+                header.extend(fields.iter().map(|f| format!("{FIELD_PREFIX}{f}")));
+                header.extend(TRAILING_COLUMNS.iter().map(|s| s.to_string()));
+                writer
+                    .write_record(header.iter().map(|h| cell(h).into_owned()))
+                    .map_err(csv_error)?;
+                Inner::Csv(Box::new(writer))
+            }
+        };
+        Ok(Self { inner, fields })
+    }
+
+    /// Writes one lead.
+    pub fn write(&mut self, row: &LeadRow) -> Result<(), CliError> {
+        match &mut self.inner {
+            Inner::Jsonl(out) => writeln!(out, "{}", row_json(row)).map_err(CliError::Output),
+            Inner::Csv(writer) => {
+                let mut record = vec![
+                    row.lead_id.clone(),
+                    row.created_time.clone(),
+                    row.page_id.clone(),
+                    row.form_id.clone().unwrap_or_default(),
+                    row.is_organic.to_string(),
+                ];
+                record.extend(
+                    OPTIONAL_COLUMNS
+                        .iter()
+                        .map(|c| row.optional.get(c).cloned().unwrap_or_default()),
+                );
+                record.extend(self.fields.iter().map(|f| {
+                    row.fields
+                        .get(f)
+                        .map(|v| encode_values(v))
+                        .unwrap_or_default()
+                }));
+                record.push(row.custom_disclaimer_responses.to_string());
+                record.push(row.source.clone());
+                record.push(row.ingested_at.clone());
+                record.push(row.raw.clone());
+                writer
+                    .write_record(record.iter().map(|c| cell(c).into_owned()))
+                    .map_err(csv_error)
+            }
+        }
+    }
+
+    /// Flushes what is buffered.
+    pub fn finish(self) -> Result<(), CliError> {
+        match self.inner {
+            Inner::Jsonl(mut out) => out.flush().map_err(CliError::Output),
+            Inner::Csv(mut writer) => writer.flush().map_err(CliError::Output),
+        }
+    }
+}
+
 /// Writes `rows` as CSV.
 pub fn write_csv<W: Write>(rows: &[LeadRow], out: W) -> Result<(), CliError> {
-    let fields: BTreeSet<&str> = rows
-        .iter()
-        .flat_map(|r| r.fields.keys().map(String::as_str))
-        .collect();
-    let mut writer = csv::Writer::from_writer(out);
-    let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
-    header.extend(OPTIONAL_COLUMNS.iter().map(|s| s.to_string()));
-    header.extend(fields.iter().map(|f| format!("{FIELD_PREFIX}{f}")));
-    header.extend(TRAILING_COLUMNS.iter().map(|s| s.to_string()));
-    writer
-        .write_record(header.iter().map(|h| cell(h).into_owned()))
-        .map_err(csv_error)?;
+    let fields: BTreeSet<String> = rows.iter().flat_map(|r| r.fields.keys().cloned()).collect();
+    let mut writer = RowWriter::new(Format::Csv, fields, out)?;
     for row in rows {
-        let mut record = vec![
-            row.lead_id.clone(),
-            row.created_time.clone(),
-            row.page_id.clone(),
-            row.form_id.clone().unwrap_or_default(),
-            row.is_organic.to_string(),
-        ];
-        record.extend(
-            OPTIONAL_COLUMNS
-                .iter()
-                .map(|c| row.optional.get(c).cloned().unwrap_or_default()),
-        );
-        record.extend(fields.iter().map(|f| {
-            row.fields
-                .get(*f)
-                .map(|v| encode_values(v))
-                .unwrap_or_default()
-        }));
-        record.push(row.custom_disclaimer_responses.to_string());
-        record.push(row.source.clone());
-        record.push(row.ingested_at.clone());
-        record.push(row.raw.clone());
-        writer
-            .write_record(record.iter().map(|c| cell(c).into_owned()))
-            .map_err(csv_error)?;
+        writer.write(row)?;
     }
-    writer.flush().map_err(CliError::Output)
+    writer.finish()
 }
 
 fn csv_error(e: csv::Error) -> CliError {
@@ -169,30 +226,87 @@ pub fn row_json(row: &LeadRow) -> serde_json::Value {
     object
 }
 
-/// `leadpipe export`.
-pub fn run(args: ExportArgs) -> Result<(), CliError> {
-    if !args.db.exists() {
-        return Err(CliError::Settings(format!(
-            "{} does not exist",
-            args.db.display()
-        )));
-    }
-    let db = LocalDb::open_read_only(&args.db)?;
-    let rows = db.leads()?;
+/// A time flag as the contract's RFC 3339 UTC (what `created_time` is stored as).
+fn contract_time_arg(flag: &str, value: &str) -> Result<String, CliError> {
+    let parsed = match value.trim().parse::<i64>() {
+        Ok(unix) => time::OffsetDateTime::from_unix_timestamp(unix).ok(),
+        Err(_) => time::OffsetDateTime::parse(
+            value.trim(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .ok(),
+    };
+    parsed
+        .map(leadpipe_core::record::contract_time)
+        .ok_or_else(|| {
+            CliError::Settings(format!(
+                "{flag} {value} is neither RFC 3339 nor unix seconds"
+            ))
+        })
+}
+
+/// `leadpipe export`: the local file, or the deployed stack's table; streamed either way.
+pub async fn run(args: ExportArgs) -> Result<(), CliError> {
+    let filter = leadpipe_local::LeadFilter {
+        form_id: args.form.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(|v| contract_time_arg("--since", v))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|v| contract_time_arg("--until", v))
+            .transpose()?,
+    };
     let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(create_out(path, args.force)?),
         None => Box::new(std::io::stdout().lock()),
     };
-    let mut out = std::io::BufWriter::new(out);
-    match args.format {
-        Format::Csv => write_csv(&rows, &mut out)?,
-        Format::Jsonl => {
-            for row in &rows {
-                writeln!(out, "{}", row_json(row)).map_err(CliError::Output)?;
-            }
-        }
+    let out = std::io::BufWriter::new(out);
+    let progress = indicatif::ProgressBar::new_spinner();
+    if args.out.is_none() {
+        // Standard output is the data: no spinner beside it.
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    out.flush().map_err(CliError::Output)
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {pos} leads exported ({per_sec})")
+    {
+        progress.set_style(style);
+    }
+    let written = if args.stack.is_some() || args.leads_table.is_some() {
+        let config = leadpipe_aws::sdk_config().await;
+        let table = match (&args.leads_table, &args.stack) {
+            (Some(table), _) => table.clone(),
+            (None, Some(stack)) => crate::operate::stack_outputs(&config, stack)
+                .await?
+                .leads_table
+                .ok_or_else(|| {
+                    CliError::Settings(format!("the stack {stack} has no LeadsTableName output"))
+                })?,
+            (None, None) => return Err(CliError::Settings("give --leads-table or --stack".into())),
+        };
+        crate::export_aws::export(&config, &table, &filter, args.format, out, &progress).await?
+    } else {
+        if !args.db.exists() {
+            return Err(CliError::Settings(format!(
+                "{} does not exist",
+                args.db.display()
+            )));
+        }
+        let db = LocalDb::open_read_only(&args.db)?;
+        let mut writer = RowWriter::new(args.format, db.field_names(&filter)?, out)?;
+        let n = db.each_lead(&filter, |row| {
+            progress.inc(1);
+            writer.write(&row)
+        })?;
+        writer.finish()?;
+        n
+    };
+    progress.finish_and_clear();
+    tracing::info!(leads = written, "export done");
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod export;
+pub mod export_aws;
 pub mod forward;
 pub mod operate;
 pub mod pipeline;
@@ -184,7 +185,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => pipeline::serve(args).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
         Command::Backfill(args) => backfill(args).await,
-        Command::Export(args) => export::run(args),
+        Command::Export(args) => export::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
         Command::Status(args) => status::run(args),
         Command::Connect(args) => connect::run(args).await,

@@ -235,6 +235,18 @@ pub struct LeadRow {
     pub ingested_at: String,
 }
 
+/// Which leads an export reads: one form, and `created_time` in `[since, until)` (RFC 3339
+/// UTC, as stored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeadFilter {
+    /// Only this form.
+    pub form_id: Option<String>,
+    /// Created at or after.
+    pub since: Option<String>,
+    /// Created before.
+    pub until: Option<String>,
+}
+
 /// The optional string columns, in contract order (core's one list).
 pub use leadpipe_core::record::OPTIONAL_ATTRIBUTES as OPTIONAL_COLUMNS;
 
@@ -502,6 +514,109 @@ impl LocalDb {
                 Ok(row)
             })
             .collect()
+    }
+
+    /// Streams the leads `filter` selects to `f`, one row at a time (memory stays flat
+    /// however many there are), in the order of [`LocalDb::leads`].
+    pub fn each_lead<E: From<LocalError>>(
+        &self,
+        filter: &LeadFilter,
+        mut f: impl FnMut(LeadRow) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let mut seen = 0;
+        let mut failure: Option<E> = None;
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id, adset_name, campaign_id,
+                        campaign_name, platform, partner_name, retailer_item_id, is_organic, fields,
+                        custom_disclaimer_responses, raw, source, ingested_at
+                 FROM leads
+                 WHERE (?1 IS NULL OR form_id = ?1) AND (?2 IS NULL OR created_time >= ?2)
+                   AND (?3 IS NULL OR created_time < ?3)
+                 ORDER BY form_id, created_time, lead_id",
+            )?;
+            let mut rows = stmt.query(params![filter.form_id, filter.since, filter.until])?;
+            while let Some(r) = rows.next()? {
+                let mut optional = BTreeMap::new();
+                for (i, name) in OPTIONAL_COLUMNS.iter().enumerate() {
+                    if let Some(v) = r.get::<_, Option<String>>(4 + i)? {
+                        optional.insert(*name, v);
+                    }
+                }
+                let lead_id: String = r.get(0)?;
+                let fields: String = r.get(14)?;
+                let disclaimers: String = r.get(15)?;
+                let corrupt = |column, source| LocalError::Corrupt {
+                    lead_id: lead_id.clone(),
+                    column,
+                    source,
+                };
+                let parsed = serde_json::from_str(&fields)
+                    .map_err(|e| corrupt("fields", e))
+                    .and_then(|fields| {
+                        serde_json::from_str(&disclaimers)
+                            .map(|d| (fields, d))
+                            .map_err(|e| corrupt("custom_disclaimer_responses", e))
+                    });
+                let (fields, custom_disclaimer_responses) = match parsed {
+                    Ok(parsed) => parsed,
+                    Err(e) => {
+                        failure = Some(e.into());
+                        return Ok(());
+                    }
+                };
+                let row = LeadRow {
+                    lead_id,
+                    created_time: r.get(1)?,
+                    page_id: r.get(2)?,
+                    form_id: r.get(3)?,
+                    optional,
+                    is_organic: r.get::<_, i64>(13)? != 0,
+                    fields,
+                    custom_disclaimer_responses,
+                    raw: r.get(16)?,
+                    source: r.get(17)?,
+                    ingested_at: r.get(18)?,
+                };
+                seen += 1;
+                if let Err(e) = f(row) {
+                    failure = Some(e);
+                    return Ok(());
+                }
+            }
+            Ok(())
+        })
+        .map_err(E::from)?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(seen),
+        }
+    }
+
+    /// The form field names of the leads `filter` selects (a CSV's columns), read without
+    /// holding the leads.
+    pub fn field_names(
+        &self,
+        filter: &LeadFilter,
+    ) -> Result<std::collections::BTreeSet<String>, LocalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT fields FROM leads
+                 WHERE (?1 IS NULL OR form_id = ?1) AND (?2 IS NULL OR created_time >= ?2)
+                   AND (?3 IS NULL OR created_time < ?3)",
+            )?;
+            let mut rows = stmt.query(params![filter.form_id, filter.since, filter.until])?;
+            let mut names = std::collections::BTreeSet::new();
+            while let Some(r) = rows.next()? {
+                let fields: String = r.get(0)?;
+                if let Ok(map) =
+                    serde_json::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(&fields)
+                {
+                    names.extend(map.into_keys());
+                }
+            }
+            Ok(names)
+        })
     }
 
     /// Messages waiting (visible or leased) and when the oldest was queued (unix ms).

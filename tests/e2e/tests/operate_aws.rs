@@ -10,6 +10,7 @@ use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
 use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_lambda_harness::{moto_endpoint, unique_name};
 use secrecy::SecretString;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 const LOOKUP_KEY: &str = "operate-aws-lookup-key";
@@ -186,7 +187,7 @@ async fn forget_finds_a_person_through_the_index_and_erases_them_on_the_stack() 
             .await
             .unwrap()
     );
-    let left = leadpipe_aws::operate::take_all(&sqs, &dlq, 1)
+    let left = leadpipe_aws::operate::take_all(&sqs, &dlq, 60)
         .await
         .unwrap();
     let named: Vec<Option<String>> = left
@@ -242,7 +243,7 @@ async fn a_filtered_redrive_loses_nothing_when_sends_fail_midway() {
         text.contains("3 dead letter(s) could not be sent back"),
         "{text}"
     );
-    let moved: Vec<String> = leadpipe_aws::operate::take_all(&sqs, &queue_url, 1)
+    let moved: Vec<String> = leadpipe_aws::operate::take_all(&sqs, &queue_url, 60)
         .await
         .unwrap()
         .iter()
@@ -251,7 +252,7 @@ async fn a_filtered_redrive_loses_nothing_when_sends_fail_midway() {
     let mut moved = moved;
     moved.sort();
     assert_eq!(moved, ["800", "802", "804"]);
-    let mut left: Vec<String> = leadpipe_aws::operate::take_all(&sqs, &dlq, 1)
+    let mut left: Vec<String> = leadpipe_aws::operate::take_all(&sqs, &dlq, 60)
         .await
         .unwrap()
         .iter()
@@ -262,5 +263,90 @@ async fn a_filtered_redrive_loses_nothing_when_sends_fail_midway() {
         left,
         ["801", "803", "805", "890"],
         "every one not sent is still a dead letter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run scripts/test"]
+async fn export_reads_the_stacks_table_by_form_or_by_parallel_scan() {
+    let moto = moto_endpoint().expect("moto");
+    let config = leadpipe_aws::sdk_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let table = unique_name("export-leads");
+    leadpipe_aws::dynamo::create_leads_table(&ddb, &table)
+        .await
+        .unwrap();
+    let store = DynamoLeadStore::from_client(ddb.clone(), &table);
+    // 300 leads, two forms, one a minute apart going back from 2026-11-30T05:00:00Z.
+    let leads: Vec<StoredLead> = (0..300)
+        .map(|i| StoredLead {
+            lead: leadpipe_graph::Lead::from_json(&format!(
+                r#"{{"id":"{}","created_time":{},"form_id":"{}","field_data":[{{"name":"city","values":["Porto"]}},{{"name":"q{}","values":["=1+1"]}}]}}"#,
+                9_000_000 + i,
+                1_796_014_800 - 60 * i as i64,
+                if i % 2 == 0 { "71" } else { "72" },
+                i % 3
+            ))
+            .unwrap(),
+            page_id: "7".into(),
+            form_id: Some(if i % 2 == 0 { "71" } else { "72" }.into()),
+            source: LeadSourceKind::Webhook,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        })
+        .collect();
+    for chunk in leads.chunks(50) {
+        store.put_leads(chunk).await.unwrap();
+    }
+    let (ok, all) = run(
+        &["export", "--leads-table", &table, "--format", "jsonl"],
+        &moto,
+    )
+    .await;
+    assert!(ok, "{all}");
+    let ids: BTreeSet<String> = all
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"lead_id\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["lead_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 300, "every lead once across the scan's segments");
+    // Form 71, the last hour (created 04:00:00 to before 05:00:00): 30 leads, CSV.
+    let (ok, csv) = run(
+        &[
+            "export",
+            "--leads-table",
+            &table,
+            "--form",
+            "71",
+            "--since",
+            "2026-11-30T04:00:00Z",
+            "--until",
+            "1796014800",
+        ],
+        &moto,
+    )
+    .await;
+    assert!(ok, "{csv}");
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        header.contains(&"field:city".to_owned()) && header.contains(&"field:q2".to_owned()),
+        "{header:?}"
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 30);
+    assert!(rows.iter().all(|r| &r[3] == "71"));
+    assert!(
+        csv.contains("'=1+1"),
+        "cells a spreadsheet would run are neutralised"
     );
 }
