@@ -13,6 +13,7 @@ pub mod forward;
 pub mod operate;
 pub mod pipeline;
 pub mod status;
+pub mod status_aws;
 
 use clap::{Parser, Subcommand};
 use leadpipe_core::backfill::{BackfillPlan, BackfillRequest, TimeArg};
@@ -187,7 +188,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backfill(args) => backfill(args).await,
         Command::Export(args) => export::run(args).await,
         Command::Doctor(args) => doctor::run(args).await,
-        Command::Status(args) => status::run(args),
+        Command::Status(args) => status::run(args).await,
         Command::Connect(args) => connect::run(args).await,
         Command::Forget(args) => operate::forget(args).await,
         Command::Redrive(args) => operate::redrive(args).await,

@@ -2,8 +2,8 @@
 //! verdict) or a script (`--json`): the queue's depth and its oldest message's age, dead
 //! letters by reason class with the newest reason, each form's checkpoint and last run, and
 //! leads stored in the last 24 hours and 7 days per form, and the forwarding outbox. Ids and counts only: no lead value.
-//! It opens the file read-only and exits non-zero when something needs a person. (The
-//! deployed stack's side, `--stack`, is not built yet.)
+//! It opens the file read-only and exits non-zero when something needs a person. The
+//! deployed stack's side (`--stack` or the resources' names) is `crate::status_aws`.
 
 use crate::CliError;
 use leadpipe_local::LocalDb;
@@ -20,13 +20,40 @@ pub struct StatusArgs {
     /// The SQLite file to read (opened read-only).
     #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
     pub db: PathBuf,
+    /// The deployed stack instead (its outputs name the queues and tables).
+    #[arg(long)]
+    pub stack: Option<String>,
+    /// The lead events queue (instead of, or over, --stack's).
+    #[arg(long)]
+    pub queue_url: Option<String>,
+    /// The dead-letter queue.
+    #[arg(long)]
+    pub dlq_url: Option<String>,
+    /// The leads table.
+    #[arg(long)]
+    pub leads_table: Option<String>,
+    /// The state table (checkpoints).
+    #[arg(long)]
+    pub state_table: Option<String>,
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
 }
 
 /// Prints the status; fails (after printing) when something needs a person.
-pub fn run(args: StatusArgs) -> Result<(), CliError> {
+pub async fn run(args: StatusArgs) -> Result<(), CliError> {
+    if args.stack.is_some()
+        || args.queue_url.is_some()
+        || args.dlq_url.is_some()
+        || args.leads_table.is_some()
+        || args.state_table.is_some()
+    {
+        return crate::status_aws::run(&args).await;
+    }
+    local(args)
+}
+
+fn local(args: StatusArgs) -> Result<(), CliError> {
     if !args.db.exists() {
         return Err(CliError::Settings(format!(
             "{} does not exist",

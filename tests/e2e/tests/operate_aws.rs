@@ -350,3 +350,111 @@ async fn export_reads_the_stacks_table_by_form_or_by_parallel_scan() {
         "cells a spreadsheet would run are neutralised"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run scripts/test"]
+async fn status_reads_the_stack_by_its_outputs() {
+    let moto = moto_endpoint().expect("moto");
+    let config = leadpipe_aws::sdk_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let leads_table = unique_name("status-leads");
+    let state_table = unique_name("status-state");
+    leadpipe_aws::dynamo::create_leads_table(&ddb, &leads_table)
+        .await
+        .unwrap();
+    leadpipe_aws::dynamo::create_state_table(&ddb, &state_table)
+        .await
+        .unwrap();
+    let queue_url = queue(&sqs, "status-queue", None).await;
+    let dlq = queue(&sqs, "status-dlq", None).await;
+    for (lead, class) in [("1", "token"), ("2", "token"), ("3", "not_found")] {
+        dead_letter(&sqs, &dlq, lead, class, 0).await;
+    }
+    sqs.send_message()
+        .queue_url(&queue_url)
+        .message_body("{}")
+        .send()
+        .await
+        .unwrap();
+    let checkpoints = leadpipe_aws::DynamoCheckpointStore::from_client(ddb.clone(), &state_table);
+    use leadpipe_core::ports::CheckpointStore;
+    checkpoints
+        .save_checkpoint(
+            "form#71",
+            1_796_000_000,
+            &leadpipe_core::ports::RunFacts {
+                leads_read: 12,
+                new: 5,
+                already_present: 7,
+            },
+        )
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let store = DynamoLeadStore::from_client(ddb.clone(), &leads_table);
+    let leads: Vec<StoredLead> = [3_600, 2 * 86_400, 30 * 86_400]
+        .iter()
+        .enumerate()
+        .map(|(i, age)| StoredLead {
+            lead: leadpipe_graph::Lead::from_json(&format!(
+                r#"{{"id":"{}","created_time":{},"form_id":"71"}}"#,
+                9_100_000 + i,
+                now - age
+            ))
+            .unwrap(),
+            page_id: "7".into(),
+            form_id: Some("71".into()),
+            source: LeadSourceKind::Webhook,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        })
+        .collect();
+    store.put_leads(&leads).await.unwrap();
+    // A stack whose outputs name them, as the template's do.
+    let stack = unique_name("status-stack");
+    let template = serde_json::json!({
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {
+            "LeadsTableName": {"Value": leads_table}, "StateTableName": {"Value": state_table},
+            "LeadEventsQueueUrl": {"Value": queue_url}, "DeadLetterQueueUrl": {"Value": dlq}
+        }
+    });
+    aws_sdk_cloudformation::Client::new(&config)
+        .create_stack()
+        .stack_name(&stack)
+        .template_body(template.to_string())
+        .send()
+        .await
+        .unwrap();
+    let (ok, text) = run(&["status", "--stack", &stack, "--json"], &moto).await;
+    assert!(!ok, "dead letters need a person: {text}");
+    let report: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(report["queue"]["depth"], 1, "{report}");
+    let classes: BTreeSet<(String, u64)> = report["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["reason_class"].as_str().unwrap().to_owned(),
+                d["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        BTreeSet::from([("not_found".to_owned(), 1), ("token".to_owned(), 2)])
+    );
+    assert_eq!(report["checkpoints"][0]["key"], "form#71");
+    assert_eq!(report["checkpoints"][0]["last_run_new"], 5);
+    assert_eq!(report["created_per_form"][0]["last_24h"], 1);
+    assert_eq!(report["created_per_form"][0]["last_7d"], 2);
+    // Reading the dead letters gave them back.
+    assert_eq!(
+        leadpipe_aws::operate::take_all(&sqs, &dlq, 60)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
