@@ -4,9 +4,10 @@
 //! concurrency). The store is in memory, so the figure is ingest's own plus Graph's.
 //!
 //! ```text
-//! cargo run --release -p leadpipe-ingest --example ingest_load -- 10000 50 20
+//! cargo run --release -p leadpipe-ingest --example ingest_load -- 10000 50 20 10
 //! ```
-//! Arguments: leads, Graph latency in ms, concurrent batches.
+//! Arguments: leads, Graph latency in ms, concurrent batches, SQS messages per batch (the
+//! event source mapping's BatchSize: 10 or 50).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use axum::extract::{Form, State};
@@ -56,6 +57,7 @@ async fn main() {
     let leads = args.next().unwrap_or(10_000) as usize;
     let latency = Duration::from_millis(args.next().unwrap_or(50));
     let concurrency = args.next().unwrap_or(20) as usize;
+    let batch_size = args.next().unwrap_or(10).clamp(1, 10_000) as usize;
 
     let stand_in = Arc::new(StandIn {
         latency,
@@ -88,7 +90,7 @@ async fn main() {
     let bodies: Vec<String> = (0..leads)
         .map(|i| format!(r#"{{"leadgen_id":"{}","page_id":"104857600000001","form_id":"555","created_time":1764390000,"received_at":"2026-11-29T05:00:00Z"}}"#, 1_900_000_000_000_000u64 + i as u64))
         .collect();
-    let batches: Vec<Vec<String>> = bodies.chunks(10).map(|c| c.to_vec()).collect();
+    let batches: Vec<Vec<String>> = bodies.chunks(batch_size).map(|c| c.to_vec()).collect();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -125,9 +127,9 @@ async fn main() {
     let elapsed = started.elapsed();
     let requests = stand_in.requests.load(Ordering::Relaxed);
     let rate = store.len() as f64 / elapsed.as_secs_f64();
-    let bound = concurrency as f64 * 10.0 / latency.as_secs_f64();
+    let bound = concurrency as f64 * batch_size as f64 / latency.as_secs_f64();
     println!(
-        "ingest: {} leads stored ({} retried) in {:.2} s = {:.0} leads/s; Graph requests {} = {:.2} per lead; latency bound {:.0} leads/s ({} batches x 10 / {} ms): {:.0}% of bound",
+        "ingest: {} leads stored ({} retried) in {:.2} s = {:.0} leads/s; Graph requests {} = {:.2} per lead; latency bound {:.0} leads/s ({} batches x {batch_size} / {} ms): {:.0}% of bound",
         store.len(),
         retried,
         elapsed.as_secs_f64(),
