@@ -856,9 +856,18 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         ("deliver", &deliver.process),
     ];
     processes.extend(ingests.iter().map(|i| ("ingest", &i.process)));
+    // Log bytes per stored lead, by function and by kind (EMF metric lines or log lines):
+    // CloudWatch Logs ingestion is billed by the byte (BENCHMARKS.md, cost per million).
+    let mut log_bytes: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for (name, function) in processes {
         for line in function.logs() {
             lines += 1;
+            let kind = if line.contains("\"_aws\"") {
+                "emf"
+            } else {
+                "log"
+            };
+            *log_bytes.entry((name, kind)).or_default() += line.len() + 1;
             for value in &forbidden {
                 assert!(
                     !line.contains(value.as_str()),
@@ -868,6 +877,17 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         }
     }
 
+    println!(
+        "e2e: log bytes per stored lead at info: {}",
+        log_bytes
+            .iter()
+            .map(|((name, kind), bytes)| format!(
+                "{name} {kind} {:.0}",
+                *bytes as f64 / items.len() as f64
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let recovered = items.values().filter(|i| i["source"] == "backfill").count();
     println!(
         "e2e: {LEADS} leads; {posts} posts ({duplicated} duplicated), {} dropped; {} stored once each ({} by webhook, {recovered} recovered by backfill in {ticks} tick(s)); {} in the DLQ ({token_dead} expired-token page, {} unreadable leads); {} ingest invocations on {INGEST_CONCURRENCY} instances; {lines} log lines checked; {:.1} s",
