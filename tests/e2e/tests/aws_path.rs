@@ -105,6 +105,9 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
     let sqs = aws_sdk_sqs::Client::new(&config);
     let ddb = aws_sdk_dynamodb::Client::new(&config);
 
+    // Where the time goes, printed at the end (BENCHMARKS.md, the test command).
+    let mut phases: Vec<(&str, f64)> = Vec::new();
+    let mut phase = Instant::now();
     // ---- the world ----------------------------------------------------------------------
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut data = Dataset::generate(&DatasetSpec {
@@ -382,6 +385,8 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         }));
     }
 
+    phases.push(("set-up", phase.elapsed().as_secs_f64()));
+    phase = Instant::now();
     // ---- Meta delivers: 10% dropped, 10% duplicated, reordered; faults along the way ------
     let mut rng = fastrand::Rng::with_seed(2026);
     let mut order: Vec<&leadpipe_sandbox::SandboxLead> = data.leads.iter().collect();
@@ -446,6 +451,8 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
     }
     dynamodb_down.down.store(false, Ordering::SeqCst);
 
+    phases.push(("posts", phase.elapsed().as_secs_f64()));
+    phase = Instant::now();
     // ---- drain, then the schedule tick --------------------------------------------------------
     let mut last_progress = Instant::now();
     let mut last_seen = (
@@ -520,6 +527,8 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         ticks += 1;
     }
 
+    phases.push(("drain and backfill", phase.elapsed().as_secs_f64()));
+    phase = Instant::now();
     // ---- what is stored ------------------------------------------------------------------------
     let mut items: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     let mut scanned = 0usize;
@@ -612,6 +621,8 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         "every unreadable lead is in the DLQ with its id, to redrive after a fix"
     );
 
+    phases.push(("checks", phase.elapsed().as_secs_f64()));
+    phase = Instant::now();
     // ---- leads out: the table's stream through deliver to the bus, one event per lead -----------
     // As the template wires it: a bus, a rule on `source` and `detail-type` with an SQS queue
     // as its target (standing in for an API destination or a person's own rule), and the
@@ -808,6 +819,7 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         events_per_lead.len()
     );
 
+    phases.push(("leads out", phase.elapsed().as_secs_f64()));
     // ---- what each function called, for infra/tests' least-privilege proof ---------------------
     let mut observed = serde_json::Map::new();
     for (name, proxies) in [
@@ -877,6 +889,14 @@ async fn no_lead_is_lost_or_doubled_on_the_aws_path() {
         }
     }
 
+    println!(
+        "e2e: phases: {}",
+        phases
+            .iter()
+            .map(|(name, secs)| format!("{name} {secs:.1} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "e2e: log bytes per stored lead at info: {}",
         log_bytes
