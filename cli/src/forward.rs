@@ -130,16 +130,27 @@ impl Forwarder {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            futures::stream::iter(due)
-                .for_each_concurrent(self.settings.concurrency, |item| {
+            // Deliveries of a round leave the outbox together: one commit (one fsync) for
+            // the round, not one per event.
+            let delivered: Vec<String> = futures::stream::iter(due)
+                .map(|item| {
                     let this = self.clone();
                     async move { this.forward(item).await }
                 })
+                .buffer_unordered(self.settings.concurrency)
+                .filter_map(|done| async move { done })
+                .collect()
                 .await;
+            if let Err(err) = self.db.outbox_delivered(&delivered) {
+                // Their leases run out and they are sent again: at least once.
+                tracing::error!(error = %err, events = delivered.len(), "the outbox could not record deliveries");
+            }
         }
     }
 
-    async fn forward(&self, item: OutboxItem) {
+    /// POSTs one event and records a failure; returns its lead id when it was delivered
+    /// (the caller removes those from the outbox together).
+    async fn forward(&self, item: OutboxItem) -> Option<String> {
         let delivery = self.post(&item).await;
         let now = now_ms();
         let result = match &delivery {
@@ -150,7 +161,7 @@ impl Forwarder {
                 {
                     all.push((now - item.created_at).max(0) as u64);
                 }
-                self.db.outbox_delivered(&item.lead_id)
+                return Some(item.lead_id);
             }
             Delivery::Retry { after, reason } => {
                 let age = Duration::from_millis((now - item.created_at).max(0) as u64);
@@ -177,6 +188,7 @@ impl Forwarder {
             // The lease runs out and the event is tried again: at least once.
             tracing::error!(lead_id = %item.lead_id, error = %err, "the outbox could not be updated");
         }
+        None
     }
 
     /// One POST of one event.

@@ -85,11 +85,17 @@ impl LocalDb {
         })
     }
 
-    /// The event was delivered: it leaves the outbox.
-    pub fn outbox_delivered(&self, lead_id: &str) -> Result<(), LocalError> {
+    /// These events were delivered: they leave the outbox, in one transaction.
+    pub fn outbox_delivered(&self, lead_ids: &[String]) -> Result<(), LocalError> {
+        if lead_ids.is_empty() {
+            return Ok(());
+        }
         self.with(|conn| {
-            conn.execute("DELETE FROM outbox WHERE lead_id = ?1", params![lead_id])
-                .map(|_| ())
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for id in lead_ids {
+                tx.execute("DELETE FROM outbox WHERE lead_id = ?1", params![id])?;
+            }
+            tx.commit()
         })
     }
 
@@ -203,7 +209,7 @@ mod tests {
                 .is_empty(),
             "leased"
         );
-        db.outbox_delivered("2").unwrap();
+        db.outbox_delivered(&["2".to_owned()]).unwrap();
         db.outbox_dead("3", "HTTP 400: no").unwrap();
         let summary = db.outbox_summary().unwrap();
         assert_eq!((summary.pending, summary.dead), (0, 1));
