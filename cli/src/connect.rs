@@ -799,20 +799,27 @@ fn merge_secret(
 
 /// Where a test lead is looked for.
 enum Store {
-    Local(PathBuf),
+    /// `serve`'s file, opened once it exists (serve may create it while we wait).
+    Local(PathBuf, Option<leadpipe_local::LocalDb>),
     Dynamo(leadpipe_aws::DynamoLeadStore),
 }
 
 impl Store {
-    async fn ingested_at(&self, lead_id: &str) -> Result<Option<String>, String> {
+    async fn ingested_at(&mut self, lead_id: &str) -> Result<Option<String>, String> {
         match self {
-            Self::Local(path) => {
-                if !path.exists() {
-                    return Ok(None);
+            Self::Local(path, db) => {
+                if db.is_none() {
+                    if !path.exists() {
+                        return Ok(None);
+                    }
+                    *db = Some(
+                        leadpipe_local::LocalDb::open_read_only(path).map_err(|e| e.to_string())?,
+                    );
                 }
-                let db =
-                    leadpipe_local::LocalDb::open_read_only(path).map_err(|e| e.to_string())?;
-                db.ingested_at(lead_id).map_err(|e| e.to_string())
+                match db {
+                    Some(db) => db.ingested_at(lead_id).map_err(|e| e.to_string()),
+                    None => Ok(None),
+                }
             }
             Self::Dynamo(store) => store.ingested_at(lead_id).await.map_err(|e| e.to_string()),
         }
@@ -822,8 +829,8 @@ impl Store {
 /// Step 7: a test lead on the first ready page's first active form, waited for in the
 /// store, then deleted at Meta. True when it was seen stored.
 async fn test_lead(client: &GraphClient, args: &ConnectArgs, rows: &[PageRow]) -> bool {
-    let store = match (&args.db, &args.leads_table) {
-        (Some(path), _) => Store::Local(path.clone()),
+    let mut store = match (&args.db, &args.leads_table) {
+        (Some(path), _) => Store::Local(path.clone(), None),
         (None, Some(table)) => {
             let config = leadpipe_aws::sdk_config().await;
             Store::Dynamo(leadpipe_aws::DynamoLeadStore::new(&config, table.clone()))

@@ -277,16 +277,17 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
     }
     let written = if args.stack.is_some() || args.leads_table.is_some() {
         let config = leadpipe_aws::sdk_config().await;
-        let table = match (&args.leads_table, &args.stack) {
-            (Some(table), _) => table.clone(),
-            (None, Some(stack)) => crate::operate::stack_outputs(&config, stack)
-                .await?
-                .leads_table
-                .ok_or_else(|| {
-                    CliError::Settings(format!("the stack {stack} has no LeadsTableName output"))
-                })?,
-            (None, None) => return Err(CliError::Settings("give --leads-table or --stack".into())),
-        };
+        let table = crate::operate::AwsNames::resolve(
+            &config,
+            args.stack.as_deref(),
+            crate::operate::AwsNames {
+                leads_table: args.leads_table.clone(),
+                ..Default::default()
+            },
+        )
+        .await?
+        .leads_table
+        .ok_or_else(|| CliError::Settings("the stack has no LeadsTableName output".into()))?;
         crate::export_aws::export(&config, &table, &filter, args.format, out, &progress).await?
     } else {
         if !args.db.exists() {

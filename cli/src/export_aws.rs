@@ -121,15 +121,6 @@ fn fields_name() -> HashMap<String, String> {
     HashMap::from([("#f".to_owned(), "fields".to_owned())])
 }
 
-/// AWS's code and message, never the request.
-fn described<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &E) -> String {
-    format!(
-        "{}: {}",
-        e.code().unwrap_or("error"),
-        e.message().unwrap_or("no message")
-    )
-}
-
 fn failed<E: std::fmt::Display>(what: &str, e: E) -> CliError {
     CliError::Failed(format!("{what}: {e}"))
 }
@@ -176,7 +167,10 @@ async fn query_form(
             Ok(page) => page,
             Err(e) => {
                 let _ = tx
-                    .send(Err(failed("the by_form query", described(&e))))
+                    .send(Err(failed(
+                        "the by_form query",
+                        crate::operate::aws_message(&e),
+                    )))
                     .await;
                 return;
             }
@@ -214,7 +208,9 @@ async fn scan_segment(
         let page = match page {
             Ok(page) => page,
             Err(e) => {
-                let _ = tx.send(Err(failed("the scan", described(&e)))).await;
+                let _ = tx
+                    .send(Err(failed("the scan", crate::operate::aws_message(&e))))
+                    .await;
                 return;
             }
         };

@@ -133,10 +133,7 @@ impl Forwarder {
             // Deliveries of a round leave the outbox together: one commit (one fsync) for
             // the round, not one per event.
             let delivered: Vec<String> = futures::stream::iter(due)
-                .map(|item| {
-                    let this = self.clone();
-                    async move { this.forward(item).await }
-                })
+                .map(|item| self.forward(item))
                 .buffer_unordered(self.settings.concurrency)
                 .filter_map(|done| async move { done })
                 .collect()

@@ -69,19 +69,18 @@ impl TargetArgs {
             return Ok(Target::Local(db.clone()));
         }
         let config = leadpipe_aws::sdk_config().await;
-        let mut names = match &self.stack {
-            Some(stack) => stack_outputs(&config, stack).await?,
-            None => AwsNames::default(),
-        };
-        let take = |explicit: &Option<String>, from_stack: &mut Option<String>| {
-            if explicit.is_some() {
-                *from_stack = explicit.clone();
-            }
-        };
-        take(&self.leads_table, &mut names.leads_table);
-        take(&self.queue_url, &mut names.queue_url);
-        take(&self.dlq_url, &mut names.dlq_url);
-        take(&self.state_table, &mut names.state_table);
+        let names = AwsNames::resolve(
+            &config,
+            self.stack.as_deref(),
+            AwsNames {
+                leads_table: self.leads_table.clone(),
+                queue_url: self.queue_url.clone(),
+                dlq_url: self.dlq_url.clone(),
+                state_table: self.state_table.clone(),
+                secret_arn: None,
+            },
+        )
+        .await?;
         if self.stack.is_none()
             && [
                 &names.leads_table,
@@ -100,11 +99,39 @@ impl TargetArgs {
     }
 }
 
+impl AwsNames {
+    /// The stack's outputs (when a stack is named) with the names given explicitly over
+    /// them.
+    pub async fn resolve(
+        config: &aws_config::SdkConfig,
+        stack: Option<&str>,
+        explicit: AwsNames,
+    ) -> Result<AwsNames, CliError> {
+        let from_stack = match stack {
+            Some(stack) => stack_outputs(config, stack).await?,
+            None => AwsNames::default(),
+        };
+        Ok(AwsNames {
+            leads_table: explicit.leads_table.or(from_stack.leads_table),
+            queue_url: explicit.queue_url.or(from_stack.queue_url),
+            dlq_url: explicit.dlq_url.or(from_stack.dlq_url),
+            state_table: explicit.state_table.or(from_stack.state_table),
+            secret_arn: explicit.secret_arn.or(from_stack.secret_arn),
+        })
+    }
+}
+
+/// AWS's code and message for an SDK error (any service's), never the request.
+pub fn aws_message<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &E) -> String {
+    format!(
+        "{}: {}",
+        e.code().unwrap_or("error"),
+        e.message().unwrap_or("no message")
+    )
+}
+
 /// The stack's outputs, by the names the template gives them.
-pub async fn stack_outputs(
-    config: &aws_config::SdkConfig,
-    stack: &str,
-) -> Result<AwsNames, CliError> {
+async fn stack_outputs(config: &aws_config::SdkConfig, stack: &str) -> Result<AwsNames, CliError> {
     let client = aws_sdk_cloudformation::Client::new(config);
     let out = client
         .describe_stacks()
@@ -114,7 +141,7 @@ pub async fn stack_outputs(
         .map_err(|e| {
             CliError::Settings(format!(
                 "the stack {stack} could not be read: {}",
-                aws_sdk_cloudformation::error::DisplayErrorContext(&e)
+                aws_message(&e)
             ))
         })?;
     let stack_info = out

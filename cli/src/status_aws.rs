@@ -13,11 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn aws_error<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(what: &str, e: &E) -> CliError {
-    CliError::Failed(format!(
-        "{what}: {}: {}",
-        e.code().unwrap_or("error"),
-        e.message().unwrap_or("no message")
-    ))
+    CliError::Failed(format!("{what}: {}", crate::operate::aws_message(e)))
 }
 
 /// One form's checkpoint and last run.
@@ -33,20 +29,18 @@ struct Checkpoint {
 /// Prints the stack's status; fails (after printing) when something needs a person.
 pub async fn run(args: &StatusArgs) -> Result<(), CliError> {
     let config = leadpipe_aws::sdk_config().await;
-    let mut names = match &args.stack {
-        Some(stack) => crate::operate::stack_outputs(&config, stack).await?,
-        None => AwsNames::default(),
-    };
-    for (explicit, slot) in [
-        (&args.queue_url, &mut names.queue_url),
-        (&args.dlq_url, &mut names.dlq_url),
-        (&args.leads_table, &mut names.leads_table),
-        (&args.state_table, &mut names.state_table),
-    ] {
-        if explicit.is_some() {
-            *slot = explicit.clone();
-        }
-    }
+    let names = AwsNames::resolve(
+        &config,
+        args.stack.as_deref(),
+        AwsNames {
+            leads_table: args.leads_table.clone(),
+            queue_url: args.queue_url.clone(),
+            dlq_url: args.dlq_url.clone(),
+            state_table: args.state_table.clone(),
+            secret_arn: None,
+        },
+    )
+    .await?;
     let sqs = aws_sdk_sqs::Client::new(&config);
     let ddb = aws_sdk_dynamodb::Client::new(&config);
     let mut needs = Vec::new();

@@ -467,53 +467,12 @@ impl LocalDb {
 
     /// Every stored lead, ordered by form and time.
     pub fn leads(&self) -> Result<Vec<LeadRow>, LocalError> {
-        // The JSON columns are parsed outside the SQLite closure so that a damaged one is
-        // an error naming the lead, never a lead exported with its answers silently empty.
-        type Raw = (LeadRow, String, String);
-        let raws: Vec<Raw> = self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id, adset_name, campaign_id,
-                        campaign_name, platform, partner_name, retailer_item_id, is_organic, fields,
-                        custom_disclaimer_responses, raw, source, ingested_at
-                 FROM leads ORDER BY form_id, created_time, lead_id",
-            )?;
-            stmt.query_map([], |r| {
-                let mut optional = BTreeMap::new();
-                for (i, name) in OPTIONAL_COLUMNS.iter().enumerate() {
-                    if let Some(v) = r.get::<_, Option<String>>(4 + i)? {
-                        optional.insert(*name, v);
-                    }
-                }
-                let row = LeadRow {
-                    lead_id: r.get(0)?,
-                    created_time: r.get(1)?,
-                    page_id: r.get(2)?,
-                    form_id: r.get(3)?,
-                    optional,
-                    is_organic: r.get::<_, i64>(13)? != 0,
-                    fields: BTreeMap::new(),
-                    custom_disclaimer_responses: serde_json::Value::Null,
-                    raw: r.get(16)?,
-                    source: r.get(17)?,
-                    ingested_at: r.get(18)?,
-                };
-                Ok((row, r.get(14)?, r.get(15)?))
-            })?
-            .collect()
+        let mut rows = Vec::new();
+        self.each_lead(&LeadFilter::default(), |row| {
+            rows.push(row);
+            Ok::<_, LocalError>(())
         })?;
-        raws.into_iter()
-            .map(|(mut row, fields, disclaimers)| {
-                let corrupt = |column, source| LocalError::Corrupt {
-                    lead_id: row.lead_id.clone(),
-                    column,
-                    source,
-                };
-                row.fields = serde_json::from_str(&fields).map_err(|e| corrupt("fields", e))?;
-                row.custom_disclaimer_responses = serde_json::from_str(&disclaimers)
-                    .map_err(|e| corrupt("custom_disclaimer_responses", e))?;
-                Ok(row)
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Streams the leads `filter` selects to `f`, one row at a time (memory stays flat

@@ -100,35 +100,19 @@ impl LocalDb {
         ))
     }
 
-    /// What erasing these leads would remove, without removing it (`forget --dry-run`).
+    /// What erasing these leads would remove, without removing it (`forget --dry-run`):
+    /// the same erasure, rolled back.
     pub fn erasure_preview(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
-        self.with(|conn| {
-            let mut erased = Erased::default();
-            for id in lead_ids {
-                let stored: i64 = conn.query_row(
-                    "SELECT COUNT(*) FROM leads WHERE lead_id = ?1",
-                    params![id],
-                    |r| r.get(0),
-                )?;
-                if stored > 0 {
-                    erased.lead_ids.push(id.clone());
-                }
-                erased.outbox += conn.query_row(
-                    "SELECT COUNT(*) FROM outbox WHERE lead_id = ?1",
-                    params![id],
-                    |r| r.get::<_, i64>(0),
-                )? as usize;
-                let (dead, queued) = Self::messages_naming(conn, id)?;
-                erased.dead_letters += dead.len();
-                erased.queued += queued.len();
-            }
-            Ok(erased)
-        })
+        self.erasure(lead_ids, false)
     }
 
     /// Erases these leads everywhere the file keeps them: the leads table, the outbox, and
     /// any dead letter or queued message naming them. One transaction: all or nothing.
     pub fn erase(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
+        self.erasure(lead_ids, true)
+    }
+
+    fn erasure(&self, lead_ids: &[String], commit: bool) -> Result<Erased, LocalError> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut erased = Erased::default();
@@ -148,7 +132,10 @@ impl LocalDb {
                 erased.dead_letters += dead.len();
                 erased.queued += queued.len();
             }
-            tx.commit()?;
+            if commit {
+                tx.commit()?;
+            }
+            // Dropped uncommitted, the transaction rolls back: a preview changes nothing.
             Ok(erased)
         })
     }

@@ -9,13 +9,14 @@
 //! lead's contents or a secret.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use leadpipe_e2e::start;
+
 use aws_sdk_sqs::types::QueueAttributeName;
 use leadpipe_lambda_harness::events::{HttpEvent, HttpFront, scheduled_event, sqs_event_from};
-use leadpipe_lambda_harness::{FunctionProcess, RuntimeApi, moto_endpoint, unique_name};
+use leadpipe_lambda_harness::{moto_endpoint, unique_name};
 use leadpipe_sandbox::sender::post_body;
 use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,34 +31,6 @@ const INGEST_CONCURRENCY: usize = 3;
 /// still making progress must not fail. It is longer than any delay ingest puts on a
 /// rate-limited message (the sandbox asks for seconds).
 const STALL: Duration = Duration::from_secs(120);
-
-fn binary(name: &str) -> PathBuf {
-    // Built by scripts/test (`cargo build --workspace --bins`) before the tests run.
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run scripts/test",
-        path.display()
-    );
-    path
-}
-
-struct Function {
-    api: RuntimeApi,
-    process: FunctionProcess,
-}
-
-async fn start(name: &str, env: &[(String, String)]) -> Function {
-    let api = RuntimeApi::start(name).await.unwrap();
-    let process = api.spawn_function(&binary(name), name, env).unwrap();
-    api.first_poll(WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{name} did not start: {e}; {:#?}", process.logs()));
-    Function { api, process }
-}
 
 fn http_post(body: &[u8], signature: Option<&str>) -> serde_json::Value {
     let headers: Vec<(&str, &str)> = signature

@@ -6,49 +6,19 @@
 //! Meta. The test lead must arrive in DynamoDB through Meta's webhook and ingest.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use leadpipe_e2e::{Function, binary, start};
+
 use leadpipe_lambda_harness::events::{HttpEvent, HttpFront, sqs_event_from};
-use leadpipe_lambda_harness::{FunctionProcess, RuntimeApi, moto_endpoint, unique_name};
+use leadpipe_lambda_harness::{moto_endpoint, unique_name};
 use leadpipe_sandbox::accounts::{APP_ID, DEFAULT_USER_TOKEN};
 use leadpipe_sandbox::server::demo_app_secret;
 use leadpipe_sandbox::{Accounts, Dataset, DatasetSpec, Faults, Sandbox, TokenKind, UserToken};
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn binary(name: &str) -> PathBuf {
-    // Built by scripts/test (`cargo build --workspace --bins`) before the tests run.
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run scripts/test",
-        path.display()
-    );
-    path
-}
-
-struct Function {
-    api: RuntimeApi,
-    _process: FunctionProcess,
-}
-
-async fn start(name: &str, env: &[(String, String)]) -> Function {
-    let api = RuntimeApi::start(name).await.unwrap();
-    let process = api.spawn_function(&binary(name), name, env).unwrap();
-    api.first_poll(WAIT)
-        .await
-        .unwrap_or_else(|e| panic!("{name} did not start: {e}; {:#?}", process.logs()));
-    Function {
-        api,
-        _process: process,
-    }
-}
 
 /// A Lambda Function URL in front of the webhook function, started at the first request.
 async fn function_url(env: Vec<(String, String)>) -> String {

@@ -4,6 +4,8 @@
 //! redrive that loses nothing when some sends fail midway.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use leadpipe_e2e::binary;
+
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
 use leadpipe_aws::DynamoLeadStore;
 use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
@@ -11,22 +13,8 @@ use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_lambda_harness::{moto_endpoint, unique_name};
 use secrecy::SecretString;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 const LOOKUP_KEY: &str = "operate-aws-lookup-key";
-
-fn binary(name: &str) -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let path = target.join("debug").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run scripts/test",
-        path.display()
-    );
-    path
-}
 
 fn stored(i: usize, email: &str) -> StoredLead {
     StoredLead {
