@@ -49,3 +49,11 @@ where
 }
 
 pub use tracing_subscriber::filter::LevelFilter as Level;
+
+/// The span an invocation's lines carry: Lambda's request id (the id of its own START, END and
+/// REPORT lines), named `invoke`. Entered inside lambda_runtime's span, it replaces that span
+/// in each line, and with it the X-Ray trace id, about 100 bytes a line that nobody reads:
+/// the stack does not turn X-Ray on (BENCHMARKS.md, "Log bytes per lead").
+pub fn invocation_span(request_id: &str) -> tracing::Span {
+    tracing::info_span!("invoke", requestId = request_id)
+}

@@ -12,6 +12,7 @@ use leadpipe_core::lead_received::{
 use leadpipe_core::settings::{Env, SettingsError};
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::Instrument;
 
 /// The deliver function's settings, read once at start.
 #[derive(Debug, Clone)]
@@ -120,7 +121,8 @@ impl<P: EventPublisher> DeliverApp<P> {
         &self,
         event: LambdaEvent<StreamEvent>,
     ) -> Result<Value, std::convert::Infallible> {
-        let report = self.deliver(&event.payload).await;
+        let span = leadpipe_telemetry::invocation_span(&event.context.request_id);
+        let report = self.deliver(&event.payload).instrument(span).await;
         let failures: Vec<Value> = report
             .retry_from
             .iter()

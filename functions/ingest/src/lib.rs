@@ -12,6 +12,7 @@ use leadpipe_core::settings::{Env, SecretSource, SettingsError};
 use leadpipe_graph::{GraphClient, GraphError};
 use leadpipe_graph_source::{GraphLeadFetcher, graph_config};
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// The ingest function's settings, read once at start.
 #[derive(Debug, Clone)]
@@ -130,7 +131,8 @@ impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
         &self,
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, std::convert::Infallible> {
-        let report = self.ingest(&event.payload).await;
+        let span = leadpipe_telemetry::invocation_span(&event.context.request_id);
+        let report = self.ingest(&event.payload).instrument(span).await;
         let mut response = SqsBatchResponse::default();
         for id in report.failed_message_ids() {
             response.add_failure(id);

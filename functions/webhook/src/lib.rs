@@ -12,6 +12,7 @@ use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
 use leadpipe_core::signature::SIGNATURE_HEADER;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 /// The webhook's settings, read once at start.
 #[derive(Debug, Clone)]
@@ -81,6 +82,12 @@ impl<Q: EventQueue> WebhookApp<Q> {
             .get(SIGNATURE_HEADER)
             .map(|value| value.to_str().unwrap_or("non-ascii"));
         let body: &[u8] = request.body().as_ref();
+        let span = leadpipe_telemetry::invocation_span(
+            request
+                .lambda_context_ref()
+                .map(|c| c.request_id.as_str())
+                .unwrap_or_default(),
+        );
         let answer = handle_webhook_request(
             &self.secrets,
             &self.queue,
@@ -94,6 +101,7 @@ impl<Q: EventQueue> WebhookApp<Q> {
             },
             OffsetDateTime::now_utc(),
         )
+        .instrument(span)
         .await;
         leadpipe_telemetry::emf::emit(&answer.metrics);
         let mut response = Response::new(Body::Text(answer.body));

@@ -1,7 +1,9 @@
 use lambda_http::{run, service_fn};
 use leadpipe_webhook::WebhookApp;
 
-#[tokio::main]
+// One thread: a Lambda at 256 MB has a fraction of one vCPU, and a multi-thread runtime
+// spends it handing each request between threads (BENCHMARKS.md, "CPU per invocation").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     leadpipe_telemetry::init();
     let app = WebhookApp::from_env().await.inspect_err(|err| {
