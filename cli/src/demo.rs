@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use leadpipe_core::backfill::{BackfillPlan, BackfillSettings};
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_graph::{GraphConfig, RetryPolicy};
+use leadpipe_local::LeadFilter;
 use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox, WebhookSender};
 use secrecy::SecretString;
 use std::collections::BTreeMap;
@@ -45,6 +46,10 @@ pub struct DemoArgs {
     /// Share of forwarded posts the demo's receiver answers 503 (each is retried).
     #[arg(long, default_value_t = 0.1)]
     pub forward_fail: f64,
+    /// Send the webhooks at this many leads per second (default: as fast as they are
+    /// answered, a burst). A steady rate is what the speed-to-lead figures mean in production.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 impl Default for DemoArgs {
@@ -59,6 +64,7 @@ impl Default for DemoArgs {
             keep: false,
             quiet: true,
             forward_fail: 0.1,
+            rate: None,
         }
     }
 }
@@ -145,9 +151,26 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         rate_limited_rate: args.rate_limited,
         ..Faults::default()
     };
-    let sandbox = Sandbox::start(data.clone(), faults)
+    // The sandbox owns the world; the demo keeps what a webhook post names of each lead (its
+    // JSON would be a second copy of every lead: issue 16, memory per lead).
+    let mut posted = Dataset::default();
+    posted.pages = data.pages.clone();
+    posted.forms = data.forms.clone();
+    for lead in &data.leads {
+        posted.push(leadpipe_sandbox::SandboxLead {
+            id: lead.id.clone(),
+            page_id: lead.page_id.clone(),
+            form_id: lead.form_id.clone(),
+            ad_id: lead.ad_id.clone(),
+            adgroup_id: lead.adgroup_id.clone(),
+            created_time: lead.created_time,
+            json: serde_json::Value::Null,
+        });
+    }
+    let sandbox = Sandbox::start(data, faults)
         .await
         .map_err(|e| CliError::Failed(format!("sandbox: {e}")))?;
+    let data = posted;
     let db = args.db.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
     });
@@ -178,7 +201,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = forwarding.await;
     // 4. Compare with the sandbox, field for field.
-    let mut report = compare(&pipeline, &data, &sent, &db)?;
+    let mut report = compare(&pipeline, &sandbox, &sent, &db)?;
     receiver.fill(&mut report);
     report.stored_to_forwarded_ms = percentiles(
         forward_latencies
@@ -384,6 +407,7 @@ async fn deliver_and_ingest(
         duplicate_rate: args.duplicate,
         changes_per_post: 3,
         seed: 42,
+        rate: args.rate,
     };
     let sent = sender
         .send(&data.leads, |n| sending.set_position(n as u64))
@@ -424,41 +448,59 @@ async fn recover(pipeline: &Pipeline, data: &Dataset, quiet: bool) {
 }
 
 /// What the store holds against what the sandbox made.
+/// Compares the stored rows, one at a time, with the sandbox's leads (held by the sandbox,
+/// not copied): memory stays one row, not the whole table.
 fn compare(
     pipeline: &Pipeline,
-    data: &Dataset,
+    sandbox: &Sandbox,
     sent: &leadpipe_sandbox::sender::SendReport,
     db: &Path,
 ) -> Result<DemoReport, CliError> {
-    let rows = pipeline.db.leads()?;
-    let stored: BTreeMap<&str, &leadpipe_local::LeadRow> =
-        rows.iter().map(|r| (r.lead_id.as_str(), r)).collect();
     let (created, received) = pipeline.latencies();
     let mut report = DemoReport {
         received_to_stored_ms: percentiles(received),
         created_to_stored_ms: percentiles(created),
-        leads: data.leads.len(),
         posts: sent.posts,
         duplicated_posts: sent.duplicated_posts,
         dropped: sent.dropped.len(),
-        by_webhook: rows.iter().filter(|r| r.source == "webhook").count(),
-        by_backfill: rows.iter().filter(|r| r.source == "backfill").count(),
-        stored: rows.len(),
         dead_letters: pipeline.db.dead_letters()?.len(),
         db: db.to_path_buf(),
         ..DemoReport::default()
     };
-    for lead in &data.leads {
-        match stored.get(lead.id.as_str()) {
-            None => report.missing += 1,
-            Some(row) => {
+    let counted = sandbox.with_dataset(|data| {
+        let made: std::collections::HashMap<&str, &serde_json::Value> = data
+            .leads
+            .iter()
+            .map(|lead| (lead.id.as_str(), &lead.json))
+            .collect();
+        let mut found = 0usize;
+        let mut tally = (0usize, 0usize, 0usize, 0usize);
+        pipeline.db.each_lead(&LeadFilter::default(), |row| {
+            tally.0 += 1;
+            match row.source.as_str() {
+                "webhook" => tally.1 += 1,
+                "backfill" => tally.2 += 1,
+                _ => {}
+            }
+            if let Some(json) = made.get(row.lead_id.as_str()) {
+                found += 1;
                 let raw: serde_json::Value = serde_json::from_str(&row.raw).unwrap_or_default();
-                if raw != lead.json {
-                    report.mismatched += 1;
+                if raw != **json {
+                    tally.3 += 1;
                 }
             }
-        }
-    }
+            Ok::<_, CliError>(())
+        })?;
+        Ok::<_, CliError>((data.leads.len(), found, tally))
+    });
+    let (leads, found, (stored, by_webhook, by_backfill, mismatched)) =
+        counted.ok_or_else(|| CliError::Failed("the sandbox's data is unreadable".into()))??;
+    report.leads = leads;
+    report.missing = leads - found;
+    report.stored = stored;
+    report.by_webhook = by_webhook;
+    report.by_backfill = by_backfill;
+    report.mismatched = mismatched;
     Ok(report)
 }
 

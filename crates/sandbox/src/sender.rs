@@ -21,6 +21,8 @@ pub struct WebhookSender {
     pub changes_per_post: usize,
     /// The same seed drops, duplicates and orders alike.
     pub seed: u64,
+    /// Leads per second to send at, evenly paced; `None` sends as fast as answers come.
+    pub rate: Option<f64>,
 }
 
 /// What was delivered.
@@ -68,7 +70,13 @@ impl WebhookSender {
         rng.shuffle(&mut order);
         let mut report = SendReport::default();
         let mut handled = 0;
+        let started = tokio::time::Instant::now();
         for chunk in order.chunks(self.changes_per_post.max(1)) {
+            if let Some(rate) = self.rate.filter(|r| *r > 0.0) {
+                // The schedule, not the last post, sets the next: a slow answer is caught up.
+                let due = started + Duration::from_secs_f64(handled as f64 / rate);
+                tokio::time::sleep_until(due).await;
+            }
             let kept: Vec<&SandboxLead> = chunk
                 .iter()
                 .copied()

@@ -138,6 +138,12 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
+    /// `f` over the world as it is now, without copying it (the demo compares 100,000 leads
+    /// against it and must not hold a second copy).
+    pub fn with_dataset<R>(&self, f: impl FnOnce(&Dataset) -> R) -> Option<R> {
+        self.state.data.read().ok().map(|d| f(&d))
+    }
+
     /// A copy of the world as it is now (test leads included).
     pub fn dataset(&self) -> Dataset {
         self.state
