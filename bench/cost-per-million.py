@@ -3,7 +3,7 @@
 Zapier and Make at their published per-task prices. Prints the Markdown table BENCHMARKS.md
 quotes. Every input is a named constant below: change one and re-run.
 
-    python3 bench/cost-per-million.py [LEADS_PER_INGEST_BATCH]
+    python3 bench/cost-per-million.py [LEADS_PER_INGEST_BATCH] [MEMORY_MB]
 
 The measured inputs come from bench/side-by-side.sh (CPU per invocation, log and metric bytes)
 and the demo database (item size); the latencies of AWS's own services are assumptions, said
@@ -27,11 +27,11 @@ ZAPIER_TASK = 89 / 5_000  # Professional, 5,000 tasks a month for $89 (overage i
 MAKE_CREDIT = 10.59 / 10_000  # Core, 10,000 credits a month for $10.59 (monthly billing)
 
 # --- measured (BENCHMARKS.md, "Side by side with Python peers") -----------------------------
-WEBHOOK_CPU_MS = 0.70  # process CPU per one-change invocation
+WEBHOOK_CPU_MS = 0.74  # process CPU per one-change invocation
 INGEST_CPU_MS_PER_LEAD = 0.37  # with SQS batches of 10 (the bench's batch)
-WEBHOOK_LOG_BYTES = 235 + 310  # log line + EMF line per one-change post
-INGEST_LOG_BYTES_PER_BATCH = 330 + 420 + 2 * 180  # batch line, EMF counts, two LeadLatency lines
-INGEST_LOG_BYTES_PER_LEAD = 2 * 14  # each lead's two LeadLatency values
+WEBHOOK_LOG_BYTES = 240 + 310  # log line + EMF line per one-change post
+INGEST_LOG_BYTES_PER_BATCH = 1133  # batch line, EMF counts, two LeadLatency lines (less values)
+INGEST_LOG_BYTES_PER_LEAD = 24  # each lead's two LeadLatency values
 PLATFORM_LOG_BYTES = 330  # Lambda's own START, END and REPORT lines per invocation
 ITEM_KB = 1.4  # a stored lead: raw Graph JSON (716 B on average in the demo) and its attributes
 
@@ -51,6 +51,13 @@ def lambda_cost(invocations, billed_ms):
 
 
 def main():
+    global MEMORY_MB
+    if len(sys.argv) > 2:
+        MEMORY_MB = int(sys.argv[2])
+    table()
+
+
+def table():
     batch = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     leads = 1_000_000
     share = MEMORY_MB / FULL_VCPU_MB
@@ -84,7 +91,7 @@ def main():
     rows.append(("CloudWatch Logs", f"{log_bytes / leads:,.0f} bytes a lead", log_bytes / 1e9 * LOGS_GB))
 
     total = sum(cost for _, _, cost in rows)
-    print(f"| per million leads (ingest batches of {batch}) | what | USD |")
+    print(f"| per million leads (ingest batches of {batch}, {MEMORY_MB} MB) | what | USD |")
     print("|---|---|---|")
     for name, what, cost in rows:
         print(f"| {name} | {what} | {cost:,.2f} |")
