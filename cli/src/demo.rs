@@ -139,38 +139,24 @@ fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
 pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     let started = Instant::now();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let data = Dataset::generate(&DatasetSpec {
+    let spec = DatasetSpec {
         pages: 3,
         forms_per_page: 2,
         leads: args.leads,
         newest: now - 120,
         ..DatasetSpec::default()
-    });
+    };
     let faults = Faults {
         transient_rate: args.transient,
         rate_limited_rate: args.rate_limited,
         ..Faults::default()
     };
-    // The sandbox owns the world; the demo keeps what a webhook post names of each lead (its
-    // JSON would be a second copy of every lead: issue 16, memory per lead).
-    let mut posted = Dataset::default();
-    posted.pages = data.pages.clone();
-    posted.forms = data.forms.clone();
-    for lead in &data.leads {
-        posted.push(leadpipe_sandbox::SandboxLead {
-            id: lead.id.clone(),
-            page_id: lead.page_id.clone(),
-            form_id: lead.form_id.clone(),
-            ad_id: lead.ad_id.clone(),
-            adgroup_id: lead.adgroup_id.clone(),
-            created_time: lead.created_time,
-            json: serde_json::Value::Null,
-        });
-    }
-    let sandbox = Sandbox::start(data, faults)
+    // The sandbox makes and owns the world, each lead's JSON serialized as it is made; the
+    // demo keeps what a webhook post names of each lead (issue 16: memory per lead).
+    let sandbox = Sandbox::generate(&spec, faults)
         .await
         .map_err(|e| CliError::Failed(format!("sandbox: {e}")))?;
-    let data = posted;
+    let data = sandbox.leads_by_id();
     let db = args.db.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
     });
@@ -201,7 +187,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = forwarding.await;
     // 4. Compare with the sandbox, field for field.
-    let mut report = compare(&pipeline, &sandbox, &sent, &db)?;
+    let mut report = compare(&pipeline, &sandbox, &data, &sent, &db)?;
     receiver.fill(&mut report);
     report.stored_to_forwarded_ms = percentiles(
         forward_latencies
@@ -449,10 +435,11 @@ async fn recover(pipeline: &Pipeline, data: &Dataset, quiet: bool) {
 
 /// What the store holds against what the sandbox made.
 /// Compares the stored rows, one at a time, with the sandbox's leads (held by the sandbox,
-/// not copied): memory stays one row, not the whole table.
+/// read one at a time): memory stays one row and one lead, not the whole table.
 fn compare(
     pipeline: &Pipeline,
     sandbox: &Sandbox,
+    made: &Dataset,
     sent: &leadpipe_sandbox::sender::SendReport,
     db: &Path,
 ) -> Result<DemoReport, CliError> {
@@ -460,6 +447,7 @@ fn compare(
     let mut report = DemoReport {
         received_to_stored_ms: percentiles(received),
         created_to_stored_ms: percentiles(created),
+        leads: made.leads.len(),
         posts: sent.posts,
         duplicated_posts: sent.duplicated_posts,
         dropped: sent.dropped.len(),
@@ -467,44 +455,27 @@ fn compare(
         db: db.to_path_buf(),
         ..DemoReport::default()
     };
-    let counted = sandbox.with_dataset(|data| {
-        let made: std::collections::HashMap<&str, &serde_json::Value> = data
-            .leads
-            .iter()
-            .map(|lead| (lead.id.as_str(), &lead.json))
-            .collect();
-        let mut found = 0usize;
-        let mut tally = (0usize, 0usize, 0usize, 0usize);
-        pipeline.db.each_lead(&LeadFilter::default(), |row| {
-            tally.0 += 1;
-            match row.source.as_str() {
-                "webhook" => tally.1 += 1,
-                "backfill" => tally.2 += 1,
-                _ => {}
+    let mut found = 0usize;
+    pipeline.db.each_lead(&LeadFilter::default(), |row| {
+        report.stored += 1;
+        match row.source.as_str() {
+            "webhook" => report.by_webhook += 1,
+            "backfill" => report.by_backfill += 1,
+            _ => {}
+        }
+        if made.lead(&row.lead_id).is_some() {
+            found += 1;
+            let raw: serde_json::Value = serde_json::from_str(&row.raw).unwrap_or_default();
+            if sandbox.lead_json(&row.lead_id).as_ref() != Some(&raw) {
+                report.mismatched += 1;
             }
-            if let Some(json) = made.get(row.lead_id.as_str()) {
-                found += 1;
-                let raw: serde_json::Value = serde_json::from_str(&row.raw).unwrap_or_default();
-                if raw != **json {
-                    tally.3 += 1;
-                }
-            }
-            Ok::<_, CliError>(())
-        })?;
-        Ok::<_, CliError>((data.leads.len(), found, tally))
-    });
-    let (leads, found, (stored, by_webhook, by_backfill, mismatched)) =
-        counted.ok_or_else(|| CliError::Failed("the sandbox's data is unreadable".into()))??;
-    report.leads = leads;
-    report.missing = leads - found;
-    report.stored = stored;
-    report.by_webhook = by_webhook;
-    report.by_backfill = by_backfill;
-    report.mismatched = mismatched;
+        }
+        Ok::<_, CliError>(())
+    })?;
+    report.missing = made.leads.len().saturating_sub(found);
     Ok(report)
 }
 
-/// The median and 99th percentile (nearest rank) of `values`, when there are any.
 fn percentiles(mut values: Vec<u64>) -> Option<(u64, u64)> {
     values.sort_unstable();
     let rank = |q: f64| {

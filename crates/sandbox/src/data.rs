@@ -33,7 +33,7 @@ impl Default for DatasetSpec {
 }
 
 /// One generated lead and where it lives.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct SandboxLead {
     /// The lead's Graph id.
     pub id: String,
@@ -97,6 +97,16 @@ pub fn graph_time(unix: i64) -> String {
 impl Dataset {
     /// Generates the world for `spec`.
     pub fn generate(spec: &DatasetSpec) -> Self {
+        Self::generate_with(spec, |lead| lead)
+    }
+
+    /// Generates the world for `spec`, passing each lead through `keep` as it is made: the
+    /// sandbox serializes each lead's JSON there, so a 100,000-lead world never exists as
+    /// `Value` trees all at once (BENCHMARKS.md, demo memory).
+    pub fn generate_with(
+        spec: &DatasetSpec,
+        mut keep: impl FnMut(SandboxLead) -> SandboxLead,
+    ) -> Self {
         let mut rng = fastrand::Rng::with_seed(spec.seed);
         let mut data = Dataset::default();
         for p in 0..spec.pages.max(1) {
@@ -150,7 +160,7 @@ impl Dataset {
                 lead["campaign_id"] = json!("238000000000200");
                 lead["campaign_name"] = json!("Q4 service");
             }
-            data.push(SandboxLead {
+            data.push(keep(SandboxLead {
                 id,
                 page_id: page_id.clone(),
                 form_id: form_id.clone(),
@@ -158,7 +168,7 @@ impl Dataset {
                 ad_id,
                 created_time,
                 json: lead,
-            });
+            }));
         }
         data
     }

@@ -1,7 +1,7 @@
 //! The HTTP stand-in.
 
 use crate::accounts::{Accounts, Registry, TokenKind, UserToken, now};
-use crate::data::{Dataset, SandboxLead, graph_time, page_token};
+use crate::data::{Dataset, DatasetSpec, SandboxLead, graph_time, page_token};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -32,7 +32,11 @@ pub struct Faults {
 }
 
 struct SandboxState {
+    /// The world, each generated lead's `json` taken out into `raw` (see [`Sandbox::start`]).
     data: RwLock<Dataset>,
+    /// The generated leads' JSON, serialized: a `Value` tree costs about 6 KB a lead in
+    /// B-tree nodes against 0.7 KB of text, and the demo makes 100,000 (BENCHMARKS.md).
+    raw: RwLock<HashMap<String, Box<serde_json::value::RawValue>>>,
     faults: RwLock<Faults>,
     rng: Mutex<fastrand::Rng>,
     requests: AtomicU64,
@@ -56,9 +60,53 @@ impl Drop for Sandbox {
 
 impl Sandbox {
     /// Starts the stand-in on a free loopback port.
-    pub async fn start(data: Dataset, faults: Faults) -> std::io::Result<Self> {
+    pub async fn start(mut data: Dataset, faults: Faults) -> std::io::Result<Self> {
+        let mut raw = HashMap::with_capacity(data.leads.len());
+        for lead in &mut data.leads {
+            *lead = compact(std::mem::take(lead), &mut raw);
+        }
+        Self::serve(data, raw, faults).await
+    }
+
+    /// Generates the world for `spec` and starts on it, each lead's JSON serialized as it is
+    /// made (what `demo` uses: a 100,000-lead world as `Value` trees is about 600 MB).
+    pub async fn generate(spec: &DatasetSpec, faults: Faults) -> std::io::Result<Self> {
+        let mut raw = HashMap::with_capacity(spec.leads);
+        let data = Dataset::generate_with(spec, |lead| compact(lead, &mut raw));
+        Self::serve(data, raw, faults).await
+    }
+
+    /// The world's pages, forms and leads with their ids and times but not their JSON
+    /// (what a webhook post names), for a sender and a comparison.
+    pub fn leads_by_id(&self) -> Dataset {
+        let Ok(data) = self.state.data.read() else {
+            return Dataset::default();
+        };
+        let mut copy = Dataset::default();
+        copy.pages = data.pages.clone();
+        copy.forms = data.forms.clone();
+        for lead in &data.leads {
+            copy.push(SandboxLead {
+                id: lead.id.clone(),
+                page_id: lead.page_id.clone(),
+                form_id: lead.form_id.clone(),
+                ad_id: lead.ad_id.clone(),
+                adgroup_id: lead.adgroup_id.clone(),
+                created_time: lead.created_time,
+                json: Value::Null,
+            });
+        }
+        copy
+    }
+
+    async fn serve(
+        data: Dataset,
+        raw: HashMap<String, Box<serde_json::value::RawValue>>,
+        faults: Faults,
+    ) -> std::io::Result<Self> {
         let state = Arc::new(SandboxState {
             data: RwLock::new(data),
+            raw: RwLock::new(raw),
             faults: RwLock::new(faults),
             rng: Mutex::new(fastrand::Rng::with_seed(11)),
             requests: AtomicU64::new(0),
@@ -138,19 +186,23 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
-    /// `f` over the world as it is now, without copying it (the demo compares 100,000 leads
-    /// against it and must not hold a second copy).
-    pub fn with_dataset<R>(&self, f: impl FnOnce(&Dataset) -> R) -> Option<R> {
-        self.state.data.read().ok().map(|d| f(&d))
+    /// One lead's JSON as the stand-in serves it, without copying the world (the demo
+    /// compares 100,000 leads with it).
+    pub fn lead_json(&self, id: &str) -> Option<Value> {
+        let data = self.state.data.read().ok()?;
+        data.lead(id).map(|lead| lead_json(&self.state, lead))
     }
 
     /// A copy of the world as it is now (test leads included).
     pub fn dataset(&self) -> Dataset {
-        self.state
-            .data
-            .read()
-            .map(|d| d.clone())
-            .unwrap_or_default()
+        let Ok(data) = self.state.data.read() else {
+            return Dataset::default();
+        };
+        let mut copy = data.clone();
+        for lead in &mut copy.leads {
+            lead.json = lead_json(&self.state, lead);
+        }
+        copy
     }
 }
 
@@ -727,6 +779,34 @@ fn has_lead_access(node: &str, page_of_token: &str, denied: &[String]) -> Respon
     ok(json!({"has_lead_access": access, "id": node}))
 }
 
+/// Moves a lead's JSON into `raw`, serialized (kept in the lead if it cannot be).
+fn compact(
+    mut lead: SandboxLead,
+    raw: &mut HashMap<String, Box<serde_json::value::RawValue>>,
+) -> SandboxLead {
+    if let Ok(text) = serde_json::value::to_raw_value(&lead.json) {
+        raw.insert(lead.id.clone(), text);
+        lead.json = Value::Null;
+    }
+    lead
+}
+
+/// A lead's JSON: its own when it has one (test leads), else the serialized copy taken at start.
+fn lead_json(state: &SandboxState, lead: &SandboxLead) -> Value {
+    if !lead.json.is_null() {
+        return lead.json.clone();
+    }
+    state
+        .raw
+        .read()
+        .ok()
+        .and_then(|raw| {
+            raw.get(&lead.id)
+                .and_then(|text| serde_json::from_str(text.get()).ok())
+        })
+        .unwrap_or(Value::Null)
+}
+
 /// `GET /{lead-id}`: the lead, a fault, a permission error for another page's token, or gone.
 fn read_lead(state: &SandboxState, data: &Dataset, lead_id: &str, page_of_token: &str) -> Response {
     match data.lead(lead_id) {
@@ -735,7 +815,7 @@ fn read_lead(state: &SandboxState, data: &Dataset, lead_id: &str, page_of_token:
         }
         Some(lead) => match lead_fault(state) {
             Some(fault) => fault_response(state, fault),
-            None => ok(lead.json.clone()),
+            None => ok(lead_json(state, lead)),
         },
         None => graph_error(
             400,
@@ -899,7 +979,7 @@ fn batch(state: &SandboxState, data: &Dataset, page_of_token: &str, batch: &str)
                 Some(lead) => match lead_fault(state) {
                     Some((status, 2, _)) => error(status, 2, None, "Service temporarily unavailable", true),
                     Some((status, code, _)) => error(status, code, None, "There have been too many leadgen api calls to this Page account.", false),
-                    None => json!({"code": 200, "body": lead.json.to_string()}),
+                    None => json!({"code": 200, "body": lead_json(state, lead).to_string()}),
                 },
                 None => error(400, 100, Some(33), "Unsupported get request. Object does not exist", false),
             }
@@ -971,7 +1051,7 @@ fn edge_leads(
         .iter()
         .skip(offset)
         .take(limit)
-        .map(|l| l.json.clone())
+        .map(|l| lead_json(state, l))
         .collect();
     let end = offset + page.len();
     let mut paging = json!({"cursors": {"before": offset.to_string(), "after": end.to_string()}});
