@@ -2,7 +2,7 @@ use lambda_http::{run, service_fn};
 use leadpipe_webhook::WebhookApp;
 
 // One thread: a Lambda at 256 MB has a fraction of one vCPU, and a multi-thread runtime
-// spends it handing each request between threads (BENCHMARKS.md, "CPU per invocation").
+// spends it handing each request between threads (BENCHMARKS.md, "What was cut, measured A/B").
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     leadpipe_telemetry::init();
