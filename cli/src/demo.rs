@@ -187,7 +187,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
     forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = forwarding.await;
     // 4. Compare with the sandbox, field for field.
-    let mut report = compare(&pipeline, &sandbox, &data, &sent, &db)?;
+    let mut report = compare(&pipeline, &sandbox, data.leads.len(), &sent, &db)?;
     receiver.fill(&mut report);
     report.stored_to_forwarded_ms = percentiles(
         forward_latencies
@@ -433,13 +433,12 @@ async fn recover(pipeline: &Pipeline, data: &Dataset, quiet: bool) {
     recovering.finish();
 }
 
-/// What the store holds against what the sandbox made.
-/// Compares the stored rows, one at a time, with the sandbox's leads (held by the sandbox,
-/// read one at a time): memory stays one row and one lead, not the whole table.
+/// What the store holds against what the sandbox made, one stored row and one sandbox lead
+/// at a time: memory stays one row, not the whole table.
 fn compare(
     pipeline: &Pipeline,
     sandbox: &Sandbox,
-    made: &Dataset,
+    made: usize,
     sent: &leadpipe_sandbox::sender::SendReport,
     db: &Path,
 ) -> Result<DemoReport, CliError> {
@@ -447,7 +446,7 @@ fn compare(
     let mut report = DemoReport {
         received_to_stored_ms: percentiles(received),
         created_to_stored_ms: percentiles(created),
-        leads: made.leads.len(),
+        leads: made,
         posts: sent.posts,
         duplicated_posts: sent.duplicated_posts,
         dropped: sent.dropped.len(),
@@ -463,19 +462,20 @@ fn compare(
             "backfill" => report.by_backfill += 1,
             _ => {}
         }
-        if made.lead(&row.lead_id).is_some() {
+        if let Some(json) = sandbox.lead_json(&row.lead_id) {
             found += 1;
             let raw: serde_json::Value = serde_json::from_str(&row.raw).unwrap_or_default();
-            if sandbox.lead_json(&row.lead_id).as_ref() != Some(&raw) {
+            if raw != json {
                 report.mismatched += 1;
             }
         }
         Ok::<_, CliError>(())
     })?;
-    report.missing = made.leads.len().saturating_sub(found);
+    report.missing = made.saturating_sub(found);
     Ok(report)
 }
 
+/// The median and 99th percentile (nearest rank) of `values`, when there are any.
 fn percentiles(mut values: Vec<u64>) -> Option<(u64, u64)> {
     values.sort_unstable();
     let rank = |q: f64| {

@@ -262,9 +262,9 @@ pub async fn handle_webhook_request<Q: EventQueue>(
                             "a leadgen change could not be queued: nothing to read it by"
                         );
                     }
-                    let usual = accepted.object == crate::webhook::PAGE_OBJECT
-                        && accepted.skipped_changes == 0
-                        && accepted.invalid.is_empty();
+                    let page = accepted.object == crate::webhook::PAGE_OBJECT;
+                    let usual =
+                        page && accepted.skipped_changes == 0 && accepted.invalid.is_empty();
                     if usual {
                         // The line of nearly every post, so only what an operator looks up:
                         // the ids (log bytes are most of the bill: BENCHMARKS.md).
@@ -276,7 +276,7 @@ pub async fn handle_webhook_request<Q: EventQueue>(
                         );
                     } else {
                         tracing::info!(
-                            outcome = if accepted.object == crate::webhook::PAGE_OBJECT { "queued" } else { "ignored" },
+                            outcome = if page { "queued" } else { "ignored" },
                             status = 200,
                             object = %accepted.object,
                             body_bytes,

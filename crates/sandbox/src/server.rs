@@ -82,19 +82,9 @@ impl Sandbox {
         let Ok(data) = self.state.data.read() else {
             return Dataset::default();
         };
-        let mut copy = Dataset::default();
-        copy.pages = data.pages.clone();
-        copy.forms = data.forms.clone();
-        for lead in &data.leads {
-            copy.push(SandboxLead {
-                id: lead.id.clone(),
-                page_id: lead.page_id.clone(),
-                form_id: lead.form_id.clone(),
-                ad_id: lead.ad_id.clone(),
-                adgroup_id: lead.adgroup_id.clone(),
-                created_time: lead.created_time,
-                json: Value::Null,
-            });
+        let mut copy = data.clone();
+        for lead in &mut copy.leads {
+            lead.json = Value::Null;
         }
         copy
     }
@@ -791,20 +781,26 @@ fn compact(
     lead
 }
 
-/// A lead's JSON: its own when it has one (test leads), else the serialized copy taken at start.
-fn lead_json(state: &SandboxState, lead: &SandboxLead) -> Value {
+/// A lead's JSON as text: its own when it has one (test leads), else the serialized copy
+/// taken at start, as it is (a batch answer carries it as a string).
+fn lead_text(state: &SandboxState, lead: &SandboxLead) -> String {
     if !lead.json.is_null() {
-        return lead.json.clone();
+        return lead.json.to_string();
     }
     state
         .raw
         .read()
         .ok()
-        .and_then(|raw| {
-            raw.get(&lead.id)
-                .and_then(|text| serde_json::from_str(text.get()).ok())
-        })
-        .unwrap_or(Value::Null)
+        .and_then(|raw| raw.get(&lead.id).map(|text| text.get().to_owned()))
+        .unwrap_or_else(|| Value::Null.to_string())
+}
+
+/// A lead's JSON: its own when it has one (test leads), else the serialized copy parsed.
+fn lead_json(state: &SandboxState, lead: &SandboxLead) -> Value {
+    if !lead.json.is_null() {
+        return lead.json.clone();
+    }
+    serde_json::from_str(&lead_text(state, lead)).unwrap_or(Value::Null)
 }
 
 /// `GET /{lead-id}`: the lead, a fault, a permission error for another page's token, or gone.
@@ -979,7 +975,7 @@ fn batch(state: &SandboxState, data: &Dataset, page_of_token: &str, batch: &str)
                 Some(lead) => match lead_fault(state) {
                     Some((status, 2, _)) => error(status, 2, None, "Service temporarily unavailable", true),
                     Some((status, code, _)) => error(status, code, None, "There have been too many leadgen api calls to this Page account.", false),
-                    None => json!({"code": 200, "body": lead_json(state, lead).to_string()}),
+                    None => json!({"code": 200, "body": lead_text(state, lead)}),
                 },
                 None => error(400, 100, Some(33), "Unsupported get request. Object does not exist", false),
             }

@@ -18,7 +18,7 @@ use leadpipe_core::event::LeadEvent;
 use leadpipe_lambda_harness::events::{HttpEvent, HttpFront, sqs_event};
 use leadpipe_lambda_harness::{FunctionProcess, RuntimeApi, aws_env, moto_endpoint, unique_name};
 use leadpipe_sandbox::sender::post_body;
-use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox, SandboxLead};
+use leadpipe_sandbox::{DatasetSpec, Faults, Sandbox, SandboxLead};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,6 +54,34 @@ impl Figures {
     }
 }
 
+/// The bench's switches, read once: the Rust side alone, the 100-change posts per round,
+/// SIGTERM before the kill (callgrind writes its data on a fatal signal, not on SIGKILL),
+/// and one warm invocation's lines printed (to see what the log bytes are).
+struct Knobs {
+    rust_only: bool,
+    big_posts: Option<usize>,
+    term: bool,
+    show_logs: bool,
+}
+
+impl Knobs {
+    fn from_env() -> Self {
+        Self {
+            rust_only: std::env::var_os("BENCH_RUST_ONLY").is_some(),
+            big_posts: std::env::var("BENCH_BIG_POSTS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            term: std::env::var_os("BENCH_TERM").is_some(),
+            show_logs: std::env::var_os("BENCH_SHOW_LOGS").is_some(),
+        }
+    }
+
+    /// 100-change posts per round: a tenth of the one-change ones unless BENCH_BIG_POSTS.
+    fn big_posts(&self, invokes: usize) -> usize {
+        self.big_posts.unwrap_or((invokes / 10).max(1))
+    }
+}
+
 /// Nanoseconds the process's live threads have spent on a CPU.
 fn cpu_ns(pid: u32) -> u64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -64,6 +92,11 @@ fn cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// Milliseconds on a CPU since `before` (a [`cpu_ns`] reading).
+fn cpu_ms_since(pid: u32, before: u64) -> f64 {
+    cpu_ns(pid).saturating_sub(before) as f64 / 1e6
 }
 
 /// Peak resident set, MiB.
@@ -91,18 +124,9 @@ fn log_bytes(process: &FunctionProcess, from_line: usize) -> (usize, usize) {
     (all - metric, metric)
 }
 
-/// 100-change posts per round: a tenth of the one-change ones, or BENCH_BIG_POSTS.
-fn big_posts(invokes: usize) -> usize {
-    std::env::var("BENCH_BIG_POSTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or((invokes / 10).max(1))
-}
-
-/// With BENCH_TERM set, SIGTERM and a wait before the kill: a profiler (callgrind) writes
-/// its data on a fatal signal, not on SIGKILL.
-async fn stop_gently(function: &Started) {
-    if std::env::var_os("BENCH_TERM").is_some() {
+/// SIGTERM and a wait before the kill, when asked (a profiler's data).
+async fn stop_gently(knobs: &Knobs, function: &Started) {
+    if knobs.term {
         let _ = std::process::Command::new("kill")
             .args(["-TERM", &function.pid.to_string()])
             .status();
@@ -110,10 +134,10 @@ async fn stop_gently(function: &Started) {
     }
 }
 
-/// With BENCH_SHOW_LOGS set, one warm invocation's lines, to see what the bytes are.
-fn show_logs(side: Side, function: &str, process: &FunctionProcess, from_line: usize) {
-    if std::env::var_os("BENCH_SHOW_LOGS").is_some() {
-        for line in process.logs().iter().skip(from_line).take(4) {
+/// One warm invocation's lines, when asked.
+fn show_logs(knobs: &Knobs, side: Side, function: &str, process: &FunctionProcess, from: usize) {
+    if knobs.show_logs {
+        for line in process.logs().iter().skip(from).take(4) {
             eprintln!("{side:?} {function}: {line}");
         }
     }
@@ -222,17 +246,19 @@ struct Bench {
     graph: String,
     page_token: String,
     invokes: usize,
+    knobs: Knobs,
     figures: Figures,
 }
 
-impl Bench {
-    fn program<'a>(&self, side: Side, rust: &'a Path, peer: &'a Path) -> &'a Path {
-        match side {
-            Side::Rust => rust,
-            Side::Python => peer,
-        }
+/// The program that plays `side`.
+fn program<'a>(side: Side, rust: &'a Path, peer: &'a Path) -> &'a Path {
+    match side {
+        Side::Rust => rust,
+        Side::Python => peer,
     }
+}
 
+impl Bench {
     async fn webhook(&mut self, side: Side, program: &Path, leads: &[SandboxLead]) {
         let queue_url = self
             .sqs
@@ -288,18 +314,15 @@ impl Bench {
         // steady per-invoke figure.
         let before = cpu_ns(function.pid);
         invoke(signed_post(&next(1)), 1).await;
-        self.figures.add(
-            side,
-            "webhook first invoke cpu ms",
-            (cpu_ns(function.pid) - before) as f64 / 1e6,
-        );
+        let first = cpu_ms_since(function.pid, before);
+        self.figures.add(side, "webhook first invoke cpu ms", first);
         let log_from = function.process.logs().len();
         let before = cpu_ns(function.pid);
         let mut times = Vec::with_capacity(self.invokes);
         for _ in 0..self.invokes {
             times.push(invoke(signed_post(&next(1)), 1).await);
         }
-        let cpu = (cpu_ns(function.pid) - before) as f64 / 1e6 / self.invokes as f64;
+        let cpu = cpu_ms_since(function.pid, before) / self.invokes as f64;
         times.sort();
         let (log, metric) = log_bytes(&function.process, log_from);
         self.figures
@@ -318,16 +341,16 @@ impl Bench {
             "webhook metric bytes per lead",
             metric as f64 / self.invokes as f64,
         );
-        let big = big_posts(self.invokes);
+        let big = self.knobs.big_posts(self.invokes);
         let before = cpu_ns(function.pid);
         for _ in 0..big {
             invoke(signed_post(&next(BIG_POST)), BIG_POST).await;
         }
-        let cpu = (cpu_ns(function.pid) - before) as f64 / 1e6 / big as f64;
+        let cpu = cpu_ms_since(function.pid, before) / big as f64;
         self.figures
             .add(side, "webhook cpu ms per 100-change invoke", cpu);
-        show_logs(side, "webhook", &function.process, log_from);
-        stop_gently(&function).await;
+        show_logs(&self.knobs, side, "webhook", &function.process, log_from);
+        stop_gently(&self.knobs, &function).await;
         self.figures
             .add(side, "webhook peak RSS MiB", peak_rss_mib(function.pid));
         drop(function);
@@ -413,11 +436,8 @@ impl Bench {
         };
         let before = cpu_ns(function.pid);
         invoke_next().await;
-        self.figures.add(
-            side,
-            "ingest first invoke cpu ms",
-            (cpu_ns(function.pid) - before) as f64 / 1e6,
-        );
+        let first = cpu_ms_since(function.pid, before);
+        self.figures.add(side, "ingest first invoke cpu ms", first);
         let log_from = function.process.logs().len();
         let before = cpu_ns(function.pid);
         let mut times = Vec::with_capacity(self.invokes);
@@ -425,7 +445,7 @@ impl Bench {
             times.push(invoke_next().await);
         }
         let leads_done = (self.invokes * INGEST_BATCH) as f64;
-        let cpu = (cpu_ns(function.pid) - before) as f64 / 1e6 / leads_done;
+        let cpu = cpu_ms_since(function.pid, before) / leads_done;
         times.sort();
         let (log, metric) = log_bytes(&function.process, log_from);
         self.figures.add(side, "ingest cpu ms per lead", cpu);
@@ -448,8 +468,8 @@ impl Bench {
         );
         self.figures
             .add(side, "ingest peak RSS MiB", peak_rss_mib(function.pid));
-        show_logs(side, "ingest", &function.process, log_from);
-        stop_gently(&function).await;
+        show_logs(&self.knobs, side, "ingest", &function.process, log_from);
+        stop_gently(&self.knobs, &function).await;
         drop(function);
         let mut stored = 0;
         let mut pages = self
@@ -486,19 +506,20 @@ async fn main() {
     let rounds: usize = args.next().map(|r| r.parse().expect(usage)).unwrap_or(5);
     let invokes: usize = args.next().map(|r| r.parse().expect(usage)).unwrap_or(200);
     moto_endpoint().expect("moto");
+    let knobs = Knobs::from_env();
 
     // One page, so one page token serves as ACCESS_TOKEN for both sides.
-    let per_side_round = 1 + invokes + big_posts(invokes) * BIG_POST;
+    let per_side_round = 1 + invokes + knobs.big_posts(invokes) * BIG_POST;
     let ingest_per_side_round = (invokes + 1) * INGEST_BATCH;
-    let data = Dataset::generate(&DatasetSpec {
+    let spec = DatasetSpec {
         pages: 1,
         forms_per_page: 4,
         leads: rounds * 2 * ingest_per_side_round.max(per_side_round),
         ..DatasetSpec::default()
-    });
-    let sandbox = Sandbox::start(data.clone(), Faults::default())
-        .await
-        .unwrap();
+    };
+    let sandbox = Sandbox::generate(&spec, Faults::default()).await.unwrap();
+    // Posts and queue messages name leads by id only.
+    let data = sandbox.leads_by_id();
     let config = aws_config::load_from_env().await;
     let mut bench = Bench {
         sqs: aws_sdk_sqs::Client::new(&config),
@@ -506,6 +527,7 @@ async fn main() {
         graph: sandbox.base_url(),
         page_token: leadpipe_sandbox::data::page_token(&data.pages[0].0),
         invokes,
+        knobs,
         figures: Figures::default(),
     };
     let mut slices = data.leads.chunks(ingest_per_side_round.max(per_side_round));
@@ -516,13 +538,14 @@ async fn main() {
         } else {
             [Side::Python, Side::Rust]
         };
-        for side in order {
+        let rust_only = bench.knobs.rust_only;
+        for side in order.into_iter().filter(|s| !rust_only || *s == Side::Rust) {
             let leads = slices.next().unwrap();
             bench
-                .webhook(side, bench.program(side, &rust_webhook, &peer), leads)
+                .webhook(side, program(side, &rust_webhook, &peer), leads)
                 .await;
             bench
-                .ingest(side, bench.program(side, &rust_ingest, &peer), leads)
+                .ingest(side, program(side, &rust_ingest, &peer), leads)
                 .await;
         }
         eprintln!("round {} of {rounds} done", round + 1);
