@@ -76,15 +76,19 @@ pub struct ConnectArgs {
     pub dry_run: bool,
 }
 
-/// One step's line.
+/// One step's line. Its text may carry what Graph said (page names, Meta's messages): it
+/// is shown with control characters escaped, so it cannot forge or hide a line.
 pub(crate) fn ok(text: impl std::fmt::Display) {
-    println!("✔ {text}");
+    println!("✔ {}", shown(text));
 }
 pub(crate) fn fail(text: impl std::fmt::Display) {
-    println!("✘ {text}");
+    println!("✘ {}", shown(text));
 }
 fn note(text: impl std::fmt::Display) {
-    println!("  {text}");
+    println!("  {}", shown(text));
+}
+fn shown(text: impl std::fmt::Display) -> String {
+    crate::render::outside_text(&text.to_string(), 2000)
 }
 
 /// The last four characters of a token, for telling tokens apart.
@@ -143,7 +147,7 @@ impl SecretPlace {
     /// The secret's JSON object as stored (unknown keys kept), or empty when there is none.
     async fn read(&self) -> Result<Map<String, Value>, CliError> {
         let text = match self {
-            Self::File(path) => match std::fs::read_to_string(path) {
+            Self::File(path) => match crate::read_small_file(path, crate::MAX_SECRET_FILE_BYTES) {
                 Ok(text) => Some(text),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => {
@@ -170,22 +174,89 @@ impl SecretPlace {
         }
     }
 
-    async fn write(&self, secret: &Map<String, Value>) -> Result<(), CliError> {
-        let text = serde_json::to_string_pretty(secret)
-            .map_err(|e| CliError::Settings(format!("the secret could not be encoded: {e}")))?;
+    /// Reads the secret as it is now, applies `merge`, writes the result, with no other
+    /// writer in between: a file under an exclusive lock (a `.NAME.lock` beside it, held
+    /// from the read to the rename), Secrets Manager by its version (written only when the
+    /// version read is still the current one; read and merged again otherwise).
+    async fn update<T>(
+        &self,
+        mut merge: impl FnMut(&mut Map<String, Value>) -> Result<T, CliError>,
+    ) -> Result<T, CliError> {
         match self {
-            Self::File(path) => write_private(path, &text).map_err(|e| {
-                CliError::Settings(format!(
-                    "the secret file {} cannot be written: {e}",
-                    path.display()
-                ))
-            }),
+            Self::File(path) => {
+                let target = through_link(path);
+                let _lock = lock_beside(&target).map_err(|e| {
+                    CliError::Settings(format!(
+                        "the secret file {} cannot be locked: {e}",
+                        path.display()
+                    ))
+                })?;
+                let mut secret = self.read().await?;
+                let merged = merge(&mut secret)?;
+                write_private(&target, &encode(&secret)?).map_err(|e| {
+                    CliError::Settings(format!(
+                        "the secret file {} cannot be written: {e}",
+                        path.display()
+                    ))
+                })?;
+                Ok(merged)
+            }
             Self::SecretsManager { client, arn } => {
-                leadpipe_aws::secrets::put_secret_string(client, arn, &text).await?;
-                Ok(())
+                for _ in 0..5 {
+                    let before = leadpipe_aws::secrets::current_version(client, arn).await?;
+                    let mut secret = self.read().await?;
+                    let merged = merge(&mut secret)?;
+                    if leadpipe_aws::secrets::current_version(client, arn).await? != before {
+                        continue;
+                    }
+                    leadpipe_aws::secrets::put_secret_string(client, arn, &encode(&secret)?)
+                        .await?;
+                    return Ok(merged);
+                }
+                Err(CliError::Failed(format!(
+                    "the secret {arn} kept changing while connect merged into it (another connect?): run connect again"
+                )))
             }
         }
     }
+}
+
+fn encode(secret: &Map<String, Value>) -> Result<String, CliError> {
+    serde_json::to_string_pretty(secret)
+        .map_err(|e| CliError::Settings(format!("the secret could not be encoded: {e}")))
+}
+
+/// Where a write to `path` lands: through a symbolic link to the file it names (so a
+/// secret file that is a link, as a mounted secret often is, stays a link and its target
+/// is updated), else `path` itself.
+fn through_link(path: &Path) -> std::path::PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// An exclusive lock on `.NAME.lock` beside `path`, held while the returned file lives.
+fn lock_beside(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "secret".into());
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(format!(".{name}.lock")))?;
+    lock.lock()?;
+    Ok(lock)
 }
 
 /// Writes `text` to `path` readable by its owner only, all or nothing: a temporary file
@@ -243,7 +314,7 @@ fn string_of(map: &Map<String, Value>, key: &str) -> Option<String> {
 /// The person's token: `--user-token-file` or `LEADPIPE_USER_TOKEN`.
 fn user_token(args: &ConnectArgs) -> Result<SecretString, CliError> {
     if let Some(path) = &args.user_token_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = crate::read_small_file(path, 64 * 1024).map_err(|e| {
             CliError::Settings(format!(
                 "the token file {} cannot be read: {e}",
                 path.display()
@@ -375,10 +446,34 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             ));
         }
     };
+    // An id goes into the secret's keys and into Graph paths: only a Graph id is taken.
+    let (accounts, odd): (Vec<PageAccount>, Vec<PageAccount>) = accounts
+        .into_iter()
+        .partition(|a| a.id.bytes().all(|b| b.is_ascii_digit()) && (1..=32).contains(&a.id.len()));
+    for account in &odd {
+        problems += 1;
+        fail(format!(
+            "Graph listed a page whose id is not a Graph id ({}); it is left out",
+            account.id
+        ));
+    }
     ok(format!(
         "the token's user manages {} page(s)",
         accounts.len()
     ));
+    if accounts.is_empty() {
+        // Zero pages is never "ready": nothing would ever arrive.
+        fail("the token sees no page: nothing can be connected");
+        note(
+            "the token's person needs a role on the page (Page settings > Page access: Facebook access with full control, or task access to leads), and the token must be issued with that page selected",
+        );
+        note(
+            "pages held in a Business Manager are listed only to a person or system user with access there (Business settings > Accounts > Pages) and a token with business_management",
+        );
+        return Err(CliError::Failed(
+            "verdict: the token sees no page (see above)".into(),
+        ));
+    }
     let mut rows = Vec::new();
     for wanted in &args.pages {
         if !accounts.iter().any(|a| &a.id == wanted) {
@@ -408,7 +503,11 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
 
     // 4. Per page: subscription, lead access, forms.
     for row in &mut rows {
-        println!("page {} ({})", row.id, row.name);
+        println!(
+            "page {} ({})",
+            crate::render::line(&row.id),
+            crate::render::line(&row.name)
+        );
         let Some(token) = row.token.clone() else {
             continue;
         };
@@ -436,7 +535,16 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
 
     // 6. The secret, written before the app's subscription: Meta's challenge comes at once,
     // and the webhook answers it with the verify token it reads from here.
-    let verify_token = match merge_secret(&mut secret, &rows, &long_lived, &app_secret) {
+    let merged = if args.dry_run {
+        merge_secret(&mut secret, &rows, &long_lived, &app_secret)
+    } else {
+        // Merged again into the secret as it is now, under a lock: another `connect` that
+        // wrote meanwhile keeps its pages and tokens.
+        place
+            .update(|secret| merge_secret(secret, &rows, &long_lived, &app_secret))
+            .await
+    };
+    let verify_token = match merged {
         Ok(merge) => {
             let line = format!(
                 "{}: page_tokens for {} page(s) ({} new, {} kept from before), access_token {} ({long_expiry}), verify_token {}, lookup_key {}",
@@ -459,7 +567,6 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             if args.dry_run {
                 ok(format!("would write the secret {line}"));
             } else {
-                place.write(&secret).await?;
                 ok(format!("wrote the secret {line}"));
                 if let SecretPlace::File(_) = place {
                     note("the file is readable by you only (0600)");
@@ -956,8 +1063,8 @@ pub(crate) fn print_table(rows: &[PageRow], dry_run: bool) {
     ]);
     for row in rows {
         table.add_row([
-            row.id.clone(),
-            row.name.clone(),
+            crate::render::line(&row.id),
+            crate::render::outside_text(&row.name, 40),
             yes_no(row.subscribed, dry_run).to_owned(),
             yes_no(row.lead_access, false).to_owned(),
             format!("{} ({} active)", row.forms, row.active_forms.len()),

@@ -30,7 +30,7 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
     let mut problems = 0;
     let mut rows = Vec::new();
     for page in &pages {
-        println!("page {page}");
+        println!("page {}", crate::render::line(page));
         let mut row = PageRow {
             id: page.clone(),
             ..PageRow::default()

@@ -19,7 +19,12 @@ pub enum Format {
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
     /// The SQLite file to read (opened read-only).
-    #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
+    #[arg(
+        long,
+        env = "LEADPIPE_DB",
+        hide_env_values = true,
+        default_value = "leadpipe.db"
+    )]
     pub db: PathBuf,
     /// Read the deployed stack's leads table (its LeadsTableName output) instead.
     #[arg(long, conflicts_with = "leads_table")]

@@ -12,6 +12,7 @@ pub mod export_aws;
 pub mod forward;
 pub mod operate;
 pub mod pipeline;
+pub mod render;
 pub mod status;
 pub mod status_aws;
 
@@ -104,16 +105,30 @@ impl CliError {
     pub fn is_closed_pipe(&self) -> bool {
         matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
+
+    /// The process's exit code: 1 when the command ran and a person must act (its
+    /// verdict), 2 for an error (bad input, a store or service that could not be reached).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 1,
+            _ => 2,
+        }
+    }
 }
 
 /// Arguments of `leadpipe backfill`.
 #[derive(Debug, clap::Args)]
 pub struct BackfillArgs {
     /// The SQLite file.
-    #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
+    #[arg(
+        long,
+        env = "LEADPIPE_DB",
+        hide_env_values = true,
+        default_value = "leadpipe.db"
+    )]
     pub db: PathBuf,
     /// A JSON secret file in the Secrets Manager shape (else APP_SECRET, ACCESS_TOKEN, ...).
-    #[arg(long, env = "LEADPIPE_SECRET_FILE")]
+    #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
     pub secret_file: Option<PathBuf>,
     /// Only this page (repeat for several; default: every page in page_tokens).
     #[arg(long = "page")]
@@ -139,7 +154,7 @@ pub struct BackfillArgs {
 #[derive(Debug, clap::Args)]
 pub struct DoctorArgs {
     /// A JSON secret file in the Secrets Manager shape (else APP_SECRET, ACCESS_TOKEN, ...).
-    #[arg(long, env = "LEADPIPE_SECRET_FILE")]
+    #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
     pub secret_file: Option<PathBuf>,
     /// Pages to check (default: every page in page_tokens).
     #[arg(long = "page")]
@@ -149,12 +164,38 @@ pub struct DoctorArgs {
 /// The one message for "no secret here", naming every way to give one.
 pub const NO_SECRET: &str = "no secret: give --secret-file PATH (a JSON file in the Secrets Manager shape), or set APP_SECRET with ACCESS_TOKEN and VERIFY_TOKEN; on AWS the functions read SECRET_ARN, which this command does not (download the secret to a file, or use the variables)";
 
+/// The most of a secret or key file that is read: a secret with hundreds of page tokens is
+/// a few tens of KB.
+pub const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads a small file of settings (a secret, a key): only a regular file (after following
+/// a link), at most `max` bytes: `/dev/zero` or a huge file is refused, never read whole.
+pub fn read_small_file(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "it is not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(max + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("it is larger than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// The app secrets from `--secret-file`, else `APP_SECRET`/`ACCESS_TOKEN`/`VERIFY_TOKEN`.
 /// `SECRET_ARN` is the Lambda functions' way and is not read here: the message says so in
 /// the same words whether or not it is set, so the two cases never contradict each other.
 pub fn load_secrets(secret_file: Option<&PathBuf>) -> Result<AppSecrets, CliError> {
     if let Some(path) = secret_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let text = read_small_file(path, MAX_SECRET_FILE_BYTES).map_err(|e| {
             CliError::Settings(format!(
                 "the secret file {} cannot be read: {e}",
                 path.display()

@@ -8,8 +8,11 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is_closed_pipe() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("leadpipe: {err}");
-            ExitCode::FAILURE
+            eprintln!(
+                "leadpipe: {}",
+                leadpipe::render::outside_text(&err.to_string(), 4000)
+            );
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -189,7 +189,7 @@ pub struct ForgetArgs {
     #[arg(long)]
     pub phone: Option<String>,
     /// The secret holding lookup_key (a file; else --secret-arn, the stack's, or LOOKUP_KEY).
-    #[arg(long, env = "LEADPIPE_SECRET_FILE")]
+    #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
     pub secret_file: Option<PathBuf>,
     /// The secret holding lookup_key, in Secrets Manager.
     #[arg(long)]
@@ -252,7 +252,16 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
         Target::Local(_) => None,
     };
     let (found_by, key) = match (&args.lead, &args.email, &args.phone) {
-        (Some(_), _, _) => ("lead id", None),
+        (Some(id), _, _) => {
+            // The id is matched whole wherever it is looked for; even so, only a Graph lead
+            // id is taken (`%` or `_` were once wildcards here).
+            if !is_lead_id(id) {
+                return Err(CliError::Settings(
+                    "--lead must be a lead id: the digits of Meta's leadgen id".into(),
+                ));
+            }
+            ("lead id", None)
+        }
         (None, Some(email), _) => {
             let policy = lookup_policy(&args, names.as_ref()).await?;
             let key = policy
@@ -278,7 +287,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
     };
     match target {
         Target::Local(path) => {
-            let db = LocalDb::open(&path)?;
+            let db = open_local(&path, args.dry_run)?;
             let ids = match (&args.lead, &key) {
                 (Some(id), _) => vec![id.clone()],
                 (None, Some((LookupIndex::Email, k))) => db.leads_by_lookup(Some(k), None)?,
@@ -310,7 +319,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
                 let present = if args.dry_run {
                     aws_ops::lead_exists(&ddb, table, id).await?
                 } else {
-                    aws_ops::delete_lead(&ddb, table, id).await?
+                    aws_ops::erase_lead(&ddb, table, id).await?
                 };
                 erasure.leads += usize::from(present);
             }
@@ -361,6 +370,21 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A Graph lead id: 1 to 32 digits.
+fn is_lead_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The local file for a command that changes it, or only reads it on a dry run; refused,
+/// untouched, when it is not leadpipe's.
+fn open_local(path: &std::path::Path, dry_run: bool) -> Result<LocalDb, CliError> {
+    Ok(if dry_run {
+        LocalDb::open_existing_read_only(path)?
+    } else {
+        LocalDb::open_existing(path)?
+    })
+}
+
 // ---- redrive -----------------------------------------------------------------------------
 
 /// Arguments of `leadpipe redrive`.
@@ -369,8 +393,8 @@ pub struct RedriveArgs {
     /// Where.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Only dead letters of this class (malformed, not_found, permission, token,
-    /// bad_request, too_large, unreadable).
+    /// Only dead letters of this class (every class `status` prints: malformed, not_found,
+    /// permission, token, bad_request, too_large, unreadable, exhausted, refused).
     #[arg(long)]
     pub reason_class: Option<String>,
     /// Count what would move; move nothing.
@@ -381,27 +405,36 @@ pub struct RedriveArgs {
     pub json: bool,
 }
 
-/// Moves dead letters back to the queue.
+/// Moves dead letters back to the queue (and forwarding's back to the outbox).
 pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
-    if let Some(class) = &args.reason_class
-        && !leadpipe_core::ports::DeadLetterClass::ALL
-            .iter()
-            .any(|c| c.as_str() == class)
-    {
-        return Err(CliError::Settings(format!(
-            "--reason-class {class} is not a class: use one of {}",
-            leadpipe_core::ports::DeadLetterClass::ALL
-                .iter()
-                .map(|c| c.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
+    use leadpipe_core::ports::DeadLetterClass;
+    let class = match &args.reason_class {
+        None => None,
+        Some(name) => Some(DeadLetterClass::parse(name).ok_or_else(|| {
+            CliError::Settings(format!(
+                "--reason-class {} is not a class: use one of {}",
+                crate::render::line(name),
+                DeadLetterClass::ALL
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?),
+    };
+    let mut forwards = 0;
     let (moved, left, failed) = match args.target.resolve().await? {
         Target::Local(path) => {
-            let db = LocalDb::open(&path)?;
+            let db = open_local(&path, args.dry_run)?;
+            // Forwarding's dead letters are `refused` or `exhausted`; they go back to the
+            // outbox, the queue's back to the queue.
+            if class
+                .is_none_or(|c| matches!(c, DeadLetterClass::Refused | DeadLetterClass::Exhausted))
+            {
+                forwards = db.outbox_redrive(class, args.dry_run)?;
+            }
             (
-                db.redrive(args.reason_class.as_deref(), args.dry_run)?,
+                db.redrive(class.map(DeadLetterClass::as_str), args.dry_run)?,
                 0,
                 0,
             )
@@ -410,20 +443,28 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
             let dlq = need(&names.dlq_url, "the dead-letter queue", "--dlq-url")?;
             let queue = need(&names.queue_url, "the lead events queue", "--queue-url")?;
             let sqs = aws_sdk_sqs::Client::new(&config);
-            let done =
-                aws_ops::redrive(&sqs, dlq, queue, args.reason_class.as_deref(), args.dry_run)
-                    .await?;
+            let done = aws_ops::redrive(
+                &sqs,
+                dlq,
+                queue,
+                class.map(DeadLetterClass::as_str),
+                args.dry_run,
+            )
+            .await?;
             (done.moved, done.left, done.failed)
         }
     };
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"dry_run": args.dry_run, "moved": moved, "left": left, "failed": failed})
+            serde_json::json!({"dry_run": args.dry_run, "moved": moved, "forwards": forwards, "left": left, "failed": failed})
         );
     } else {
         let verb = if args.dry_run { "would move" } else { "moved" };
         println!("{verb} {moved} dead letter(s) back to the queue; {left} left in the DLQ");
+        if forwards > 0 {
+            println!("{verb} {forwards} forwarding dead letter(s) back to the outbox");
+        }
     }
     if failed > 0 {
         return Err(CliError::Failed(format!(

@@ -390,44 +390,102 @@ async fn webhook(
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// The SQLite file (queue, leads, checkpoints, dead letters).
-    #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
+    #[arg(
+        long,
+        env = "LEADPIPE_DB",
+        hide_env_values = true,
+        default_value = "leadpipe.db"
+    )]
     pub db: PathBuf,
     /// Where the webhook listens.
-    #[arg(long, env = "LEADPIPE_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "LEADPIPE_LISTEN",
+        hide_env_values = true,
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: String,
     /// A JSON secret file in the Secrets Manager shape (else APP_SECRET, VERIFY_TOKEN, ...).
-    #[arg(long, env = "LEADPIPE_SECRET_FILE")]
+    #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
     pub secret_file: Option<PathBuf>,
     /// Ingest workers.
-    #[arg(long, env = "LEADPIPE_WORKERS", default_value_t = 4)]
+    #[arg(
+        long,
+        env = "LEADPIPE_WORKERS",
+        hide_env_values = true,
+        default_value_t = 4
+    )]
     pub workers: usize,
     /// Seconds between backfill runs; 0 turns the timer off.
-    #[arg(long, env = "LEADPIPE_BACKFILL_EVERY", default_value_t = 3600)]
+    #[arg(
+        long,
+        env = "LEADPIPE_BACKFILL_EVERY",
+        hide_env_values = true,
+        default_value_t = 3600
+    )]
     pub backfill_every: u64,
     /// Seconds a leased message stays invisible.
-    #[arg(long, env = "LEADPIPE_VISIBILITY_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "LEADPIPE_VISIBILITY_SECONDS",
+        hide_env_values = true,
+        default_value_t = 30
+    )]
     pub visibility_seconds: u64,
     /// Connections served at once; more wait until one closes.
-    #[arg(long, env = "LEADPIPE_MAX_CONNECTIONS", default_value_t = 512)]
+    #[arg(
+        long,
+        env = "LEADPIPE_MAX_CONNECTIONS",
+        hide_env_values = true,
+        default_value_t = 512
+    )]
     pub max_connections: usize,
     /// Seconds a client has to send a request's headers (idle keep-alive connections too).
-    #[arg(long, env = "LEADPIPE_HEADER_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(
+        long,
+        env = "LEADPIPE_HEADER_TIMEOUT_SECONDS",
+        hide_env_values = true,
+        default_value_t = 10
+    )]
     pub header_timeout_seconds: u64,
     /// Seconds a client has to send a request's body.
-    #[arg(long, env = "LEADPIPE_BODY_TIMEOUT_SECONDS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "LEADPIPE_BODY_TIMEOUT_SECONDS",
+        hide_env_values = true,
+        default_value_t = 30
+    )]
     pub body_timeout_seconds: u64,
     /// POST each new lead's event (lead event v1) to this URL, from a durable outbox.
-    #[arg(long, env = "LEADPIPE_FORWARD_TO", requires = "forward_secret_file")]
+    #[arg(
+        long,
+        env = "LEADPIPE_FORWARD_TO",
+        hide_env_values = true,
+        requires = "forward_secret_file"
+    )]
     pub forward_to: Option<String>,
     /// The key that signs forwarded posts (X-Leadpipe-Signature-256), in a file.
-    #[arg(long, env = "LEADPIPE_FORWARD_SECRET_FILE", requires = "forward_to")]
+    #[arg(
+        long,
+        env = "LEADPIPE_FORWARD_SECRET_FILE",
+        hide_env_values = true,
+        requires = "forward_to"
+    )]
     pub forward_secret_file: Option<PathBuf>,
     /// Delete leads this many days after they were created, checked every hour (0 keeps
     /// them; default LEADS_RETENTION_DAYS, else 0).
     #[arg(long)]
     pub retention_days: Option<u32>,
+    /// Allow --forward-to over plain http to another machine (loopback is always allowed).
+    #[arg(long)]
+    pub allow_http: bool,
     /// The first retry's longest wait, in ms; doubled per attempt (with jitter) up to 10 min.
-    #[arg(long, env = "LEADPIPE_FORWARD_FIRST_RETRY_MS", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "LEADPIPE_FORWARD_FIRST_RETRY_MS",
+        hide_env_values = true,
+        default_value_t = 1000
+    )]
     pub forward_first_retry_ms: u64,
 }
 
@@ -436,36 +494,125 @@ fn forward_settings(args: &ServeArgs) -> Result<Option<(String, secrecy::SecretS
     let (Some(url), Some(key_file)) = (&args.forward_to, &args.forward_secret_file) else {
         return Ok(None);
     };
-    let parsed = url::Url::parse(url)
-        .map_err(|e| CliError::Settings(format!("--forward-to is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "https" | "http") {
-        return Err(CliError::Settings(
-            "--forward-to must be an http(s) URL".into(),
-        ));
-    }
-    let key = std::fs::read_to_string(key_file).map_err(|e| {
+    let parsed =
+        url::Url::parse(url).map_err(|_| CliError::Settings("--forward-to is not a URL".into()))?;
+    check_forward_url(&parsed, args.allow_http)?;
+    let key = crate::read_small_file(key_file, 4096).map_err(|e| {
         CliError::Settings(format!(
             "the forward key file {} cannot be read: {e}",
             key_file.display()
         ))
     })?;
-    let key = key.trim();
-    if key.len() < 16 {
-        return Err(CliError::Settings(format!(
-            "the forward key in {} is shorter than 16 characters: use a long random one",
-            key_file.display()
-        )));
-    }
+    let key = check_forward_key(key.trim()).map_err(|why| {
+        CliError::Settings(format!("the forward key in {}: {why}", key_file.display()))
+    })?;
     Ok(Some((
         url.clone(),
         secrecy::SecretString::from(key.to_owned()),
     )))
 }
 
+/// An `https` URL, or `http` to this machine (loopback); `http` elsewhere only with
+/// `--allow-http`: leads are personal data, and plain HTTP shows them to every hop.
+fn check_forward_url(url: &url::Url, allow_http: bool) -> Result<(), CliError> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http || is_loopback_host(url) => Ok(()),
+        "http" => Err(CliError::Settings(
+            "--forward-to is plain http to another machine: leads would cross the network unencrypted. Use https, or add --allow-http if the network between is yours".into(),
+        )),
+        _ => Err(CliError::Settings(
+            "--forward-to must be an http(s) URL".into(),
+        )),
+    }
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// At least 16 characters (not bytes), none of them a control character.
+fn check_forward_key(key: &str) -> Result<&str, String> {
+    if key.chars().any(char::is_control) {
+        return Err("it holds a control character: use printable characters only".into());
+    }
+    if key.chars().count() < 16 {
+        return Err("it is shorter than 16 characters: use a long random one".into());
+    }
+    Ok(key)
+}
+
+/// Whether `listen` binds every interface (`0.0.0.0`, `[::]`): fine behind TLS, worth a word.
+fn listens_everywhere(listen: &str) -> bool {
+    listen
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_unspecified())
+}
+
+/// `serve`'s hold on its database: one `serve` per file, or two forwarders release each
+/// other's claims and every lead is sent twice. An exclusive lock on `<db>.serve.lock`,
+/// holding the owner's process id, released when the process ends however it ends.
+pub struct ServeLock {
+    _file: std::fs::File,
+}
+
+impl ServeLock {
+    /// Takes the lock, or says which process holds it.
+    pub fn take(db: &Path) -> Result<Self, CliError> {
+        use std::io::{Read, Seek, Write};
+        let path = PathBuf::from(format!("{}.serve.lock", db.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                CliError::Settings(format!(
+                    "the lock file {} cannot be opened: {e}",
+                    path.display()
+                ))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(CliError::Settings(format!(
+                    "another leadpipe serve (process {}) is using {}: one serve per database",
+                    if holder.is_empty() { "unknown" } else { holder },
+                    db.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(CliError::Settings(format!(
+                    "the lock file {} cannot be locked: {e}",
+                    path.display()
+                )));
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = file.seek(std::io::SeekFrom::Start(0));
+        let _ = write!(file, "{}", std::process::id());
+        let _ = file.flush();
+        Ok(Self { _file: file })
+    }
+}
+
 /// `leadpipe serve`: runs until interrupted.
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let secrets = crate::load_secrets(args.secret_file.as_ref())?;
     let forward = forward_settings(&args)?;
+    let _lock = ServeLock::take(&args.db)?;
+    if listens_everywhere(&args.listen) {
+        tracing::warn!(listen = %args.listen, "serve listens on every interface: put TLS in front (a reverse proxy), Meta posts only to https");
+    }
     let tuning = Tuning {
         visibility: Duration::from_secs(args.visibility_seconds.max(1)),
         ..Tuning::default()
@@ -562,4 +709,39 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         let _ = forwarder.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_urls_and_keys_are_checked() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        assert!(check_forward_url(&url("https://crm.example/in"), false).is_ok());
+        assert!(check_forward_url(&url("http://127.0.0.1:9/in"), false).is_ok());
+        assert!(check_forward_url(&url("http://localhost:9/in"), false).is_ok());
+        assert!(check_forward_url(&url("http://[::1]:9/in"), false).is_ok());
+        assert!(check_forward_url(&url("http://crm.example/in"), false).is_err());
+        assert!(check_forward_url(&url("http://crm.example/in"), true).is_ok());
+        assert!(check_forward_url(&url("ftp://crm.example/in"), true).is_err());
+        // Characters, not bytes; no control characters.
+        assert!(check_forward_key(&"é".repeat(9)).is_err());
+        assert!(check_forward_key(&"\0".repeat(16)).is_err());
+        assert!(check_forward_key("abc\u{7}defghijklmnopq").is_err());
+        assert!(check_forward_key(&"é".repeat(16)).is_ok());
+        assert!(listens_everywhere("0.0.0.0:8080") && listens_everywhere("[::]:80"));
+        assert!(!listens_everywhere("127.0.0.1:8080"));
+    }
+
+    #[test]
+    fn one_serve_per_database() {
+        let db = std::env::temp_dir().join(format!("leadpipe-lock-{}.db", std::process::id()));
+        let first = ServeLock::take(&db).unwrap();
+        let second = ServeLock::take(&db).err().unwrap().to_string();
+        assert!(second.contains(&std::process::id().to_string()), "{second}");
+        drop(first);
+        assert!(ServeLock::take(&db).is_ok(), "released with its holder");
+        let _ = std::fs::remove_file(format!("{}.serve.lock", db.display()));
+    }
 }

@@ -18,7 +18,12 @@ const STUCK_AFTER: Duration = Duration::from_secs(15 * 60);
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The SQLite file to read (opened read-only).
-    #[arg(long, env = "LEADPIPE_DB", default_value = "leadpipe.db")]
+    #[arg(
+        long,
+        env = "LEADPIPE_DB",
+        hide_env_values = true,
+        default_value = "leadpipe.db"
+    )]
     pub db: PathBuf,
     /// The deployed stack instead (its outputs name the queues and tables).
     #[arg(long)]
@@ -77,7 +82,8 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
     let dead_total: i64 = dead.iter().map(|(_, n, _, _)| n).sum();
     if dead_total > 0 {
         needs.push(format!(
-            "{dead_total} dead letter(s): read their reasons, fix the cause, then replay them"
+            "{dead_total} dead letter(s): read their reasons, fix the cause, then `leadpipe redrive --db {}` (or --reason-class CLASS)",
+            args.db.display()
         ));
     }
     if oldest_age_s.is_some_and(|age| age > STUCK_AFTER.as_secs() as i64) {
@@ -96,8 +102,9 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
     if let Some(o) = &outbox {
         if o.dead > 0 {
             needs.push(format!(
-                "{} lead event(s) could not be forwarded: read the reason, fix the receiver, then replay them",
-                o.dead
+                "{} lead event(s) could not be forwarded: read the reason, fix the receiver, then `leadpipe redrive --db {} --reason-class refused` (or exhausted)",
+                o.dead,
+                args.db.display()
             ));
         }
         if outbox_oldest_s.is_some_and(|age| age > STUCK_AFTER.as_secs() as i64) {
@@ -136,6 +143,7 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
         );
         println!("dead letters   {dead_total}");
         for (class, n, reason, at) in &dead {
+            let (class, reason) = (crate::render::line(class), crate::render::line(reason));
             println!("  {class:<12} {n:>6}  newest {at}: {reason}");
         }
         println!("checkpoints    {}", checkpoints.len());
@@ -164,7 +172,7 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
                 o.dead,
                 o.newest_dead_reason
                     .as_deref()
-                    .map(|r| format!(": newest reason {r}"))
+                    .map(|r| format!(": newest reason {}", crate::render::line(r)))
                     .unwrap_or_default()
             );
         }
@@ -172,7 +180,7 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
             [] => println!("verdict: ok"),
             _ => {
                 for need in &needs {
-                    println!("needs a person: {need}");
+                    println!("needs a person: {}", crate::render::line(need));
                 }
             }
         }

@@ -79,7 +79,12 @@ pub async fn run(args: &StatusArgs) -> Result<(), CliError> {
         leadpipe_aws::operate::give_back(&sqs, dlq, &taken).await;
         for m in &taken {
             let entry = dead
-                .entry(m.reason_class.clone().unwrap_or_else(|| "unknown".into()))
+                .entry(m.reason_class.clone().unwrap_or_else(|| {
+                    // No attribute of ours: SQS moved it after maxReceiveCount.
+                    leadpipe_core::ports::DeadLetterClass::Exhausted
+                        .as_str()
+                        .into()
+                }))
                 .or_default();
             entry.0 += 1;
             entry.1 = m.reason.clone().unwrap_or_default();
@@ -189,6 +194,7 @@ pub async fn run(args: &StatusArgs) -> Result<(), CliError> {
                 dead.values().map(|(n, _)| n).sum::<usize>()
             );
             for (class, (n, reason)) in &dead {
+                let (class, reason) = (crate::render::line(class), crate::render::line(reason));
                 println!("  {class:<12} {n:>6}  newest: {reason}");
             }
         }
@@ -211,7 +217,7 @@ pub async fn run(args: &StatusArgs) -> Result<(), CliError> {
             [] => println!("verdict: ok"),
             _ => {
                 for need in &needs {
-                    println!("needs a person: {need}");
+                    println!("needs a person: {}", crate::render::line(need));
                 }
             }
         }

@@ -318,11 +318,14 @@ async fn a_refusing_receiver_makes_a_dead_letter_that_status_shows_without_lead_
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(!out.status.success(), "{text}");
+    // The status and a hash of the answer, never the answer (it echoed the lead).
     assert!(
-        text.contains("3 dead: newest reason HTTP 400: refused: "),
+        text.contains("3 dead: newest reason HTTP 400, body "),
         "{text}"
     );
+    assert!(!text.contains("refused: {"), "{text}");
     assert!(text.contains("could not be forwarded"), "{text}");
+    assert!(text.contains("--reason-class refused"), "{text}");
     for lead in &data.leads {
         for field in lead.json["field_data"].as_array().unwrap() {
             for value in field["values"].as_array().unwrap() {
@@ -331,5 +334,20 @@ async fn a_refusing_receiver_makes_a_dead_letter_that_status_shows_without_lead_
             }
         }
     }
+    // Forwarding's dead letters are replayed by redrive, by class (the class status names).
+    let out = tokio::process::Command::new(BINARY)
+        .args(["redrive", "--reason-class", "refused", "--db"])
+        .arg(&setup.db)
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("moved 3 forwarding dead letter(s) back to the outbox"),
+        "{said}"
+    );
+    let summary = db.outbox_summary().unwrap();
+    assert_eq!((summary.pending, summary.dead), (3, 0));
     let _ = std::fs::remove_dir_all(&setup.dir);
 }

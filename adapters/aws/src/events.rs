@@ -93,6 +93,10 @@ pub fn stream_change(event_name: &str, new_image: Option<&Value>) -> StreamChang
     if event_name != "INSERT" {
         return StreamChange::Other;
     }
+    // An erasure record written for a lead that was never stored: no lead to announce.
+    if new_image.is_some_and(|image| image.get(crate::operate::ERASED_AT).is_some()) {
+        return StreamChange::Other;
+    }
     match new_image {
         None => StreamChange::Unreadable(
             "no NewImage: the stream must be NEW_IMAGE or NEW_AND_OLD_IMAGES".into(),
@@ -115,8 +119,10 @@ pub fn lead_from_image(image: &Value) -> Result<LeadReceived, String> {
             .map(str::to_owned)
     };
     let required = |name: &str| s(name).ok_or_else(|| format!("{name} is missing or not S"));
-    let fields = match image.get("fields").and_then(|v| v.get("M")) {
-        Some(Value::Object(map)) => map
+    // Absent: a lead with no answers. Present, it must be an M of L of S: `{"S":"oops"}` is
+    // an unreadable image, never a lead published without its answers.
+    let fields = match image.get("fields").map(|v| v.get("M")) {
+        Some(Some(Value::Object(map))) => map
             .iter()
             .map(|(name, values)| {
                 let list = values
@@ -138,11 +144,8 @@ pub fn lead_from_image(image: &Value) -> Result<LeadReceived, String> {
         None => BTreeMap::new(),
         Some(_) => return Err("fields is not M".into()),
     };
-    let disclaimers = match image
-        .get("custom_disclaimer_responses")
-        .and_then(|v| v.get("L"))
-    {
-        Some(Value::Array(list)) => list
+    let disclaimers = match image.get("custom_disclaimer_responses").map(|v| v.get("L")) {
+        Some(Some(Value::Array(list))) => list
             .iter()
             .map(|item| {
                 let m = item
@@ -256,6 +259,36 @@ mod tests {
         ));
         assert_eq!(stream_change("MODIFY", Some(&image)), StreamChange::Other);
         assert_eq!(stream_change("REMOVE", None), StreamChange::Other);
+    }
+
+    #[test]
+    fn fields_or_disclaimers_of_another_type_make_an_unreadable_image() {
+        let stored = StoredLead {
+            lead: leadpipe_graph::Lead::from_json(
+                r#"{"id":"1","created_time":"2026-11-30T04:00:00+0000","field_data":[{"name":"email","values":["p@example.org"]}]}"#,
+            )
+            .unwrap(),
+            page_id: "7".into(),
+            form_id: Some("5".into()),
+            source: LeadSourceKind::Webhook,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        };
+        let good = item_json(&crate::dynamo::lead_item(&stored));
+        for (attribute, odd) in [
+            ("fields", serde_json::json!({"S": "oops"})),
+            ("custom_disclaimer_responses", serde_json::json!({"M": {}})),
+        ] {
+            let mut image = good.clone();
+            image[attribute] = odd;
+            let StreamChange::Unreadable(why) = stream_change("INSERT", Some(&image)) else {
+                panic!("{attribute} of another type was published");
+            };
+            assert!(why.contains(attribute), "{why}");
+        }
+        // An erasure record announces no lead.
+        let record =
+            serde_json::json!({"lead_id": {"S": "1"}, "erased_at": {"S": "2026-12-01T00:00:00Z"}});
+        assert_eq!(stream_change("INSERT", Some(&record)), StreamChange::Other);
     }
 
     #[test]

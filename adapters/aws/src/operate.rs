@@ -70,7 +70,11 @@ pub async fn leads_by_lookup(
     Ok(ids)
 }
 
-/// Whether the lead is in the table.
+/// The attribute that marks an erasure record in the leads table (docs/operate.md,
+/// "Erasure"): the item keeps the lead's id and when it was erased, nothing else.
+pub const ERASED_AT: &str = "erased_at";
+
+/// Whether the lead is in the table (an erasure record is no lead).
 pub async fn lead_exists(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -80,29 +84,37 @@ pub async fn lead_exists(
         .get_item()
         .table_name(table)
         .key("lead_id", AttributeValue::S(lead_id.to_owned()))
-        .projection_expression("lead_id")
+        .projection_expression("lead_id, erased_at")
         .consistent_read(true)
         .send()
         .await
         .map_err(unavailable)?;
-    Ok(out.item.is_some())
+    Ok(out.item.is_some_and(|item| !item.contains_key(ERASED_AT)))
 }
 
-/// Deletes the lead; true when there was one.
-pub async fn delete_lead(
+/// Erases the lead: its item is replaced by an erasure record (`lead_id`, `erased_at`), so
+/// the ingest and backfill writes, conditional on the id being absent, never store it again,
+/// whichever of them runs before or after. True when a lead was there.
+pub async fn erase_lead(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     lead_id: &str,
 ) -> Result<bool, StoreError> {
     let out = client
-        .delete_item()
+        .put_item()
         .table_name(table)
-        .key("lead_id", AttributeValue::S(lead_id.to_owned()))
+        .item("lead_id", AttributeValue::S(lead_id.to_owned()))
+        .item(
+            ERASED_AT,
+            AttributeValue::S(crate::dynamo::contract_time(time::OffsetDateTime::now_utc())),
+        )
         .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
         .send()
         .await
         .map_err(unavailable)?;
-    Ok(out.attributes.is_some())
+    Ok(out
+        .attributes
+        .is_some_and(|old| !old.contains_key(ERASED_AT)))
 }
 
 /// The `leadgen_id` a queue-shaped body names, if it is one.
@@ -252,7 +264,12 @@ pub async fn redrive(
     let mut result = Redriven::default();
     let mut keep = Vec::new();
     for m in taken {
-        let wanted = reason_class.is_none_or(|c| m.reason_class.as_deref() == Some(c));
+        // A message without our attribute is one SQS moved after maxReceiveCount.
+        let class = m
+            .reason_class
+            .as_deref()
+            .unwrap_or(leadpipe_core::ports::DeadLetterClass::Exhausted.as_str());
+        let wanted = reason_class.is_none_or(|c| class == c);
         if !wanted || dry_run {
             if wanted {
                 result.moved += 1;

@@ -43,6 +43,26 @@ pub async fn read_secret_string(
     }
 }
 
+/// The secret's current version id (`DescribeSecret`: the version staged `AWSCURRENT`), to
+/// tell whether someone wrote it between a read and a write.
+pub async fn current_version(
+    client: &aws_sdk_secretsmanager::Client,
+    arn: &str,
+) -> Result<Option<String>, SecretsError> {
+    let output = client
+        .describe_secret()
+        .secret_id(arn)
+        .send()
+        .await
+        .map_err(|e| SecretsError::Fetch(describe_sdk_error(&e)))?;
+    Ok(output.version_ids_to_stages().and_then(|versions| {
+        versions
+            .iter()
+            .find(|(_, stages)| stages.iter().any(|s| s == "AWSCURRENT"))
+            .map(|(id, _)| id.clone())
+    }))
+}
+
 /// Writes a new version of the secret (`PutSecretValue`); the functions' next cold start
 /// reads it.
 pub async fn put_secret_string(

@@ -72,6 +72,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
+-- Erasure records: the ids `forget` erased, so no store path writes them again (a
+-- backfill re-reading the window, an ingest in flight). Ids only, never a value.
+CREATE TABLE IF NOT EXISTS erased (
+    lead_id TEXT PRIMARY KEY,
+    erased_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS state (
     pk TEXT PRIMARY KEY,
     checkpoint INTEGER NOT NULL,
@@ -91,6 +97,9 @@ pub enum OpenError {
     /// The file could not be created (with mode 0600) or the writer thread started.
     #[error("the SQLite file could not be opened: {0}")]
     Io(#[from] std::io::Error),
+    /// The file is an SQLite file, but not leadpipe's: nothing was changed in it.
+    #[error("{0} is not a leadpipe database (it has no leadpipe tables); nothing was changed")]
+    NotLeadpipe(String),
 }
 
 /// Why a read or write of the local file failed.
@@ -306,6 +315,22 @@ fn migrate_privacy_columns(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// The class of an outbox dead letter (`refused`, `exhausted`), for `redrive --reason-class`;
+/// files made before it had none (their dead letters count as `refused`).
+fn migrate_outbox_class(conn: &Connection) -> rusqlite::Result<()> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = 'dead_class'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !exists {
+        conn.execute_batch("ALTER TABLE outbox ADD COLUMN dead_class TEXT")?;
+    }
+    Ok(())
+}
+
 /// Creates `path` with mode 0600 when it does not exist yet; an existing file is left as is.
 fn create_private(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -336,6 +361,20 @@ impl LocalDb {
         conn.execute_batch(SCHEMA)?;
         migrate_form_id_nullable(&conn)?;
         migrate_privacy_columns(&conn)?;
+        migrate_outbox_class(&conn)?;
+        // Files from before the class had its contract name (a write only when there is
+        // one: a file that cannot be written is refused by serve's probe, with its reason).
+        let renamed: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM dead_letters WHERE reason_class = 'max_receives'",
+            [],
+            |r| r.get(0),
+        )?;
+        if renamed > 0 {
+            conn.execute(
+                "UPDATE dead_letters SET reason_class = 'exhausted' WHERE reason_class = 'max_receives'",
+                [],
+            )?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             posts: Some(PostWriter::start(path)?),
@@ -357,6 +396,37 @@ impl LocalDb {
             outbox: Arc::default(),
             policy: Arc::default(),
         })
+    }
+
+    /// Opens an existing leadpipe file read-only (dry runs: they must change nothing, not
+    /// even the journal mode), refusing an SQLite file that is not leadpipe's.
+    pub fn open_existing_read_only(path: &Path) -> Result<Self, OpenError> {
+        let db = Self::open_read_only(path)?;
+        let tables: i64 = db
+            .with(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'
+                       AND name IN ('queue', 'dead_letters', 'leads', 'state')",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .map_err(|e| match e {
+                LocalError::Sqlite(e) => OpenError::Sqlite(e),
+                other => OpenError::NotLeadpipe(format!("{} ({other})", path.display())),
+            })?;
+        if tables < 4 {
+            return Err(OpenError::NotLeadpipe(path.display().to_string()));
+        }
+        Ok(db)
+    }
+
+    /// Opens an existing leadpipe file to change it (`forget`, `redrive`): refused, untouched,
+    /// when the file is not leadpipe's, so an operator's slip cannot add tables to another
+    /// program's database.
+    pub fn open_existing(path: &Path) -> Result<Self, OpenError> {
+        drop(Self::open_existing_read_only(path)?);
+        Self::open(path)
     }
 
     /// Runs `f` on the connection. SQLite blocks (fsync, the lock): on a multi-threaded
@@ -418,7 +488,7 @@ impl LocalDb {
             };
             for (id, body, count) in exhausted {
                 tx.execute(
-                    "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, 'max_receives', ?2, ?3)",
+                    "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, 'exhausted', ?2, ?3)",
                     params![body, format!("received {count} times without success"), contract_time(OffsetDateTime::now_utc())],
                 )?;
                 tx.execute("DELETE FROM queue WHERE id = ?1", params![id])?;
@@ -738,6 +808,17 @@ impl LeadStore for LocalDb {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(leads.len());
             for stored in leads {
+                // An erased lead is never written again: to every caller it is a lead already
+                // handled (docs/operate.md, "Erasure"). Same transaction as the insert, so a
+                // concurrent `forget` is either before it (seen here) or after (erases it).
+                let erased: bool = tx
+                    .prepare_cached("SELECT COUNT(*) FROM erased WHERE lead_id = ?1")?
+                    .query_row(params![stored.lead.id], |r| r.get::<_, i64>(0))?
+                    > 0;
+                if erased {
+                    outcomes.push(PutOutcome::AlreadyPresent);
+                    continue;
+                }
                 // Core's projection, encoded as a row: `fields` and the disclaimers as JSON.
                 let record = stored.record();
                 let privacy = policy.attributes(stored);

@@ -3,6 +3,7 @@
 //! on it (then it stays as a dead letter with its reason). docs/leads-out.md.
 
 use crate::{LocalDb, LocalError, now_unix_ms};
+use leadpipe_core::ports::DeadLetterClass;
 use rusqlite::params;
 use std::time::Duration;
 
@@ -115,14 +116,65 @@ impl LocalDb {
         })
     }
 
-    /// Given up: the event stays as a dead letter with its reason.
-    pub fn outbox_dead(&self, lead_id: &str, reason: &str) -> Result<(), LocalError> {
+    /// Given up: the event stays as a dead letter of `class` (`refused`: a permanent
+    /// answer; `exhausted`: too old to try again) with its reason.
+    pub fn outbox_dead(
+        &self,
+        lead_id: &str,
+        class: DeadLetterClass,
+        reason: &str,
+    ) -> Result<(), LocalError> {
         self.with(|conn| {
             conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, state = 'dead', last_error = ?2 WHERE lead_id = ?1",
-                params![lead_id, reason],
+                "UPDATE outbox SET attempts = attempts + 1, state = 'dead', leased = 0, dead_class = ?2,
+                        last_error = ?3 WHERE lead_id = ?1",
+                params![lead_id, class.as_str(), reason],
             )
             .map(|_| ())
+        })
+    }
+
+    /// Events stored before `before` (unix ms) that are still pending and not in flight are
+    /// dead letters (`exhausted`) with `reason`, whenever their next attempt was due.
+    pub fn outbox_expire(&self, before: i64, reason: &str) -> Result<usize, LocalError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE outbox SET state = 'dead', dead_class = 'exhausted', last_error = ?2
+                 WHERE state = 'pending' AND leased = 0 AND created_at < ?1",
+                params![before, reason],
+            )
+        })
+    }
+
+    /// `redrive` for forwarding: the outbox's dead letters of `class` (all when `None`)
+    /// are due again at once, with a fresh age (a day from now before they give up again);
+    /// `dry_run` only counts them. Returns how many.
+    pub fn outbox_redrive(
+        &self,
+        class: Option<DeadLetterClass>,
+        dry_run: bool,
+    ) -> Result<usize, LocalError> {
+        let class = class.map(DeadLetterClass::as_str);
+        let selects = "state = 'dead' AND (?1 IS NULL OR COALESCE(dead_class, 'refused') = ?1)";
+        if dry_run {
+            return self.with(|conn| {
+                conn.query_row(
+                    &format!("SELECT COUNT(*) FROM outbox WHERE {selects}"),
+                    params![class],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+            });
+        }
+        let now = now_unix_ms();
+        self.with(|conn| {
+            conn.execute(
+                &format!(
+                    "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?2, created_at = ?2,
+                            leased = 0, dead_class = NULL WHERE {selects}"
+                ),
+                params![class, now],
+            )
         })
     }
 
@@ -210,10 +262,31 @@ mod tests {
             "leased"
         );
         db.outbox_delivered(&["2".to_owned()]).unwrap();
-        db.outbox_dead("3", "HTTP 400: no").unwrap();
+        db.outbox_dead("3", DeadLetterClass::Refused, "HTTP 400: no")
+            .unwrap();
         let summary = db.outbox_summary().unwrap();
         assert_eq!((summary.pending, summary.dead), (0, 1));
         assert_eq!(summary.newest_dead_reason.as_deref(), Some("HTTP 400: no"));
+        // A forward dead letter can be replayed: redrive makes it due again, by class.
+        assert_eq!(
+            db.outbox_redrive(Some(DeadLetterClass::Exhausted), false)
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            db.outbox_redrive(None, true).unwrap(),
+            1,
+            "a dry run counts"
+        );
+        assert_eq!(db.outbox_summary().unwrap().dead, 1, "and moves nothing");
+        assert_eq!(
+            db.outbox_redrive(Some(DeadLetterClass::Refused), false)
+                .unwrap(),
+            1
+        );
+        let again = db.outbox_claim(10, Duration::from_secs(60)).unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].lead_id.as_str(), again[0].attempts), ("3", 0));
         drop(db);
         let _ = std::fs::remove_file(&path);
     }

@@ -82,41 +82,74 @@ impl LocalDb {
         })
     }
 
-    /// Dead letters and queued messages naming `lead_id` (their bodies are queue messages:
-    /// `"leadgen_id":"<id>"`), as `(dead letters, queued)` row ids.
+    /// Dead letters and queued messages naming `lead_id` (their bodies are queue messages
+    /// whose `leadgen_id` is the id), as `(dead letters, queued)` row ids. The id is compared
+    /// whole, never as a pattern: `%` or `_` in it match nothing but themselves. `instr`
+    /// narrows the rows before the JSON is read; a body that is not JSON names no lead.
     fn messages_naming(
         conn: &rusqlite::Connection,
         lead_id: &str,
     ) -> rusqlite::Result<(Vec<i64>, Vec<i64>)> {
-        let needle = format!("%\"leadgen_id\":\"{lead_id}\"%");
-        let ids = |sql: &str| -> rusqlite::Result<Vec<i64>> {
-            let mut stmt = conn.prepare(sql)?;
-            let rows = stmt.query_map(params![needle], |r| r.get::<_, i64>(0))?;
+        let ids = |table: &str| -> rusqlite::Result<Vec<i64>> {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT id FROM {table}
+                 WHERE instr(body, ?1) > 0
+                   AND CASE WHEN json_valid(body) THEN json_extract(body, '$.leadgen_id') END = ?1"
+            ))?;
+            let rows = stmt.query_map(params![lead_id], |r| r.get::<_, i64>(0))?;
             rows.collect()
         };
-        Ok((
-            ids("SELECT id FROM dead_letters WHERE body LIKE ?1")?,
-            ids("SELECT id FROM queue WHERE body LIKE ?1")?,
-        ))
+        Ok((ids("dead_letters")?, ids("queue")?))
+    }
+
+    /// Whether `lead_id` was erased (an erasure record holds it).
+    pub fn is_erased(&self, lead_id: &str) -> Result<bool, LocalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM erased WHERE lead_id = ?1",
+                params![lead_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+        })
     }
 
     /// What erasing these leads would remove, without removing it (`forget --dry-run`):
-    /// the same erasure, rolled back.
+    /// reads only, so it works on a file opened read-only and changes nothing.
     pub fn erasure_preview(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
-        self.erasure(lead_ids, false)
+        self.with(|conn| {
+            let mut preview = Erased::default();
+            for id in lead_ids {
+                let count = |sql: &str| {
+                    conn.query_row(sql, params![id], |r| r.get::<_, i64>(0))
+                        .map(|n| n as usize)
+                };
+                if count("SELECT COUNT(*) FROM leads WHERE lead_id = ?1")? > 0 {
+                    preview.lead_ids.push(id.clone());
+                }
+                preview.outbox += count("SELECT COUNT(*) FROM outbox WHERE lead_id = ?1")?;
+                let (dead, queued) = Self::messages_naming(conn, id)?;
+                preview.dead_letters += dead.len();
+                preview.queued += queued.len();
+            }
+            Ok(preview)
+        })
     }
 
     /// Erases these leads everywhere the file keeps them: the leads table, the outbox, and
     /// any dead letter or queued message naming them. One transaction: all or nothing.
+    /// The erasure record of each id is written in the same transaction (docs/operate.md).
     pub fn erase(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
-        self.erasure(lead_ids, true)
-    }
-
-    fn erasure(&self, lead_ids: &[String], commit: bool) -> Result<Erased, LocalError> {
+        let now = leadpipe_core::record::contract_time(time::OffsetDateTime::now_utc());
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut erased = Erased::default();
             for id in lead_ids {
+                // The record first: from this commit on, no store path writes the id again.
+                tx.execute(
+                    "INSERT OR IGNORE INTO erased (lead_id, erased_at) VALUES (?1, ?2)",
+                    params![id, now],
+                )?;
                 if tx.execute("DELETE FROM leads WHERE lead_id = ?1", params![id])? > 0 {
                     erased.lead_ids.push(id.clone());
                 }
@@ -132,10 +165,7 @@ impl LocalDb {
                 erased.dead_letters += dead.len();
                 erased.queued += queued.len();
             }
-            if commit {
-                tx.commit()?;
-            }
-            // Dropped uncommitted, the transaction rolls back: a preview changes nothing.
+            tx.commit()?;
             Ok(erased)
         })
     }
@@ -202,6 +232,70 @@ mod tests {
         assert!(db.has_lead("3").unwrap());
         assert!(db.dead_letters().unwrap().is_empty());
         assert_eq!(db.outbox_summary().unwrap().pending, 1);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn a_lead_id_is_matched_whole_never_as_a_pattern() {
+        let (db, path) = db("pattern");
+        db.with(|c| {
+            for id in ["13001", "13002", "1300_", "99"] {
+                c.execute(
+                    "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES (?1, 'token', 'x', 'now')",
+                    params![format!(r#"{{"leadgen_id":"{id}","page_id":"7"}}"#)],
+                )?;
+                c.execute(
+                    "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, 0, 0)",
+                    params![format!(r#"{{"leadgen_id":"{id}","page_id":"7"}}"#)],
+                )?;
+            }
+            c.execute(
+                "INSERT INTO dead_letters (body, reason_class, reason, dead_lettered_at) VALUES ('not json %', 'malformed', 'x', 'now')",
+                [],
+            )
+        })
+        .unwrap();
+        let erased = db.erase(&["%".to_owned()]).unwrap();
+        assert_eq!((erased.dead_letters, erased.queued), (0, 0));
+        let erased = db.erase(&["1300_".to_owned()]).unwrap();
+        assert_eq!((erased.dead_letters, erased.queued), (1, 1));
+        assert_eq!(db.dead_letters().unwrap().len(), 4, "the others stay");
+        assert_eq!(db.queue_len().unwrap(), 3);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn an_erased_lead_is_never_stored_again() {
+        let (db, path) = db("tombstone");
+        db.enable_outbox();
+        db.put_leads(&[stored("41", "a@b.c", "2026-11-30T00:00:00+0000")])
+            .await
+            .unwrap();
+        db.erase(&["41".to_owned(), "42".to_owned()]).unwrap();
+        // A backfill re-reading the window, an ingest that was in flight: both see the record.
+        let outcomes = db
+            .put_leads(&[
+                stored("41", "a@b.c", "2026-11-30T00:00:00+0000"),
+                stored("42", "a@b.c", "2026-11-30T00:00:00+0000"),
+                stored("43", "a@b.c", "2026-11-30T00:00:00+0000"),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                leadpipe_core::ports::PutOutcome::AlreadyPresent,
+                leadpipe_core::ports::PutOutcome::AlreadyPresent,
+                leadpipe_core::ports::PutOutcome::Inserted
+            ]
+        );
+        assert!(!db.has_lead("41").unwrap() && !db.has_lead("42").unwrap());
+        assert!(db.is_erased("42").unwrap() && !db.is_erased("43").unwrap());
+        assert_eq!(
+            db.outbox_summary().unwrap().pending,
+            1,
+            "only 43 is forwarded"
+        );
         let _ = std::fs::remove_file(&path);
     }
 

@@ -9,6 +9,17 @@ impl LocalDb {
     /// `dry_run`, only counts them. Returns how many.
     pub fn redrive(&self, reason_class: Option<&str>, dry_run: bool) -> Result<usize, LocalError> {
         let now = now_unix_ms();
+        if dry_run {
+            // Reads only: a dry run works on a file opened read-only.
+            return self.with(|conn| {
+                conn.query_row(
+                    "SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR reason_class = ?1",
+                    params![reason_class],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as usize)
+            });
+        }
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let rows: Vec<(i64, String)> = {
@@ -18,14 +29,12 @@ impl LocalDb {
                 stmt.query_map(params![reason_class], |r| Ok((r.get(0)?, r.get(1)?)))?
                     .collect::<rusqlite::Result<_>>()?
             };
-            if !dry_run {
-                for (id, body) in &rows {
-                    tx.execute(
-                        "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
-                        params![body, now],
-                    )?;
-                    tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
-                }
+            for (id, body) in &rows {
+                tx.execute(
+                    "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
+                    params![body, now],
+                )?;
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
             }
             tx.commit()?;
             Ok(rows.len())

@@ -184,7 +184,10 @@ impl IngestReport {
                     DeadLetterClass::NotFound => Some(ErrorClass::NotFound),
                     DeadLetterClass::BadRequest => Some(ErrorClass::BadRequest),
                     DeadLetterClass::Unreadable => Some(ErrorClass::Unreadable),
-                    DeadLetterClass::Malformed | DeadLetterClass::TooLarge => None,
+                    DeadLetterClass::Malformed
+                    | DeadLetterClass::TooLarge
+                    | DeadLetterClass::Exhausted
+                    | DeadLetterClass::Refused => None,
                 },
                 Disposition::Stored { .. } => None,
             };

@@ -235,7 +235,24 @@ impl DeliverReport {
     }
 }
 
-/// Publishes one event per first write, in stream order, ten at a time. A chunk's failed
+/// PutEvents' limits: entries per request, and their total size.
+pub const MAX_REQUEST_ENTRIES: usize = 10;
+/// See [`MAX_REQUEST_ENTRIES`]: 256 KB, counted as AWS counts an entry.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// An entry's size as EventBridge counts it: the UTF-8 bytes of `Source`, `DetailType`,
+/// `Detail` and each resource, plus 14 for the time it stamps.
+pub fn entry_bytes(event: &LeadReceived) -> usize {
+    EVENT_SOURCE.len()
+        + DETAIL_TYPE.len()
+        + event.to_json().len()
+        + "lead/".len()
+        + event.lead_id.len()
+        + 14
+}
+
+/// Publishes one event per first write, in stream order, ten at a time (fewer when ten
+/// would pass the request's 256 KB). A chunk's failed
 /// entries are retried (with a doubling wait); if some still fail, the batch stops there and
 /// [`DeliverReport::retry_from`] names the first failed record, so the stream hands it (and
 /// what follows) over again. Entries of that chunk published after the failed one are the
@@ -249,12 +266,21 @@ pub async fn deliver_batch<P: EventPublisher>(
     let mut report = DeliverReport::default();
     let mut pending: Vec<(&str, &LeadReceived)> = Vec::new();
     let mut chunks: Vec<Vec<(&str, &LeadReceived)>> = Vec::new();
+    let mut pending_bytes = 0;
     for record in records {
         match &record.change {
             StreamChange::Insert(event) => {
-                pending.push((record.sequence.as_str(), event));
-                if pending.len() == 10 {
+                // A request holds at most 10 entries and 256 KB of them.
+                let bytes = entry_bytes(event);
+                if !pending.is_empty() && pending_bytes + bytes > MAX_REQUEST_BYTES {
                     chunks.push(std::mem::take(&mut pending));
+                    pending_bytes = 0;
+                }
+                pending.push((record.sequence.as_str(), event));
+                pending_bytes += bytes;
+                if pending.len() == MAX_REQUEST_ENTRIES {
+                    chunks.push(std::mem::take(&mut pending));
+                    pending_bytes = 0;
                 }
             }
             StreamChange::Other => report.skipped += 1,
@@ -453,6 +479,34 @@ mod tests {
         assert_eq!(report.skipped, 1);
         assert_eq!(report.retry_from, None);
         assert_eq!(*bus.calls.lock().unwrap(), [10, 10, 3]);
+    }
+
+    #[tokio::test]
+    async fn requests_are_cut_by_size_as_well_as_by_count() {
+        let bus = FlakyBus::default();
+        // Eight leads of about 40 KB: ten would fit the count, not PutEvents' 256 KB.
+        let records: Vec<StreamRecord> = (0..8)
+            .map(|i| {
+                let mut e = event(&format!("L{i}"));
+                e.fields.insert("notes".into(), vec!["x".repeat(40 * 1024)]);
+                StreamRecord {
+                    sequence: (100 + i).to_string(),
+                    change: StreamChange::Insert(Box::new(e)),
+                }
+            })
+            .collect();
+        let report = deliver_batch(&bus, &records, &quick()).await;
+        assert_eq!(report.published, 8);
+        assert_eq!(*bus.calls.lock().unwrap(), [6, 2]);
+        let sizes: Vec<usize> = records
+            .iter()
+            .map(|r| match &r.change {
+                StreamChange::Insert(e) => entry_bytes(e),
+                _ => 0,
+            })
+            .collect();
+        assert!(sizes[..6].iter().sum::<usize>() <= MAX_REQUEST_BYTES);
+        assert!(sizes[..7].iter().sum::<usize>() > MAX_REQUEST_BYTES);
     }
 
     #[tokio::test]

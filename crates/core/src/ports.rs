@@ -248,11 +248,16 @@ pub enum DeadLetterClass {
     TooLarge,
     /// Meta's answer for the lead has a shape the parser refuses.
     Unreadable,
+    /// The message used up its receives without success (the SQLite queue's own limit; on
+    /// AWS what SQS moved to the DLQ after `maxReceiveCount`, with no attribute of ours).
+    Exhausted,
+    /// A destination (the forward URL) refused the lead with a permanent answer.
+    Refused,
 }
 
 impl DeadLetterClass {
     /// Every class, in the contract's order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::Malformed,
         Self::NotFound,
         Self::Permission,
@@ -260,6 +265,8 @@ impl DeadLetterClass {
         Self::BadRequest,
         Self::TooLarge,
         Self::Unreadable,
+        Self::Exhausted,
+        Self::Refused,
     ];
 
     /// The attribute's value.
@@ -272,6 +279,8 @@ impl DeadLetterClass {
             Self::BadRequest => "bad_request",
             Self::TooLarge => "too_large",
             Self::Unreadable => "unreadable",
+            Self::Exhausted => "exhausted",
+            Self::Refused => "refused",
         }
     }
 
