@@ -291,6 +291,10 @@ pub struct MemoryBackfillSource {
     pub unreadable: std::collections::BTreeMap<String, Vec<(i64, leadpipe_graph::ParseError)>>,
     /// form or ad id -> the error reading its leads gives.
     pub lead_errors: std::collections::BTreeMap<String, leadpipe_graph::GraphError>,
+    /// form or ad ids whose every page says its next page is itself (a hostile Graph).
+    pub looping: std::collections::BTreeSet<String>,
+    /// Pages read after a first one.
+    pub pages_after: std::sync::atomic::AtomicUsize,
 }
 
 impl crate::ports::BackfillSource for MemoryBackfillSource {
@@ -353,15 +357,23 @@ impl crate::ports::BackfillSource for MemoryBackfillSource {
         Ok(crate::ports::LeadPage {
             leads,
             unreadable,
-            next: None,
+            next: self
+                .looping
+                .contains(node_id)
+                .then(|| crate::ports::PageCursor::new(format!("{node_id}/loop"))),
         })
     }
 
     async fn lead_page_after(
         &self,
         _page_id: &str,
-        _next: &crate::ports::PageCursor,
+        next: &crate::ports::PageCursor,
     ) -> Result<crate::ports::LeadPage, leadpipe_graph::GraphError> {
-        Ok(crate::ports::LeadPage::default())
+        self.pages_after
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(crate::ports::LeadPage {
+            next: next.as_str().ends_with("/loop").then(|| next.clone()),
+            ..crate::ports::LeadPage::default()
+        })
     }
 }

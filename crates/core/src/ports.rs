@@ -204,7 +204,7 @@ pub struct TimeWindow {
 
 /// Where the next page of a read is. Opaque to the core: only the adapter that made it
 /// reads it, and only within the run (cursors are not for long-term storage).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PageCursor(String);
 
 impl PageCursor {

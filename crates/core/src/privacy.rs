@@ -123,10 +123,27 @@ impl LeadPolicy {
     }
 }
 
-/// Trimmed and lower-cased; `None` when nothing is left.
+/// One address, one form, whoever typed it and however it was stored: trimmed; Unicode
+/// NFC (a decomposed `jose\u{301}` is the composed `josé`); the local part lower-cased
+/// with Unicode's default mapping after the dotted capital `İ` is taken as `i` (so
+/// `İlker` is `ilker`, not `i̇lker`); the domain through IDNA (UTS 46) to its ASCII
+/// form (`bücher.de` and `xn--bcher-kva.de` are one domain, lower-case). A domain IDNA
+/// refuses is kept lower-cased as it is. `None` when nothing is left.
 pub fn normalise_email(email: &str) -> Option<String> {
-    let e = email.trim().to_lowercase();
-    (!e.is_empty()).then_some(e)
+    use unicode_normalization::UnicodeNormalization;
+    let composed: String = email.trim().nfc().collect();
+    if composed.is_empty() {
+        return None;
+    }
+    let lower =
+        |text: &str| -> String { text.replace('\u{130}', "i").to_lowercase().nfc().collect() };
+    Some(match composed.rsplit_once('@') {
+        Some((local, domain)) => {
+            let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| lower(domain));
+            format!("{}@{domain}", lower(local))
+        }
+        None => lower(&composed),
+    })
 }
 
 /// Digits only, a leading `+` kept; `None` without a digit.
@@ -193,6 +210,33 @@ mod tests {
         assert_eq!(normalise_phone("555 0101"), Some("5550101".into()));
         assert_eq!(normalise_phone("n/a"), None);
         assert_eq!(normalise_email("   "), None);
+    }
+
+    #[test]
+    fn one_address_written_other_ways_is_one_key() {
+        let policy = LeadPolicy::new(Some(SecretString::from("k")), 0);
+        for (stored, asked) in [
+            ("jos\u{e9}@example.org", "jose\u{301}@example.org"),
+            ("ada@b\u{fc}cher.de", "ada@xn--bcher-kva.de"),
+            ("ADA@B\u{dc}CHER.DE", "ada@xn--bcher-kva.de"),
+            ("\u{130}lker@example.org", "ilker@example.org"),
+            (" Ada@Example.ORG ", "ada@example.org"),
+        ] {
+            assert_eq!(
+                normalise_email(stored),
+                normalise_email(asked),
+                "{stored} ~ {asked}"
+            );
+            assert_eq!(policy.email_key(stored), policy.email_key(asked));
+        }
+        assert_ne!(
+            normalise_email("ada@example.org"),
+            normalise_email("adb@example.org")
+        );
+        assert_eq!(
+            normalise_email("jose\u{301}@x.org").as_deref(),
+            Some("jos\u{e9}@x.org")
+        );
     }
 
     #[test]

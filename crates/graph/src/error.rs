@@ -170,9 +170,10 @@ impl GraphError {
                     status: Some(status),
                     code: error.code,
                     subcode: error.error_subcode,
-                    error_type: error.error_type,
+                    // Every field a server writes can echo what it was sent.
+                    error_type: error.error_type.map(|t| redact(t, secrets)),
                     message: redact(error.message.unwrap_or_default(), secrets),
-                    fbtrace_id: error.fbtrace_id,
+                    fbtrace_id: error.fbtrace_id.map(|t| redact(t, secrets)),
                     is_transient,
                     usage,
                 }
@@ -228,15 +229,77 @@ impl GraphError {
     }
 }
 
-/// Replaces every occurrence of each secret in `text`.
+/// Replaces every occurrence of each secret in `text`, in each form a server's echo can
+/// give it: as it is, URL-encoded (`+` or `%20` for a space, `%7C` or `%7c`), and escaped
+/// for JSON (`\/`, `\u007c`).
 #[cfg(feature = "client")]
 pub(crate) fn redact(mut text: String, secrets: &[&str]) -> String {
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        if text.contains(secret) {
-            text = text.replace(secret, "[REDACTED]");
+        for form in secret_forms(secret) {
+            if text.contains(&form) {
+                text = text.replace(&form, "[REDACTED]");
+            }
         }
     }
     text
+}
+
+/// The forms of `secret` that [`redact`] looks for, longest first.
+#[cfg(feature = "client")]
+fn secret_forms(secret: &str) -> Vec<String> {
+    let percent = |upper: bool| -> String {
+        secret
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect()
+    };
+    let unicode = |upper: bool| -> String {
+        secret
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_string()
+                } else {
+                    let mut units = [0u16; 2];
+                    c.encode_utf16(&mut units)
+                        .iter()
+                        .map(|u| {
+                            if upper {
+                                format!("\\u{u:04X}")
+                            } else {
+                                format!("\\u{u:04x}")
+                            }
+                        })
+                        .collect()
+                }
+            })
+            .collect()
+    };
+    let json = serde_json::to_string(secret)
+        .map(|quoted| quoted[1..quoted.len() - 1].to_owned())
+        .unwrap_or_default();
+    let mut forms = vec![
+        secret.to_owned(),
+        url::form_urlencoded::byte_serialize(secret.as_bytes()).collect(),
+        percent(true),
+        percent(false),
+        json.clone(),
+        json.replace('/', "\\/"),
+        unicode(false),
+        unicode(true),
+    ];
+    forms.retain(|f| !f.is_empty());
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
 }
 
 #[cfg(test)]
@@ -276,6 +339,37 @@ mod tests {
             ErrorClass::classify(Some(400), Some(80009), None, false),
             ErrorClass::BadRequest
         );
+    }
+
+    #[cfg(feature = "client")]
+    #[test]
+    fn a_secret_is_redacted_in_every_form_and_field_it_is_echoed_in() {
+        let secret = "s3cr/et|app+key";
+        for echo in [
+            "s3cr/et|app+key".to_owned(),
+            "s3cr%2Fet%7Capp%2Bkey".to_owned(),
+            "s3cr%2fet%7capp%2bkey".to_owned(),
+            "s3cr\\/et|app+key".to_owned(),
+            "s3cr\\u002fet\\u007capp\\u002bkey".to_owned(),
+        ] {
+            let body = serde_json::json!({"error": {
+                "message": format!("bad proof for {echo}"),
+                "type": format!("OAuthException {echo}"),
+                "code": 190,
+                "fbtrace_id": echo,
+            }})
+            .to_string();
+            let err = GraphError::from_response(
+                "GET /me".into(),
+                400,
+                &body,
+                Usage::default(),
+                &[secret],
+            );
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("s3cr"), "{echo}: {shown}");
+            assert!(shown.contains("[REDACTED]"), "{shown}");
+        }
     }
 
     #[test]

@@ -813,3 +813,66 @@ async fn token_exchange_pages_of_accounts_and_test_lead_deletion() {
     }));
     client.delete_node(&token(), "8008").await.unwrap();
 }
+
+#[tokio::test]
+async fn a_paging_next_that_loops_ends_with_an_error_not_forever() {
+    let server = MockServer::start().await;
+    // Every page of /me/accounts says its next page is the first one again.
+    let again = format!("{}/v26.0/me/accounts?after=c1", server.uri());
+    Mock::given(method("GET"))
+        .and(path("/v26.0/me/accounts"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "data": [{"id": "1", "name": "P", "access_token": "EAAP", "tasks": []}],
+            "paging": {"next": again}
+        })))
+        .mount(&server)
+        .await;
+    let client = client(&server);
+    let token = token();
+    let read: Result<Vec<_>, _> = client.my_accounts(&token).try_collect().await;
+    let err = read.unwrap_err();
+    assert!(err.to_string().contains("repeats a page"), "{err}");
+    let calls = server.received_requests().await.unwrap_or_default().len();
+    assert_eq!(
+        calls, 2,
+        "the first page, and the next that repeats, then stop"
+    );
+}
+
+#[tokio::test]
+async fn answers_larger_than_what_is_used_are_refused_unread() {
+    let server = MockServer::start().await;
+    let huge = format!(
+        r#"{{"data":[{{"id":"1","name":"{}","access_token":"EAAP"}}]}}"#,
+        "x".repeat(leadpipe_graph::MAX_ANSWER_BYTES)
+    );
+    Mock::given(method("GET"))
+        .and(path("/v26.0/me/accounts"))
+        .respond_with(ResponseTemplate::new(200).set_body_string(huge))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v26.0/1001"))
+        .respond_with(ResponseTemplate::new(500).set_body_string("e".repeat(1 << 20)))
+        .mount(&server)
+        .await;
+    let client = GraphClient::new(GraphConfig {
+        base_url: server.uri(),
+        retry: RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        },
+        ..GraphConfig::default()
+    })
+    .unwrap();
+    let token = token();
+    let err = client
+        .my_accounts(&token)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+    let err = client.lead(&token, "1001").await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Transient, "a 5xx stays a 5xx");
+    assert!(err.to_string().contains("larger than"), "{err}");
+}

@@ -317,10 +317,30 @@ where
             page_size: settings.page_size,
         };
         let mut slice_facts = RunFacts::default();
-        let mut next = None;
+        let mut next: Option<crate::ports::PageCursor> = None;
+        let mut seen = std::collections::HashSet::new();
         loop {
             if deadline.near() {
                 return NodeEnd::Deadline;
+            }
+            // Graph's `paging.next` pointing back at a page already read would read it
+            // forever: the node fails (its checkpoint stays) and the next run starts over.
+            if let Some(after) = &next
+                && !seen.insert(after.clone())
+            {
+                tracing::warn!(node = %key, "paging.next repeats a page already read");
+                return NodeEnd::NodeStop(
+                    NodeStatus::Failed,
+                    "Graph's paging.next repeated a page already read; reading stopped".into(),
+                );
+            }
+            if seen.len() > MAX_PAGES_PER_SLICE {
+                return NodeEnd::NodeStop(
+                    NodeStatus::Failed,
+                    format!(
+                        "more than {MAX_PAGES_PER_SLICE} pages in one time slice; reading stopped"
+                    ),
+                );
             }
             let page = match &next {
                 None => source.lead_page(page_id, &node.id, &window).await,
@@ -354,6 +374,10 @@ where
     }
     NodeEnd::Done
 }
+
+/// The most pages one time slice is read in (a slice holds a day of leads at most by
+/// default: 100,000 pages of up to 100 leads is far more than any form gets).
+const MAX_PAGES_PER_SLICE: usize = 100_000;
 
 /// How a failed read of a node's leads ends it: a rate limit or a refused token stops the
 /// whole page; a transient failure fails the node (the next run reads it again); anything

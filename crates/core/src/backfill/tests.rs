@@ -131,6 +131,39 @@ async fn a_full_run_stores_every_lead_and_moves_each_checkpoint_to_now() {
 }
 
 #[tokio::test]
+async fn a_next_page_that_points_back_stops_that_node_and_the_run_goes_on() {
+    let mut world = World::new();
+    world.source.looping.insert("10".into());
+    let summary = world.scheduled().await;
+    let nodes = &summary.pages[0].nodes;
+    let looped = nodes.iter().find(|n| n.id == "10").unwrap();
+    assert_eq!(looped.status, NodeStatus::Failed);
+    assert!(
+        looped
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("repeated"),
+        "{looped:?}"
+    );
+    assert_eq!(
+        world.checkpoints.get("form#10"),
+        None,
+        "its checkpoint stays"
+    );
+    assert_eq!(
+        world
+            .source
+            .pages_after
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the repeated page is noticed at once"
+    );
+    let other = nodes.iter().find(|n| n.id == "11").unwrap();
+    assert_eq!(other.status, NodeStatus::Done);
+}
+
+#[tokio::test]
 async fn unreadable_leads_are_recorded_logged_and_dead_lettered() {
     // Hardening item 4: they were counted and skipped forever.
     let mut world = World::new();

@@ -152,7 +152,11 @@ impl GraphClient {
             .map_err(|e| parse_failure(operation.clone(), ParseError::new("batch response", &e)))?;
         let secret = token.expose_secret();
         let proof = self.proof(secret);
-        let secrets: Vec<&str> = std::iter::once(secret).chain(proof.as_deref()).collect();
+        let app_secret = self.app_secret.as_ref().map(|s| s.expose_secret());
+        let secrets: Vec<&str> = std::iter::once(secret)
+            .chain(proof.as_deref())
+            .chain(app_secret)
+            .collect();
         out.extend(ids.iter().enumerate().map(|(i, id)| {
             let item_op = format!("GET /{id} (in batch)");
             let result = match items.get(i) {

@@ -12,7 +12,7 @@ mod query;
 
 pub use batch::BatchItem;
 pub use connect::{ExchangedToken, PageAccount};
-pub use paging::{NextPage, Page};
+pub use paging::{MAX_PAGES, NextPage, Page};
 pub use query::{LeadQuery, TimeFilter, TimeOperator};
 
 use crate::error::{ErrorClass, GraphError};
@@ -308,15 +308,30 @@ impl GraphClient {
         {
             *last = usage.clone();
         }
-        let body = response
-            .text()
-            .await
-            .map_err(|e| transport_failure(operation, &e))?;
-        if (200..300).contains(&status) {
+        let success = (200..300).contains(&status);
+        let limit = if success {
+            MAX_ANSWER_BYTES
+        } else {
+            MAX_ERROR_BYTES
+        };
+        let body = read_bounded(response, limit).await.map_err(|e| match e {
+            Bounded::Transport(e) => transport_failure(operation, &e),
+            Bounded::TooLarge => GraphError::local(
+                operation.to_owned(),
+                if success {
+                    ErrorClass::Unreadable
+                } else {
+                    ErrorClass::classify(Some(status), None, None, false)
+                },
+                format!("HTTP {status}: the answer is larger than {limit} bytes; it was not read"),
+            ),
+        })?;
+        if success {
             return Ok((body, usage));
         }
         let mut secrets = vec![secret];
         secrets.extend(proof.as_deref());
+        secrets.extend(self.app_secret.as_ref().map(|s| s.expose_secret()));
         secrets.extend_from_slice(other_secrets);
         Err(GraphError::from_response(
             operation.to_owned(),
@@ -326,6 +341,32 @@ impl GraphClient {
             &secrets,
         ))
     }
+}
+
+/// The most of a successful answer that is read: a batch of 50 leads, or a page of 100
+/// accounts or forms, is far less; anything larger is refused, never held.
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
+/// The most of an error answer that is read (Meta's error JSON is a few hundred bytes).
+pub const MAX_ERROR_BYTES: usize = 64 << 10;
+
+enum Bounded {
+    Transport(reqwest::Error),
+    TooLarge,
+}
+
+/// The body as text, chunk by chunk, refused as soon as it passes `limit` bytes.
+async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Result<String, Bounded> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(Bounded::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(Bounded::Transport)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Bounded::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
 fn with_query(mut url: Url, params: &[(String, String)]) -> Url {

@@ -11,6 +11,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use url::Url;
 
+/// The most pages one listing follows (100,000 accounts, forms or test leads at 100 a page).
+pub const MAX_PAGES: usize = 1_000;
+
 /// One page of a paged edge.
 #[derive(Debug, Clone)]
 pub struct Page<T> {
@@ -204,15 +207,33 @@ impl GraphClient {
         first: Result<Url, GraphError>,
         parse: fn(&str) -> Result<T, ParseError>,
     ) -> impl Stream<Item = Result<Page<T>, GraphError>> + Send + 'a {
-        futures::stream::try_unfold(Some(first), move |state| {
+        let start = (Some(first), std::collections::HashSet::<String>::new());
+        futures::stream::try_unfold(start, move |(state, mut seen)| {
             let operation = operation.clone();
             async move {
                 let Some(url) = state else {
                     return Ok(None);
                 };
-                let page = self.fetch_page(token, operation, url?, parse).await?;
+                let url = url?;
+                // A `paging.next` that points back at a page already read, or pages without
+                // end, would read forever: stop with an error instead.
+                if !seen.insert(url.as_str().to_owned()) {
+                    return Err(GraphError::local(
+                        operation,
+                        ErrorClass::BadRequest,
+                        "paging.next repeats a page already read: the listing was stopped",
+                    ));
+                }
+                if seen.len() > MAX_PAGES {
+                    return Err(GraphError::local(
+                        operation,
+                        ErrorClass::BadRequest,
+                        format!("more than {MAX_PAGES} pages: the listing was stopped"),
+                    ));
+                }
+                let page = self.fetch_page(token, operation, url, parse).await?;
                 let next = page.next.clone().map(Ok);
-                Ok(Some((page, next)))
+                Ok(Some((page, (next, seen))))
             }
         })
     }
