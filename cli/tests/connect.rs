@@ -42,6 +42,7 @@ fn scratch(name: &str) -> PathBuf {
 
 struct Run {
     ok: bool,
+    code: Option<i32>,
     text: String,
 }
 
@@ -58,6 +59,7 @@ async fn connect(sandbox: &Sandbox, user_token: &str, args: &[&str]) -> Run {
         .unwrap();
     Run {
         ok: out.status.success(),
+        code: out.status.code(),
         text: format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -431,4 +433,89 @@ async fn missing_scopes_denied_access_a_failed_challenge_and_an_old_test_lead() 
         &data,
         &["a-system-user-token-0001", "vt-from-before-0123456789"],
     );
+}
+
+fn token_for(token: &str, pages: Vec<String>) -> UserToken {
+    UserToken {
+        pages: Some(pages),
+        ..UserToken::new(token, TokenKind::ShortLived)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_sees_no_page_is_a_problem_not_ready() {
+    let data = world();
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![token_for("token-without-pages", Vec::new())],
+    )
+    .await;
+    let dir = scratch("no-pages");
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    let run = connect(
+        &sandbox,
+        "token-without-pages",
+        &["--secret-file", secret_file.to_str().unwrap()],
+    )
+    .await;
+    assert!(!run.ok, "{}", run.text);
+    assert_eq!(run.code, Some(1), "a person must act: {}", run.text);
+    assert!(run.text.contains("the token sees no page"), "{}", run.text);
+    assert!(run.text.contains("business_management"), "{}", run.text);
+    assert!(!run.text.contains("verdict: ready"), "{}", run.text);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connects_at_once_both_keep_their_pages() {
+    let data = world();
+    let pages: Vec<String> = data.pages.iter().map(|(p, _)| p.clone()).collect();
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![
+            token_for("token-page-one", vec![pages[0].clone()]),
+            token_for("token-page-two", vec![pages[1].clone()]),
+        ],
+    )
+    .await;
+    let dir = scratch("concurrent");
+    let real = dir.join("real-secret.json");
+    std::fs::write(
+        &real,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    // The secret file is a link, as a mounted secret often is: it stays one.
+    let link = dir.join("secret.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let args = ["--secret-file", link.to_str().unwrap()];
+    let (one, two) = tokio::join!(
+        connect(&sandbox, "token-page-one", &args),
+        connect(&sandbox, "token-page-two", &args)
+    );
+    assert!(one.ok, "{}", one.text);
+    assert!(two.ok, "{}", two.text);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "written through the link, not over it"
+    );
+    let secret = read_json(&real);
+    for (page, token) in &data.pages {
+        assert_eq!(
+            secret["page_tokens"][page],
+            token.as_str(),
+            "no connect lost the other's page: {secret}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

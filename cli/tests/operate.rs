@@ -227,3 +227,74 @@ async fn redrive_moves_one_class_back_to_the_queue() {
     assert_eq!(db.queue_len().unwrap(), 2);
     let _ = std::fs::remove_dir_all(&files.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_lead_is_not_brought_back_by_the_next_backfill() {
+    use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let data = Dataset::generate(&DatasetSpec {
+        pages: 1,
+        forms_per_page: 1,
+        leads: 5,
+        newest: now - 3_600,
+        ..DatasetSpec::default()
+    });
+    let sandbox = Sandbox::start(data.clone(), Faults::default())
+        .await
+        .unwrap();
+    let files = world("comeback").await;
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        leadpipe_sandbox::server::tokens(&data)
+            .into_iter()
+            .map(|(page, token)| (page, serde_json::Value::String(token)))
+            .collect();
+    std::fs::write(
+        &files.secret,
+        serde_json::json!({"app_secret": leadpipe_sandbox::server::demo_app_secret(),
+            "lookup_key": LOOKUP_KEY, "page_tokens": tokens})
+        .to_string(),
+    )
+    .unwrap();
+    let backfill = |window: bool| {
+        let mut command = tokio::process::Command::new(BINARY);
+        command
+            .arg("backfill")
+            .arg("--db")
+            .arg(&files.db)
+            .env("LEADPIPE_SECRET_FILE", &files.secret)
+            .env("GRAPH_API_BASE", sandbox.base_url());
+        if window {
+            // As `backfill --from` reads back up to Meta's 90 days.
+            command.args(["--from", &(now - 7 * 86_400).to_string()]);
+        }
+        command.output()
+    };
+    let first = backfill(false).await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let victim = data.leads[2].id.clone();
+    assert!(lead_ids(&files.db).contains(&victim));
+    let (ok, said) = run(&["forget", "--lead", &victim], &files.db, &files.secret).await;
+    assert!(ok, "{said}");
+    assert!(said.contains("forgot 1 lead(s)"), "{said}");
+    for window in [false, true] {
+        let again = backfill(window).await.unwrap();
+        assert!(
+            again.status.success(),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        let ids = lead_ids(&files.db);
+        assert!(
+            !ids.contains(&victim),
+            "the erased lead came back ({window})"
+        );
+        for lead in data.leads.iter().filter(|l| l.id != victim) {
+            assert!(ids.contains(&lead.id), "{} is kept", lead.id);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&files.dir);
+}

@@ -358,3 +358,80 @@ fn status_says_what_the_local_pipeline_holds_and_when_a_person_is_needed() {
     );
     assert!(!human.contains("@example"), "no lead value: {human}");
 }
+
+#[test]
+fn help_never_shows_the_value_of_a_variable_that_can_hold_a_credential() {
+    let out = leadpipe(
+        &["serve", "--help"],
+        &[(
+            "LEADPIPE_FORWARD_TO",
+            "https://user:hunter2pw@crm.example/in?api_key=K3Y-SECRET",
+        )],
+    );
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(help.contains("LEADPIPE_FORWARD_TO"), "{help}");
+    assert!(
+        !help.contains("hunter2pw") && !help.contains("K3Y-SECRET"),
+        "{help}"
+    );
+}
+
+#[test]
+fn forget_takes_only_a_lead_id_and_dry_runs_touch_no_other_programs_file() {
+    let dir = temp_dir("probes");
+    let db = demo_db(&dir);
+    for odd in ["%", "1300_", "1 OR 1=1"] {
+        let out = leadpipe(
+            &["forget", "--db", db.to_str().unwrap(), "--lead", odd],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(2), "{odd}");
+        assert!(text(&out.stderr).contains("must be a lead id"), "{odd}");
+    }
+    // Another program's SQLite file: refused, and left exactly as it was.
+    let other = dir.join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('mine');")
+            .unwrap();
+    }
+    let before = std::fs::read(&other).unwrap();
+    for command in [
+        vec![
+            "forget",
+            "--db",
+            other.to_str().unwrap(),
+            "--lead",
+            "1",
+            "--dry-run",
+        ],
+        vec!["redrive", "--db", other.to_str().unwrap(), "--dry-run"],
+        vec!["forget", "--db", other.to_str().unwrap(), "--lead", "1"],
+        vec!["redrive", "--db", other.to_str().unwrap()],
+    ] {
+        let out = leadpipe(&command, &[]);
+        assert_eq!(out.status.code(), Some(2), "{command:?}");
+        assert!(
+            text(&out.stderr).contains("not a leadpipe database"),
+            "{command:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(&other).unwrap(), before, "not a byte changed");
+    assert!(!dir.join("other.db-wal").exists(), "no switch to WAL");
+    // A dry run on leadpipe's own file reads only: the file is opened read-only.
+    let out = leadpipe(
+        &[
+            "forget",
+            "--db",
+            db.to_str().unwrap(),
+            "--lead",
+            "1",
+            "--dry-run",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -225,3 +225,80 @@ async fn a_database_that_cannot_be_written_stops_serve_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not writable"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_database_refuses_to_start_and_names_the_first() {
+    let served = serve("twice", &[]).await;
+    let pid = served._child.id().unwrap();
+    let second = command(&served._dir.0, free_port(), &[]).output();
+    let out = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("the second serve refused to start rather than running")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("another leadpipe serve (process {pid})")),
+        "{stderr}"
+    );
+    // The first one still answers.
+    let health = reqwest::get(format!("http://127.0.0.1:{}/health", served.port))
+        .await
+        .unwrap();
+    assert!(health.status().is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn risky_forwarding_settings_are_refused_before_anything_starts() {
+    let dir = temp_dir("risky");
+    let key = dir.0.join("forward.key");
+    std::fs::write(&key, "é".repeat(9)).unwrap();
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--forward-to",
+                "http://crm.example/in",
+                "--forward-secret-file",
+                key.to_str().unwrap(),
+            ],
+            "--allow-http",
+        ),
+        (
+            &[
+                "--forward-to",
+                "https://crm.example/in",
+                "--forward-secret-file",
+                key.to_str().unwrap(),
+            ],
+            "shorter than 16 characters",
+        ),
+        (
+            &[
+                "--forward-to",
+                "https://crm.example/in",
+                "--forward-secret-file",
+                "/dev/zero",
+            ],
+            "not a regular file",
+        ),
+        (
+            &[
+                "--forward-to",
+                "https://crm.example/in",
+                "--forward-secret-file",
+                "/etc",
+            ],
+            "cannot be read",
+        ),
+    ];
+    for (extra, says) in cases {
+        let run = command(&dir.0, free_port(), extra).output();
+        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("refused at once")
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}

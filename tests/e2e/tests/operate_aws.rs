@@ -187,6 +187,52 @@ async fn forget_finds_a_person_through_the_index_and_erases_them_on_the_stack() 
         [Some("7000001".to_owned())],
         "only the other lead's dead letter is left"
     );
+    // The erased leads stay erased: the write ingest and backfill make (conditional on the
+    // id being absent) meets the erasure record, whoever comes first.
+    let outcomes = store
+        .put_leads(&[leads[10].clone(), leads[11].clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            leadpipe_core::ports::PutOutcome::AlreadyPresent,
+            leadpipe_core::ports::PutOutcome::AlreadyPresent
+        ]
+    );
+    let record = ddb
+        .get_item()
+        .table_name(&table)
+        .key(
+            "lead_id",
+            aws_sdk_dynamodb::types::AttributeValue::S("7000010".into()),
+        )
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    let mut kept: Vec<&str> = record.keys().map(String::as_str).collect();
+    kept.sort();
+    assert_eq!(kept, ["erased_at", "lead_id"], "ids only, no value of the lead");
+    // A lead never stored, forgotten by id: its record keeps a later ingest out too.
+    let (ok, text) = run(
+        &["forget", "--lead", "7001234", "--leads-table", &table],
+        &moto,
+    )
+    .await;
+    assert!(ok && text.contains("forgot 0 lead(s)"), "{text}");
+    let late = stored(1234, "late@example.org");
+    assert_eq!(
+        store.put_leads(&[late]).await.unwrap(),
+        [leadpipe_core::ports::PutOutcome::AlreadyPresent]
+    );
+    assert!(
+        !leadpipe_aws::operate::lead_exists(&ddb, &table, "7001234")
+            .await
+            .unwrap()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
