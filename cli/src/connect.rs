@@ -193,7 +193,7 @@ impl SecretPlace {
                 })?;
                 let mut secret = self.read().await?;
                 let merged = merge(&mut secret)?;
-                write_private(&target, &encode(&secret)?).map_err(|e| {
+                crate::write_private(&target, &encode(&secret)?).map_err(|e| {
                     CliError::Settings(format!(
                         "the secret file {} cannot be written: {e}",
                         path.display()
@@ -257,43 +257,6 @@ fn lock_beside(path: &Path) -> std::io::Result<std::fs::File> {
         .open(dir.join(format!(".{name}.lock")))?;
     lock.lock()?;
     Ok(lock)
-}
-
-/// Writes `text` to `path` readable by its owner only, all or nothing: a temporary file
-/// beside it (created 0600), synced, then renamed over it.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "secret".into());
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let result = (|| {
-        let mut file = options.open(&tmp)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// `bytes` random bytes from the operating system, hex-encoded.
@@ -405,9 +368,16 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         Ok(info) => info,
         Err(e) => {
             fail(format!("the token could not be checked: {e}"));
-            note(
-                "check --app-id and the app secret (App settings > Basic), then run connect again",
-            );
+            if e.status.is_none() {
+                // No answer at all: a network problem, not a wrong app id.
+                note(
+                    "Graph could not be reached: check this machine's network and proxy (and GRAPH_API_BASE if set), then run connect again",
+                );
+            } else {
+                note(
+                    "check --app-id and the app secret (App settings > Basic), then run connect again",
+                );
+            }
             return Err(CliError::Failed(
                 "verdict: the token could not be checked".into(),
             ));

@@ -19,20 +19,20 @@ use std::time::{Duration, Instant};
 /// Arguments of `leadpipe demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Leads the sandbox makes.
-    #[arg(long, default_value_t = 1000)]
-    pub leads: usize,
-    /// Share of leads whose webhook is never sent.
-    #[arg(long, default_value_t = 0.1)]
+    /// Leads the sandbox makes (1 to 1000000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub leads: u64,
+    /// Share of leads whose webhook is never sent (0 to 1).
+    #[arg(long, default_value_t = 0.1, value_parser = share)]
     pub drop: f64,
-    /// Share of posts sent twice.
-    #[arg(long, default_value_t = 0.1)]
+    /// Share of posts sent twice (0 to 1).
+    #[arg(long, default_value_t = 0.1, value_parser = share)]
     pub duplicate: f64,
-    /// Share of Graph lead reads that fail transiently.
-    #[arg(long, default_value_t = 0.05)]
+    /// Share of Graph lead reads that fail transiently (0 to 0.9: above that nothing is read).
+    #[arg(long, default_value_t = 0.05, value_parser = fault_share)]
     pub transient: f64,
-    /// Share of Graph lead reads that are rate limited.
-    #[arg(long, default_value_t = 0.01)]
+    /// Share of Graph lead reads that are rate limited (0 to 0.9).
+    #[arg(long, default_value_t = 0.01, value_parser = fault_share)]
     pub rate_limited: f64,
     /// The SQLite file (default: a new one in the temp directory, deleted at the end unless --keep).
     #[arg(long)]
@@ -43,13 +43,52 @@ pub struct DemoArgs {
     /// No progress bars (for logs and tests).
     #[arg(long)]
     pub quiet: bool,
-    /// Share of forwarded posts the demo's receiver answers 503 (each is retried).
-    #[arg(long, default_value_t = 0.1)]
+    /// Share of forwarded posts the demo's receiver answers 503, each retried (0 to 0.9).
+    #[arg(long, default_value_t = 0.1, value_parser = fault_share)]
     pub forward_fail: f64,
-    /// Send the webhooks at this many leads per second (default: as fast as they are
-    /// answered, a burst). A steady rate is what the speed-to-lead figures mean in production.
-    #[arg(long)]
+    /// Send the webhooks at this many leads per second, 1 to 100000 (default: as fast as
+    /// they are answered, a burst). A steady rate is what the speed-to-lead figures mean in
+    /// production.
+    #[arg(long, value_parser = rate)]
     pub rate: Option<f64>,
+}
+
+/// A share from 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    within(text, 0.0, 1.0)
+}
+
+/// A share of faults from 0 to 0.9: at 1 every read would fail and the demo could not end.
+fn fault_share(text: &str) -> Result<f64, String> {
+    within(text, 0.0, 0.9)
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    within(text, 1.0, 100_000.0)
+}
+
+fn within(text: &str, low: f64, high: f64) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if (low..=high).contains(&v) => Ok(v),
+        _ => Err(format!("must be a number from {low} to {high}")),
+    }
+}
+
+/// The demo's temporary database, removed (with its `-wal` and `-shm`) on every way out:
+/// the end, an error, an interrupt.
+struct TempDb {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        if !self.keep {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
+            }
+        }
+    }
 }
 
 impl Default for DemoArgs {
@@ -135,14 +174,30 @@ fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
     bar
 }
 
-/// Runs the demo and prints its table; fails when any lead is missing.
+/// Runs the demo and prints its table; fails when any lead is missing. Ctrl-C ends it
+/// early, its temporary database removed.
 pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let db = args.db.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
+    });
+    let _temp = TempDb {
+        path: db.clone(),
+        keep: args.keep || args.db.is_some(),
+    };
+    tokio::select! {
+        done = demo(args, db) => done,
+        _ = tokio::signal::ctrl_c() => Err(CliError::Failed("interrupted; the demo's temporary database was removed".into())),
+    }
+}
+
+async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     let started = Instant::now();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let spec = DatasetSpec {
         pages: 3,
         forms_per_page: 2,
-        leads: args.leads,
+        leads: args.leads as usize,
         newest: now - 120,
         ..DatasetSpec::default()
     };
@@ -157,9 +212,6 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
         .await
         .map_err(|e| CliError::Failed(format!("sandbox: {e}")))?;
     let data = sandbox.leads_by_id();
-    let db = args.db.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("leadpipe-demo-{}-{}.db", std::process::id(), now))
-    });
     let pipeline = Arc::new(local_pipeline(&db, &data, &sandbox)?);
     // 0. Every new lead is forwarded to a receiver that fails some calls on purpose.
     let receiver = Receiver::start(args.forward_fail).await?;
@@ -196,7 +248,7 @@ pub async fn run(args: DemoArgs) -> Result<DemoReport, CliError> {
             .unwrap_or_default(),
     );
     report.seconds = started.elapsed().as_secs();
-    print_report(&report, &db, args.keep || args.db.is_some());
+    print_report(&report, &db, args.keep || args.db.is_some())?;
     if report.missing > 0 || report.mismatched > 0 || report.forwarded != report.stored {
         return Err(CliError::Failed(format!(
             "{} lead(s) missing, {} differing, {} of {} forwarded",
@@ -331,7 +383,7 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
     let secrets = AppSecrets {
         app_secret: SecretString::from(leadpipe_sandbox::server::demo_app_secret()),
         verify_token: Some(SecretString::from("demo-verify-token")),
-        lookup_key: None,
+        lookup_key: Some(SecretString::from(DEMO_LOOKUP_KEY)),
         access_token: None,
         page_tokens: leadpipe_sandbox::server::tokens(data)
             .into_iter()
@@ -362,8 +414,16 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
             ..BackfillSettings::default()
         },
     };
-    Pipeline::with_graph(db, secrets, graph, tuning)
+    let policy = leadpipe_core::privacy::LeadPolicy::new(secrets.lookup_key.clone(), 0);
+    let pipeline = Pipeline::with_graph(db, secrets, graph, tuning)?;
+    // Lookup keys as a real set-up writes them: `forget --email` works on the demo's data.
+    pipeline.db.set_policy(policy);
+    Ok(pipeline)
 }
+
+/// The demo's `lookup_key`; `forget --email ... --db <demo db>` takes it as `LOOKUP_KEY`
+/// (the table's last lines say so).
+pub const DEMO_LOOKUP_KEY: &str = "leadpipe-demo-lookup-key";
 
 /// Serves the webhook, sends the sandbox's leads as signed posts (dropped, duplicated,
 /// reordered as `args` say), and lets four ingest workers drain the queue.
@@ -381,7 +441,8 @@ async fn deliver_and_ingest(
             .local_addr()
             .map_err(|e| CliError::Failed(e.to_string()))?
     );
-    let server = pipeline.spawn_http(listener, crate::pipeline::ServerLimits::default());
+    let (_shutdown, stopping) = tokio::sync::watch::channel(false);
+    let server = pipeline.spawn_http(listener, crate::pipeline::ServerLimits::default(), stopping);
     let stop = Arc::new(AtomicBool::new(false));
     let workers = pipeline.spawn_workers(4, stop.clone());
 
@@ -477,6 +538,9 @@ fn compare(
 
 /// The median and 99th percentile (nearest rank) of `values`, when there are any.
 fn percentiles(mut values: Vec<u64>) -> Option<(u64, u64)> {
+    if values.is_empty() {
+        return None;
+    }
     values.sort_unstable();
     let rank = |q: f64| {
         let i = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
@@ -485,63 +549,80 @@ fn percentiles(mut values: Vec<u64>) -> Option<(u64, u64)> {
     Some((rank(0.50)?, rank(0.99)?))
 }
 
-/// The final table; deletes a temporary database unless it is kept.
-fn print_report(report: &DemoReport, db: &Path, keep: bool) {
-    println!();
-    println!("  leads made by the sandbox      {:>7}", report.leads);
-    println!("  webhook posts sent             {:>7}", report.posts);
-    println!(
-        "  posts duplicated on purpose    {:>7}",
-        report.duplicated_posts
-    );
-    println!("  leads dropped on purpose       {:>7}", report.dropped);
-    println!("  ingested by webhook            {:>7}", report.by_webhook);
-    println!("  recovered by backfill          {:>7}", report.by_backfill);
-    println!("  stored (once each)             {:>7}", report.stored);
-    println!("  missing                        {:>7}", report.missing);
-    println!("  differing from the sandbox     {:>7}", report.mismatched);
-    println!(
-        "  dead letters                   {:>7}",
-        report.dead_letters
-    );
-    let show = |p: Option<(u64, u64)>| {
-        p.map(|(p50, p99)| format!("p50 {p50} ms, p99 {p99} ms"))
-            .unwrap_or_else(|| "no lead by webhook".into())
+/// The final table, in lines of at most 80 columns.
+fn print_report(report: &DemoReport, db: &Path, keep: bool) -> Result<(), CliError> {
+    use crate::render::duration_ms;
+    use std::fmt::Write;
+    let mut t = String::from("\n");
+    let mut row = |label: &str, value: String| {
+        let _ = writeln!(t, "  {label:<31}{value}");
     };
-    println!(
-        "  speed to lead, receipt→stored  {}",
-        show(report.received_to_stored_ms)
+    row("leads made by the sandbox", format!("{:>7}", report.leads));
+    row("webhook posts sent", format!("{:>7}", report.posts));
+    row(
+        "posts duplicated on purpose",
+        format!("{:>7}", report.duplicated_posts),
     );
-    println!(
-        "  speed to lead, created→stored  {} (the sandbox dates its leads up to days back)",
-        show(report.created_to_stored_ms)
+    row("leads dropped on purpose", format!("{:>7}", report.dropped));
+    row("ingested by webhook", format!("{:>7}", report.by_webhook));
+    row(
+        "recovered by backfill",
+        format!("{:>7}", report.by_backfill),
     );
-    println!(
-        "  forwarded to a receiver        {:>7} (each once by Idempotency-Key; {} of {} calls failed on purpose and were retried; {} received twice)",
-        report.forwarded, report.forward_failed, report.forward_calls, report.forwarded_twice
+    row("stored (once each)", format!("{:>7}", report.stored));
+    row("missing", format!("{:>7}", report.missing));
+    row(
+        "differing from the sandbox",
+        format!("{:>7}", report.mismatched),
     );
-    println!(
-        "  stored→forwarded               {}",
-        report
-            .stored_to_forwarded_ms
-            .map(|(p50, p99)| format!("p50 {p50} ms, p99 {p99} ms"))
-            .unwrap_or_else(|| "nothing forwarded".into())
+    row("dead letters", format!("{:>7}", report.dead_letters));
+    let show = |p: Option<(u64, u64)>, none: &str| {
+        p.map(|(p50, p99)| format!("p50 {}, p99 {}", duration_ms(p50), duration_ms(p99)))
+            .unwrap_or_else(|| none.into())
+    };
+    row(
+        "speed to lead, receipt→stored",
+        show(report.received_to_stored_ms, "no lead by webhook"),
+    );
+    row(
+        "speed to lead, created→stored",
+        show(report.created_to_stored_ms, "no lead by webhook"),
+    );
+    row("", "(the sandbox dates its leads up to days back)".into());
+    row(
+        "forwarded to a receiver",
+        format!("{:>7} (once each by Idempotency-Key)", report.forwarded),
+    );
+    row(
+        "",
+        format!(
+            "{} of {} calls failed on purpose, retried",
+            report.forward_failed, report.forward_calls
+        ),
+    );
+    row("received twice", format!("{:>7}", report.forwarded_twice));
+    row(
+        "stored→forwarded",
+        show(report.stored_to_forwarded_ms, "nothing forwarded"),
     );
     if let Some(rate) = report.forward_rate {
-        println!(
-            "  forwarding rate                {rate:>7} leads/s (first to last delivery; bounded by ingest here)"
+        row(
+            "forwarding rate",
+            format!("{rate:>7} leads/s (bounded by ingest here)"),
         );
     }
-    println!("  time                           {:>6}s", report.seconds);
+    row("time", format!("{:>6}s", report.seconds));
     if keep {
-        println!("  data                           {}", db.display());
-        println!("  (try: {} --format csv)", export_hint(db));
+        row("data", db.display().to_string());
+        let _ = writeln!(t, "  try: {} --format csv", export_hint(db));
+        let _ = writeln!(
+            t,
+            "  forget by email: LOOKUP_KEY={DEMO_LOOKUP_KEY} leadpipe forget --db ... --email ..."
+        );
     } else {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-        }
-        println!("  data                           deleted (run with --keep to look at it)");
+        row("data", "deleted (run with --keep to look at it)".into());
     }
+    crate::render::print(&t)
 }
 
 /// A command that runs as printed: the binary's own path when it can be told, else the

@@ -70,14 +70,37 @@ pub const TRAILING_COLUMNS: [&str; 4] = [
 /// Prefix of the per-field columns.
 pub const FIELD_PREFIX: &str = "field:";
 
-/// A CSV cell that no spreadsheet runs as a formula (OWASP's CSV-injection rule): a value
-/// starting with `=`, `+`, `-`, `@`, tab or CR gets a leading `'`. A value that starts with
-/// `'` gets one too, so [`uncell`] can take exactly one off and every value round-trips.
+/// A CSV cell that no spreadsheet runs as a formula (OWASP's CSV-injection rule, narrowed
+/// to what a spreadsheet would evaluate): a value starting with `=`, `@`, tab or CR gets a
+/// leading `'`, and so does one starting with `+` or `-` unless it is a signed number or a
+/// phone number written with digits, spaces, dots and brackets only (`+15553835705`,
+/// `-12.5`, `+1 (555) 383 5705`), which a spreadsheet takes as a number or text, never as
+/// a formula. `+1-555-0100` is neutralised: Excel would compute `1-555-100`. A value that
+/// starts with `'` gets one too, so [`uncell`] can take exactly one off and every value
+/// round-trips.
 pub fn cell(value: &str) -> std::borrow::Cow<'_, str> {
     match value.chars().next() {
+        Some('+' | '-') if is_number_or_phone(value) => value.into(),
         Some('=' | '+' | '-' | '@' | '\t' | '\r' | '\'') => format!("'{value}").into(),
         _ => value.into(),
     }
+}
+
+/// A sign, then digits with spaces, brackets and at most one decimal point or comma
+/// between them, ending on a digit: nothing a formula could be made of.
+fn is_number_or_phone(value: &str) -> bool {
+    let rest = &value[1..];
+    let digits = rest.chars().filter(char::is_ascii_digit).count();
+    let points = rest.chars().filter(|c| matches!(c, '.' | ',')).count();
+    rest.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_digit() || c == '(')
+        && rest.ends_with(|c: char| c.is_ascii_digit())
+        && digits > 0
+        && points <= 1
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '(' | ')' | '.' | ','))
 }
 
 /// The inverse of [`cell`].
@@ -231,21 +254,18 @@ pub fn row_json(row: &LeadRow) -> serde_json::Value {
     object
 }
 
-/// A time flag as the contract's RFC 3339 UTC (what `created_time` is stored as).
+/// A time flag as the contract's RFC 3339 UTC (what `created_time` is stored as), read by
+/// core's one reading of times (dates and spans too).
 fn contract_time_arg(flag: &str, value: &str) -> Result<String, CliError> {
-    let parsed = match value.trim().parse::<i64>() {
-        Ok(unix) => time::OffsetDateTime::from_unix_timestamp(unix).ok(),
-        Err(_) => time::OffsetDateTime::parse(
-            value.trim(),
-            &time::format_description::well_known::Rfc3339,
-        )
-        .ok(),
-    };
-    parsed
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    leadpipe_core::when::parse_time(value, now)
+        .and_then(|unix| time::OffsetDateTime::from_unix_timestamp(unix).ok())
         .map(leadpipe_core::record::contract_time)
         .ok_or_else(|| {
             CliError::Settings(format!(
-                "{flag} {value} is neither RFC 3339 nor unix seconds"
+                "{flag} {} is not a time: give {}",
+                crate::render::line(value),
+                leadpipe_core::when::ACCEPTED
             ))
         })
 }
@@ -324,8 +344,11 @@ mod tests {
     fn cells_that_a_spreadsheet_would_run_are_neutralised_and_round_trip() {
         for value in [
             "=HYPERLINK(\"http://x\")",
-            "+1 555 0100",
+            "+1-555-0100",
             "-2+3",
+            "+A1",
+            "-",
+            "+",
             "@SUM(A1)",
             "\tx",
             "\rx",
@@ -343,6 +366,16 @@ mod tests {
             assert_eq!(uncell(&encoded), value);
         }
         assert_eq!(cell("plain"), "plain");
+        // What a CRM import needs as it was given: phones and signed numbers.
+        for kept in [
+            "+15553835705",
+            "+1 (555) 383 5705",
+            "-12.5",
+            "+44 20 7946 0958",
+            "-3",
+        ] {
+            assert_eq!(cell(kept), kept);
+        }
     }
 
     #[test]
@@ -374,7 +407,7 @@ mod tests {
             .unwrap_or_default();
         for cell in header.iter().chain(record.iter()) {
             assert!(
-                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                !cell.starts_with(['=', '@', '\t', '\r']),
                 "unsafe cell {cell:?}"
             );
         }
@@ -383,6 +416,9 @@ mod tests {
                 .iter()
                 .any(|h| h == "'field:=evil" || h == "field:=evil")
         );
-        assert!(record.iter().any(|c| c == "'+15550100"));
+        assert!(
+            record.iter().any(|c| c == "+15550100"),
+            "a phone stays as given"
+        );
     }
 }

@@ -122,7 +122,7 @@ fn fields_name() -> HashMap<String, String> {
 }
 
 fn failed<E: std::fmt::Display>(what: &str, e: E) -> CliError {
-    CliError::Failed(format!("{what}: {e}"))
+    CliError::Unreachable(format!("{what}: {e}"))
 }
 
 async fn query_form(

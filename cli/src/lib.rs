@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 use leadpipe_core::backfill::{BackfillPlan, BackfillRequest, TimeArg};
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::settings::Env;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// leadpipe on one machine.
 #[derive(Debug, Parser)]
@@ -33,6 +33,10 @@ pub struct Cli {
     /// More log lines on stderr: -v for info, -vv for debug (RUST_LOG wins when set).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines on stderr as JSON (the default when stderr is not a terminal: a service's
+    /// journal, a file); on a terminal they are short text lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -70,6 +74,9 @@ pub enum CliError {
     /// The command ran and found something wrong (the verdict says what).
     #[error("{0}")]
     Failed(String),
+    /// A store or service could not be read or reached (AWS, the network).
+    #[error("{0}")]
+    Unreachable(String),
     /// Writing the command's output failed; a closed pipe (`| head`) is not an error.
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
@@ -190,11 +197,68 @@ pub fn read_small_file(path: &std::path::Path, max: u64) -> std::io::Result<Stri
     Ok(text)
 }
 
+/// Writes `text` to `path` readable by its owner only (secrets, keys), all or nothing: a temporary file
+/// beside it (created 0600), synced, then renamed over it.
+pub fn write_private(path: &Path, text: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "secret".into());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let result = (|| {
+        let mut file = options.open(&tmp)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        file.write_all(text.as_ref())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Refuses a file of secrets that its group or others can read (or write), as ssh refuses
+/// such a key: the fix is one `chmod`, and the message gives it.
+pub fn refuse_shared(path: &std::path::Path, what: &str) -> Result<(), CliError> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Not there or not readable: the read that follows names the problem.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if meta.is_file() && mode & 0o077 != 0 {
+        return Err(CliError::Settings(format!(
+            "the {what} {} can be read by others (mode {mode:o}): run `chmod 600 {}` and start again",
+            path.display(),
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The app secrets from `--secret-file`, else `APP_SECRET`/`ACCESS_TOKEN`/`VERIFY_TOKEN`.
 /// `SECRET_ARN` is the Lambda functions' way and is not read here: the message says so in
 /// the same words whether or not it is set, so the two cases never contradict each other.
 pub fn load_secrets(secret_file: Option<&PathBuf>) -> Result<AppSecrets, CliError> {
     if let Some(path) = secret_file {
+        refuse_shared(path, "secret file")?;
         let text = read_small_file(path, MAX_SECRET_FILE_BYTES).map_err(|e| {
             CliError::Settings(format!(
                 "the secret file {} cannot be read: {e}",
@@ -215,14 +279,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     // Reports and tables go to stdout; log lines go to stderr, at warn and above unless -v
     // (serve is a server: its log is its report, so it logs at info). The demo injects
     // faults on purpose: their warnings would bury the progress bars.
+    // On a terminal, a person reads stderr: warnings and errors only, as short text (serve
+    // prints its own start and stop lines). Elsewhere (a service's journal) JSON lines,
+    // serve's at info.
+    use std::io::IsTerminal;
     use tracing::level_filters::LevelFilter;
+    let person = std::io::stderr().is_terminal() && !cli.log_json;
     let default = match (&cli.command, cli.verbose) {
         (_, 2..) => LevelFilter::DEBUG,
-        (_, 1) | (Command::Serve(_), 0) => LevelFilter::INFO,
+        (_, 1) => LevelFilter::INFO,
+        (Command::Serve(_), 0) if !person => LevelFilter::INFO,
         (Command::Demo(_), 0) => LevelFilter::ERROR,
         (_, 0) => LevelFilter::WARN,
     };
-    leadpipe_telemetry::init_stderr(default);
+    if person {
+        leadpipe_telemetry::init_stderr_text(default);
+    } else {
+        leadpipe_telemetry::init_stderr(default);
+    }
     match cli.command {
         Command::Serve(args) => pipeline::serve(args).await,
         Command::Demo(args) => demo::run(args).await.map(|_| ()),
@@ -257,9 +331,21 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
         time::OffsetDateTime::now_utc(),
     )?;
     let summary = pipeline.backfill(&plan).await;
-    println!(
-        "{}",
+    render::print(&format!(
+        "{}\n",
         serde_json::to_string_pretty(&summary).unwrap_or_default()
-    );
+    ))?;
+    // A run that read no page is a person's problem, not a success.
+    use leadpipe_core::backfill::PageStatus;
+    let skipped = summary
+        .pages
+        .iter()
+        .filter(|p| p.status == PageStatus::Skipped)
+        .count();
+    if !summary.pages.is_empty() && skipped == summary.pages.len() {
+        return Err(CliError::Failed(format!(
+            "every page ({skipped}) was skipped: see each page's reason above; `leadpipe doctor` says what to fix"
+        )));
+    }
     Ok(())
 }

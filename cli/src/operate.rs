@@ -68,6 +68,21 @@ impl TargetArgs {
             }
             return Ok(Target::Local(db.clone()));
         }
+        // Said before any AWS lookup: without a target there is nothing to ask AWS.
+        if self.stack.is_none()
+            && [
+                &self.leads_table,
+                &self.queue_url,
+                &self.dlq_url,
+                &self.state_table,
+            ]
+            .iter()
+            .all(|n| n.is_none())
+        {
+            return Err(CliError::Settings(
+                "say where: --db PATH for the local file, or --stack NAME (or --leads-table, --queue-url, --dlq-url, --state-table) for the deployed stack".into(),
+            ));
+        }
         let config = leadpipe_aws::sdk_config().await;
         let names = AwsNames::resolve(
             &config,
@@ -121,13 +136,32 @@ impl AwsNames {
     }
 }
 
-/// AWS's code and message for an SDK error (any service's), never the request.
-pub fn aws_message<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(e: &E) -> String {
-    format!(
-        "{}: {}",
-        e.code().unwrap_or("error"),
-        e.message().unwrap_or("no message")
-    )
+/// AWS's code and message for an SDK error (any service's), never the request. When AWS
+/// did not answer (no credentials, no network, a time-out) the cause is named instead.
+pub fn aws_message<E>(e: &E) -> String
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
+{
+    if let Some(code) = e.code() {
+        return format!("{code}: {}", e.message().unwrap_or("(no message)"));
+    }
+    let mut causes = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        causes.push(c.to_string());
+        cause = c.source();
+    }
+    let all = causes.join(": ").to_lowercase();
+    if all.contains("credential") {
+        "no AWS credentials were found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION (the SDK's standard settings)".to_owned()
+    } else if all.contains("timed out") || all.contains("timeout") {
+        "AWS did not answer in time (a network problem?)".to_owned()
+    } else {
+        format!(
+            "AWS could not be reached (a network problem?): {}",
+            causes.last().map(String::as_str).unwrap_or("no answer")
+        )
+    }
 }
 
 /// The stack's outputs, by the names the template gives them.

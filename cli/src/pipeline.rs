@@ -223,15 +223,20 @@ impl Pipeline {
         self.backfill_within(plan, Duration::from_secs(3600)).await
     }
 
-    /// Serves the webhook at `/webhook` (and `/`) and `/health` on `listener` until the task
-    /// is dropped, within `limits`: at most `max_connections` open at once (the rest wait in
-    /// the listen backlog), request headers within `header_timeout` (idle keep-alive
-    /// connections included), the body within `body_timeout`. So slow or idle clients cannot
-    /// hold the sockets Meta's posts need (hardening item 11).
+    /// Serves the webhook at `/webhook` (and `/`) and `/health` on `listener` until
+    /// `shutdown` turns true (or the task is dropped), within `limits`: at most
+    /// `max_connections` open at once (the rest wait in the listen backlog), request headers
+    /// within `header_timeout` (idle keep-alive connections included), the body within
+    /// `body_timeout`. So slow or idle clients cannot hold the sockets Meta's posts need.
+    ///
+    /// On shutdown it stops accepting, lets every request in flight finish (a post is
+    /// answered 200 only once durable), closes idle connections, and then ends: at most
+    /// `body_timeout` later.
     pub fn spawn_http(
         self: &Arc<Self>,
         listener: tokio::net::TcpListener,
         limits: ServerLimits,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
         let state = Http {
             pipeline: self.clone(),
@@ -242,13 +247,22 @@ impl Pipeline {
             .route("/", axum::routing::any(webhook))
             .route("/health", axum::routing::get(health))
             .with_state(state);
-        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        let max = limits.max_connections.clamp(1, u32::MAX as usize);
+        let slots = Arc::new(tokio::sync::Semaphore::new(max));
         tokio::spawn(async move {
             loop {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    return;
+                let slot = tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return,
+                    },
+                    _ = shutdown.changed() => break,
                 };
-                let stream = match listener.accept().await {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = shutdown.changed() => break,
+                };
+                let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(err) => {
                         // Out of file descriptors and the like: wait a moment, go on.
@@ -259,17 +273,35 @@ impl Pipeline {
                 };
                 let _ = stream.set_nodelay(true);
                 let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let mut stop = shutdown.clone();
                 tokio::spawn(async move {
                     let connection = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(limits.header_timeout)
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-                    if let Err(err) = connection.await {
+                    let mut connection = std::pin::pin!(connection);
+                    let ended = tokio::select! {
+                        ended = connection.as_mut() => ended,
+                        _ = stop.changed() => {
+                            // The request in flight is answered; then the connection closes.
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(err) = ended {
                         tracing::debug!(error = %err, "connection ended");
                     }
                     drop(slot);
                 });
             }
+            drop(listener);
+            // Every connection has given its slot back: every request in flight is answered.
+            let every = u32::try_from(max).unwrap_or(u32::MAX);
+            let _ = tokio::time::timeout(
+                limits.body_timeout + Duration::from_secs(5),
+                slots.acquire_many(every),
+            )
+            .await;
         })
     }
 }
@@ -408,52 +440,58 @@ pub struct ServeArgs {
     /// A JSON secret file in the Secrets Manager shape (else APP_SECRET, VERIFY_TOKEN, ...).
     #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
     pub secret_file: Option<PathBuf>,
-    /// Ingest workers.
+    /// Ingest workers (1 to 64).
     #[arg(
         long,
         env = "LEADPIPE_WORKERS",
         hide_env_values = true,
-        default_value_t = 4
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u64).range(1..=64)
     )]
-    pub workers: usize,
-    /// Seconds between backfill runs; 0 turns the timer off.
+    pub workers: u64,
+    /// Seconds between backfill runs, up to a week; 0 turns the timer off.
     #[arg(
         long,
         env = "LEADPIPE_BACKFILL_EVERY",
         hide_env_values = true,
-        default_value_t = 3600
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(0..=604_800)
     )]
     pub backfill_every: u64,
-    /// Seconds a leased message stays invisible.
+    /// Seconds a leased message stays invisible (1 to 43200, SQS's 12 hours).
     #[arg(
         long,
         env = "LEADPIPE_VISIBILITY_SECONDS",
         hide_env_values = true,
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=43_200)
     )]
     pub visibility_seconds: u64,
-    /// Connections served at once; more wait until one closes.
+    /// Connections served at once (1 to 65535); more wait until one closes.
     #[arg(
         long,
         env = "LEADPIPE_MAX_CONNECTIONS",
         hide_env_values = true,
-        default_value_t = 512
+        default_value_t = 512,
+        value_parser = clap::value_parser!(u64).range(1..=65_535)
     )]
-    pub max_connections: usize,
-    /// Seconds a client has to send a request's headers (idle keep-alive connections too).
+    pub max_connections: u64,
+    /// Seconds a client has to send a request's headers, idle keep-alive connections too (1 to 3600).
     #[arg(
         long,
         env = "LEADPIPE_HEADER_TIMEOUT_SECONDS",
         hide_env_values = true,
-        default_value_t = 10
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
     )]
     pub header_timeout_seconds: u64,
-    /// Seconds a client has to send a request's body.
+    /// Seconds a client has to send a request's body (1 to 3600).
     #[arg(
         long,
         env = "LEADPIPE_BODY_TIMEOUT_SECONDS",
         hide_env_values = true,
-        default_value_t = 30
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
     )]
     pub body_timeout_seconds: u64,
     /// POST each new lead's event (lead event v1) to this URL, from a durable outbox.
@@ -479,12 +517,13 @@ pub struct ServeArgs {
     /// Allow --forward-to over plain http to another machine (loopback is always allowed).
     #[arg(long)]
     pub allow_http: bool,
-    /// The first retry's longest wait, in ms; doubled per attempt (with jitter) up to 10 min.
+    /// The first retry's longest wait, in ms (1 to 600000); doubled per attempt (with jitter) up to 10 min.
     #[arg(
         long,
         env = "LEADPIPE_FORWARD_FIRST_RETRY_MS",
         hide_env_values = true,
-        default_value_t = 1000
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..=600_000)
     )]
     pub forward_first_retry_ms: u64,
 }
@@ -497,6 +536,7 @@ fn forward_settings(args: &ServeArgs) -> Result<Option<(String, secrecy::SecretS
     let parsed =
         url::Url::parse(url).map_err(|_| CliError::Settings("--forward-to is not a URL".into()))?;
     check_forward_url(&parsed, args.allow_http)?;
+    crate::refuse_shared(key_file, "forward key file")?;
     let key = crate::read_small_file(key_file, 4096).map_err(|e| {
         CliError::Settings(format!(
             "the forward key file {} cannot be read: {e}",
@@ -644,7 +684,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::Failed(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let limits = ServerLimits {
-        max_connections: args.max_connections.max(1),
+        max_connections: args.max_connections as usize,
         header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
         body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
     };
@@ -665,13 +705,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         }
         None => None,
     };
-    let server = pipeline.spawn_http(listener, limits);
-    let workers = pipeline.spawn_workers(args.workers, stop.clone());
+    let (shutdown, stopping) = tokio::sync::watch::channel(false);
+    let server = pipeline.spawn_http(listener, limits, stopping);
+    let workers = pipeline.spawn_workers(args.workers as usize, stop.clone());
     tracing::info!(address = %address, db = %args.db.display(), workers = args.workers, "leadpipe serving; webhook at /webhook");
-    println!(
-        "leadpipe serving: webhook at http://{address}/webhook, data in {}",
-        args.db.display()
-    );
+    crate::render::print(&format!(
+        "leadpipe serving: webhook at http://{address}/webhook, data in {}, {} ingest worker(s), forwarding {}, backfill {}\n",
+        args.db.display(),
+        args.workers,
+        forwarding_to(args.forward_to.as_deref()),
+        if args.backfill_every == 0 {
+            "off".to_owned()
+        } else {
+            format!(
+                "every {}",
+                crate::render::duration_ms(args.backfill_every * 1000)
+            )
+        }
+    ))?;
     if policy.retention_days() > 0 {
         let db = pipeline.db.clone();
         tokio::spawn(async move {
@@ -688,7 +739,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
             }
         });
     }
-    if args.backfill_every > 0 {
+    if args.backfill_every > 0 && pipeline.configured_pages().is_empty() {
+        tracing::warn!(
+            "the secret has no page_tokens: backfill has nothing to read until `leadpipe connect` adds pages (then restart serve)"
+        );
+    } else if args.backfill_every > 0 {
         let pipeline = pipeline.clone();
         let every = Duration::from_secs(args.backfill_every);
         tokio::spawn(async move {
@@ -699,16 +754,57 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
             }
         });
     }
-    let _ = tokio::signal::ctrl_c().await;
+    let signal = stop_signal().await;
+    crate::render::print(&format!(
+        "leadpipe stopping ({signal}): answering the posts in flight, then finishing ingest and forwarding\n"
+    ))?;
+    // First the webhook: no new post is taken, each in flight is answered (and so durable).
+    let _ = shutdown.send(true);
+    let _ = server.await;
+    // Then the workers finish their batches and the forwarder its calls.
     stop.store(true, Ordering::Relaxed);
-    server.abort();
     for worker in workers {
         let _ = worker.await;
     }
     if let Some(forwarder) = forwarder {
         let _ = forwarder.await;
     }
+    crate::render::print(&format!(
+        "leadpipe stopped: every post answered 200 is in {}\n",
+        args.db.display()
+    ))?;
     Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM (systemd, Docker, Kubernetes stop a service with it); says
+/// which came.
+async fn stop_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(error = %err, "SIGTERM cannot be caught; stop serve with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Where forwarding goes, for the start line: the scheme and host only (a URL may hold a
+/// key in its user part or query).
+fn forwarding_to(url: Option<&str>) -> String {
+    match url.and_then(|u| url::Url::parse(u).ok()) {
+        Some(url) => format!(
+            "to {}://{}{}",
+            url.scheme(),
+            url.host_str().unwrap_or("?"),
+            url.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        None => "off".to_owned(),
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,37 @@ pub fn line(text: &str) -> String {
     outside_text(text, 300)
 }
 
+/// A duration in the largest unit that reads well: `840 ms`, `12.4 s`, `7 min 5 s`,
+/// `8 h 27 min`, `3 d 4 h`.
+pub fn duration_ms(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min {} s", s / 60, s % 60),
+        3_600_000..86_400_000 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d {} h", s / 86_400, (s % 86_400) / 3600),
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC (`2026-12-01T09:00:00Z`), or the number when it is no time.
+pub fn unix_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .map(leadpipe_core::record::contract_time)
+        .unwrap_or_else(|_| unix.to_string())
+}
+
+/// Writes a command's report to stdout at once. A reader that went away (`| head`) is
+/// [`crate::CliError::Output`] with a broken pipe, which ends the command quietly with
+/// exit 0; never a panic, as `println!` would.
+pub fn print(text: &str) -> Result<(), crate::CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(crate::CliError::Output)
+}
+
 /// Marks that reorder how a terminal shows the text around them (U+202A–U+202E,
 /// U+2066–U+2069): "Trojan Source" lines.
 fn is_bidi_control(c: char) -> bool {
@@ -47,5 +78,15 @@ mod tests {
         );
         assert_eq!(outside_text("abcdef", 3), "abc…");
         assert_eq!(line("Café Ünïcode"), "Café Ünïcode");
+    }
+
+    #[test]
+    fn durations_read_in_their_largest_unit() {
+        assert_eq!(duration_ms(840), "840 ms");
+        assert_eq!(duration_ms(12_400), "12.4 s");
+        assert_eq!(duration_ms(425_000), "7 min 5 s");
+        assert_eq!(duration_ms(30_421_193), "8 h 27 min");
+        assert_eq!(duration_ms(273_600_000), "3 d 4 h");
+        assert_eq!(unix_time(1_796_171_060), "2026-12-02T00:24:20Z");
     }
 }

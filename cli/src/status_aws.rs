@@ -12,8 +12,11 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn aws_error<E: aws_sdk_dynamodb::error::ProvideErrorMetadata>(what: &str, e: &E) -> CliError {
-    CliError::Failed(format!("{what}: {}", crate::operate::aws_message(e)))
+fn aws_error<E>(what: &str, e: &E) -> CliError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
+{
+    CliError::Unreachable(format!("{what}: {}", crate::operate::aws_message(e)))
 }
 
 /// One form's checkpoint and last run.

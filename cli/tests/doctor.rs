@@ -15,7 +15,7 @@ async fn doctor(sandbox: &Sandbox, data: &Dataset, name: &str) -> (bool, String)
         "leadpipe-doctor-{name}-{}.json",
         std::process::id()
     ));
-    std::fs::write(
+    leadpipe::write_private(
         &file,
         serde_json::json!({"app_secret": "s", "page_tokens": tokens}).to_string(),
     )

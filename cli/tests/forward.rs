@@ -134,14 +134,14 @@ fn setup(name: &str, data: &Dataset) -> Setup {
         .map(|(p, t)| (p, serde_json::json!(t)))
         .collect();
     let secret_file = dir.join("secret.json");
-    std::fs::write(
+    leadpipe::write_private(
         &secret_file,
         serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
             .to_string(),
     )
     .unwrap();
     let key_file = dir.join("forward.key");
-    std::fs::write(&key_file, format!("{FORWARD_KEY}\n")).unwrap();
+    leadpipe::write_private(&key_file, format!("{FORWARD_KEY}\n")).unwrap();
     Setup {
         db: dir.join("serve.db"),
         dir,

@@ -39,7 +39,7 @@ async fn world(name: &str) -> Files {
     std::fs::create_dir_all(&dir).unwrap();
     let db_path = dir.join("leads.db");
     let secret = dir.join("secret.json");
-    std::fs::write(
+    leadpipe::write_private(
         &secret,
         serde_json::json!({"app_secret": "s", "lookup_key": LOOKUP_KEY}).to_string(),
     )
@@ -176,7 +176,7 @@ async fn forget_by_email_erases_exactly_the_persons_leads_everywhere() {
 async fn forget_by_email_needs_the_lookup_key_and_by_lead_does_not() {
     let files = world("nokey").await;
     let no_key = files.dir.join("no-key.json");
-    std::fs::write(&no_key, r#"{"app_secret":"s"}"#).unwrap();
+    leadpipe::write_private(&no_key, r#"{"app_secret":"s"}"#).unwrap();
     let (ok, text) = run(
         &["forget", "--email", "ada@example.org"],
         &files.db,
@@ -248,7 +248,7 @@ async fn an_erased_lead_is_not_brought_back_by_the_next_backfill() {
             .into_iter()
             .map(|(page, token)| (page, serde_json::Value::String(token)))
             .collect();
-    std::fs::write(
+    leadpipe::write_private(
         &files.secret,
         serde_json::json!({"app_secret": leadpipe_sandbox::server::demo_app_secret(),
             "lookup_key": LOOKUP_KEY, "page_tokens": tokens})

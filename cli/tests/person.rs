@@ -227,8 +227,7 @@ fn the_demo_cleans_up_after_itself_unless_kept_and_its_hint_runs() {
     let stdout = text(&out.stdout);
     let hint = stdout
         .lines()
-        .find_map(|l| l.trim().strip_prefix("(try: "))
-        .and_then(|l| l.strip_suffix(')'))
+        .find_map(|l| l.trim().strip_prefix("try: "))
         .unwrap_or_else(|| panic!("no hint: {stdout}"));
     let words: Vec<&str> = hint.split_whitespace().collect();
     assert_eq!(words[0], BIN, "the hint names this binary: {hint}");
@@ -434,4 +433,87 @@ fn forget_takes_only_a_lead_id_and_dry_runs_touch_no_other_programs_file() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Files of a demo run by process `pid` left in the temp directory.
+fn demo_litter(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .starts_with(&format!("leadpipe-demo-{pid}-"))
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_demo_takes_any_input_without_a_panic_or_a_file_left_behind() {
+    // Out of range: refused by the flag, with the range.
+    for (flag, value, range) in [
+        ("--leads", "0", "1..=1000000"),
+        ("--drop", "2", "from 0 to 1"),
+        ("--transient", "1", "from 0 to 0.9"),
+        ("--rate", "0", "from 1 to 100000"),
+        ("--duplicate=-0.5", "", "from 0 to 1"),
+    ] {
+        let args: Vec<&str> = ["demo", "--quiet", flag, value]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
+        let out = leadpipe(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(range), "{flag} {value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // At the edges: every webhook dropped (no speed to lead to show), every post doubled.
+    for args in [["--drop", "1"], ["--duplicate", "1"]] {
+        let child = Command::new(BIN)
+            .args(["demo", "--quiet", "--leads", "30"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(!text(&out.stderr).contains("panicked"), "{args:?}");
+        assert!(
+            demo_litter(pid).is_empty(),
+            "{args:?}: {:?}",
+            demo_litter(pid)
+        );
+    }
+    // A reader that goes away after four lines: a quiet end, every time.
+    for _ in 0..3 {
+        let mut child = Command::new(BIN)
+            .args(["demo", "--quiet", "--leads", "30"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        {
+            let stdout = child.stdout.take().unwrap();
+            let lines: Vec<String> = BufReader::new(stdout)
+                .lines()
+                .take(4)
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(lines.len(), 4);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{:?}: {stderr}", out.status);
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{stderr}"
+        );
+        assert!(demo_litter(pid).is_empty());
+    }
 }

@@ -3,7 +3,6 @@
 //! says the store's real state, and a database that cannot be written stops it at start.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,10 +41,11 @@ fn free_port() -> u16 {
 
 fn command(dir: &std::path::Path, port: u16, extra: &[&str]) -> tokio::process::Command {
     let secret = dir.join("secret.json");
-    let mut file = std::fs::File::create(&secret).unwrap();
-    write!(
-        file,
-        r#"{{"app_secret":"{APP_SECRET}","verify_token":"{VERIFY}","access_token":"EAAx"}}"#
+    leadpipe::write_private(
+        &secret,
+        format!(
+            r#"{{"app_secret":"{APP_SECRET}","verify_token":"{VERIFY}","access_token":"EAAx"}}"#
+        ),
     )
     .unwrap();
     let mut command = tokio::process::Command::new(BINARY);
@@ -252,7 +252,7 @@ async fn a_second_serve_on_the_same_database_refuses_to_start_and_names_the_firs
 async fn risky_forwarding_settings_are_refused_before_anything_starts() {
     let dir = temp_dir("risky");
     let key = dir.0.join("forward.key");
-    std::fs::write(&key, "é".repeat(9)).unwrap();
+    leadpipe::write_private(&key, "é".repeat(9)).unwrap();
     let cases: [(&[&str], &str); 4] = [
         (
             &[

@@ -88,7 +88,7 @@ async fn sigkill_mid_run_loses_nothing_that_was_answered() {
             .map(|(p, t)| (p, serde_json::json!(t)))
             .collect();
     let secret_file = dir.join("secret.json");
-    std::fs::write(
+    leadpipe::write_private(
         &secret_file,
         serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
             .to_string(),

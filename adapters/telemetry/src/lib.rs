@@ -29,14 +29,32 @@ pub fn init_stderr(default: LevelFilter) {
     install(default, std::io::stderr);
 }
 
+/// For a person at a terminal: short text lines on stderr (level and message with its
+/// fields, no timestamp, no JSON), at the level `RUST_LOG` names or `default`.
+pub fn init_stderr_text(default: LevelFilter) {
+    let level = level_or(default);
+    let _already_set = tracing_subscriber::fmt()
+        .compact()
+        .without_time()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(false)
+        .try_init();
+}
+
+fn level_or(default: LevelFilter) -> LevelFilter {
+    std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| LevelFilter::from_str(v.trim()).ok())
+        .unwrap_or(default)
+}
+
 fn install<W>(default: LevelFilter, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    let level = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| LevelFilter::from_str(v.trim()).ok())
-        .unwrap_or(default);
+    let level = level_or(default);
     let _already_set = tracing_subscriber::fmt()
         .json()
         .with_writer(writer)

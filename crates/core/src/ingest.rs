@@ -297,7 +297,7 @@ pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
     if report.fully_failed() {
         tracing::error!(
             messages = messages.len(),
-            "every message of the batch failed; SQS delivers them again (BatchesFullyFailed)"
+            "every message of the batch failed; the queue delivers them again (BatchesFullyFailed)"
         );
     }
     tracing::info!(

@@ -36,3 +36,4 @@ pub mod secrets;
 pub mod settings;
 pub mod signature;
 pub mod webhook;
+pub mod when;

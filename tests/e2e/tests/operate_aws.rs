@@ -215,7 +215,11 @@ async fn forget_finds_a_person_through_the_index_and_erases_them_on_the_stack() 
         .unwrap();
     let mut kept: Vec<&str> = record.keys().map(String::as_str).collect();
     kept.sort();
-    assert_eq!(kept, ["erased_at", "lead_id"], "ids only, no value of the lead");
+    assert_eq!(
+        kept,
+        ["erased_at", "lead_id"],
+        "ids only, no value of the lead"
+    );
     // A lead never stored, forgotten by id: its record keeps a later ingest out too.
     let (ok, text) = run(
         &["forget", "--lead", "7001234", "--leads-table", &table],

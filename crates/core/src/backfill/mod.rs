@@ -106,13 +106,13 @@ impl BackfillSettings {
     }
 }
 
-/// A time given as unix seconds or RFC 3339.
+/// A time given as unix seconds, or as text [`crate::when::parse_time`] reads.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum TimeArg {
     /// Unix seconds.
     Unix(i64),
-    /// Unix seconds as text, or RFC 3339.
+    /// Unix seconds as text, RFC 3339, a date or a span back from now.
     Text(String),
 }
 
@@ -123,31 +123,24 @@ impl TimeArg {
     /// The time as unix seconds, between [`EARLIEST_LEAD`] and a day after `now`: a time
     /// outside that is a mistake, and far outside it would overflow the slice arithmetic.
     fn unix_within(&self, name: &'static str, now: i64) -> Result<i64, RequestError> {
-        let at = self.unix(name)?;
+        let at = self.unix(name, now)?;
         let latest = now.saturating_add(86_400);
         if (EARLIEST_LEAD..=latest).contains(&at) {
             Ok(at)
         } else {
             Err(RequestError(format!(
-                "{name} must be between 2015-01-01T00:00:00Z ({EARLIEST_LEAD}) and a day from now ({latest}), as unix seconds or RFC 3339"
+                "{name} must be between 2015-01-01T00:00:00Z ({EARLIEST_LEAD}) and a day from now ({latest})"
             )))
         }
     }
 
-    fn unix(&self, name: &'static str) -> Result<i64, RequestError> {
+    fn unix(&self, name: &'static str, now: i64) -> Result<i64, RequestError> {
         match self {
             TimeArg::Unix(s) => Ok(*s),
-            TimeArg::Text(t) => t
-                .parse::<i64>()
-                .ok()
-                .or_else(|| {
-                    OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                        .map(|d| d.unix_timestamp())
-                })
-                .ok_or(RequestError(format!(
-                    "{name} is neither unix seconds nor RFC 3339"
-                ))),
+            TimeArg::Text(t) => crate::when::parse_time(t, now).ok_or(RequestError(format!(
+                "{name} is not a time: give {}",
+                crate::when::ACCEPTED
+            ))),
         }
     }
 }
