@@ -302,3 +302,71 @@ async fn risky_forwarding_settings_are_refused_before_anything_starts() {
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_zero_workers_and_a_secret_others_can_read() {
+    let dir = temp_dir("refusals");
+    let out = tokio::process::Command::new(BINARY)
+        .args(["serve", "--workers", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1..=64"), "{stderr}");
+    // A secret file anyone can read is refused, with the fix, as ssh refuses a key.
+    let mut shared = command(&dir.0, free_port(), &[]);
+    let secret = dir.0.join("secret.json");
+    let out = {
+        use std::os::unix::fs::PermissionsExt;
+        // `command` wrote the file 0600; open it up before the run.
+        let child = shared.stdout(Stdio::piped());
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        child.output().await.unwrap()
+    };
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("can be read by others (mode 644)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", secret.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let analyze = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output();
+    if !analyze.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: systemd-analyze is not installed here");
+        return;
+    }
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../infra/local/leadpipe.service"),
+    )
+    .unwrap();
+    // The unit as installed, with ExecStart at the binary built here.
+    let dir = temp_dir("unit");
+    let path = dir.0.join("leadpipe.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/leadpipe", BINARY)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    let about_unit: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("leadpipe.service"))
+        .collect();
+    assert!(about_unit.is_empty(), "{said}");
+}

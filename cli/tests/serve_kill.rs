@@ -148,3 +148,120 @@ async fn sigkill_mid_run_loses_nothing_that_was_answered() {
     );
     assert_eq!(stored.len(), answered.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_posts_in_flight_answers_them_stores_them_and_exits_zero() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let data = Dataset::generate(&DatasetSpec {
+        leads: 120,
+        newest: now - 60,
+        ..DatasetSpec::default()
+    });
+    let sandbox = Sandbox::start(
+        data.clone(),
+        Faults {
+            latency: Duration::from_millis(200),
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("leadpipe-term-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("serve.db");
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        leadpipe_sandbox::server::tokens(&data)
+            .into_iter()
+            .map(|(p, t)| (p, serde_json::json!(t)))
+            .collect();
+    let secret_file = dir.join("secret.json");
+    leadpipe::write_private(
+        &secret_file,
+        serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
+            .to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let child = tokio::process::Command::new(BINARY)
+        .args(["serve", "--backfill-every", "0", "--workers", "2"])
+        .env("LEADPIPE_DB", &db)
+        .env("LEADPIPE_SECRET_FILE", &secret_file)
+        .env("LEADPIPE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("GRAPH_API_BASE", sandbox.base_url())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    wait_healthy(port).await;
+    // Posts from many clients at once; SIGTERM once the first are answered.
+    let client = reqwest::Client::new();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut posts = Vec::new();
+    for lead in data.leads.clone() {
+        let (client, answered) = (client.clone(), answered.clone());
+        posts.push(tokio::spawn(async move {
+            let body = post_body(&[&lead], now);
+            let signature =
+                leadpipe_core::signature::sign(SECRET.as_bytes(), body.as_bytes()).unwrap();
+            let sent = client
+                .post(format!("http://127.0.0.1:{port}/webhook"))
+                .header("x-hub-signature-256", signature)
+                .body(body)
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                answered.lock().unwrap().push(lead.id.clone());
+            }
+        }));
+    }
+    while answered.lock().unwrap().len() < 10 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    for post in posts {
+        post.await.unwrap();
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("serve stopped after SIGTERM")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("leadpipe serving: webhook at"), "{stdout}");
+    assert!(stdout.contains("leadpipe stopping (SIGTERM)"), "{stdout}");
+    assert!(stdout.contains("leadpipe stopped"), "{stdout}");
+    // Every post answered 200 is durable: a restart brings each of its leads home.
+    let answered = answered.lock().unwrap().clone();
+    sandbox.set_faults(Faults::default());
+    let port = free_port();
+    let _second = serve(&db, &secret_file, port, &sandbox.base_url());
+    wait_healthy(port).await;
+    let local = leadpipe_local::LocalDb::open_read_only(&db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stored: std::collections::BTreeSet<String> = local
+            .leads()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.lead_id)
+            .collect();
+        let missing = answered.iter().filter(|id| !stored.contains(*id)).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} answered leads missing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
