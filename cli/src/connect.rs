@@ -1023,6 +1023,11 @@ async fn create_test_lead(
 pub(crate) fn print_table(rows: &[PageRow], dry_run: bool) {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    // The terminal's width, else 80 columns: long names wrap inside their cell.
+    table.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+    if table.width().is_none() {
+        table.set_width(80);
+    }
     table.set_header([
         "page",
         "name",

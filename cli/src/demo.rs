@@ -157,8 +157,9 @@ fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
     if quiet {
         return ProgressBar::hidden();
     }
+    // `wide_bar` fills the terminal's width (80 columns where it cannot be told), never more.
     let bar = ProgressBar::new(len as u64);
-    if let Ok(style) = ProgressStyle::with_template("{msg:>22} [{bar:40}] {pos}/{len} ({rate})") {
+    if let Ok(style) = ProgressStyle::with_template("{msg:>20} [{wide_bar}] {pos}/{len} {rate}") {
         // Whole leads per second: indicatif's own {per_sec} prints four decimals.
         let style = style
             .with_key(

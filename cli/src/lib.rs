@@ -63,6 +63,8 @@ pub enum Command {
     Forget(operate::ForgetArgs),
     /// Move dead letters back to the queue (all, or one reason class).
     Redrive(operate::RedriveArgs),
+    /// Add lookup keys to leads stored without them, so forget --email/--phone finds them.
+    LookupKeys(operate::LookupKeysArgs),
 }
 
 /// Why a command failed.
@@ -307,6 +309,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Connect(args) => connect::run(args).await,
         Command::Forget(args) => operate::forget(args).await,
         Command::Redrive(args) => operate::redrive(args).await,
+        Command::LookupKeys(args) => operate::lookup_keys(args).await,
     }
 }
 

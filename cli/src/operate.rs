@@ -222,18 +222,26 @@ pub struct ForgetArgs {
     /// Every lead whose first phone number is this (digits, a leading + kept).
     #[arg(long)]
     pub phone: Option<String>,
-    /// The secret holding lookup_key (a file; else --secret-arn, the stack's, or LOOKUP_KEY).
-    #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
-    pub secret_file: Option<PathBuf>,
-    /// The secret holding lookup_key, in Secrets Manager.
-    #[arg(long)]
-    pub secret_arn: Option<String>,
+    /// Where the lookup key is.
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// Say what would be erased; erase nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// One JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Where the secret holding `lookup_key` is.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SecretArgs {
+    /// The secret holding lookup_key (a file; else --secret-arn, the stack's, or LOOKUP_KEY).
+    #[arg(long, env = "LEADPIPE_SECRET_FILE", hide_env_values = true)]
+    pub secret_file: Option<PathBuf>,
+    /// The secret holding lookup_key, in Secrets Manager.
+    #[arg(long)]
+    pub secret_arn: Option<String>,
 }
 
 /// What `forget` found and erased.
@@ -246,11 +254,14 @@ struct Erasure {
     outbox: usize,
     dead_letters: usize,
     queued: usize,
+    /// Stored leads with an email (phone) but no lookup key: this search cannot find them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unsearchable: Option<i64>,
 }
 
 /// The lookup key, from the secret (file, ARN, the stack's) or `LOOKUP_KEY`.
 async fn lookup_policy(
-    args: &ForgetArgs,
+    args: &SecretArgs,
     names: Option<&AwsNames>,
 ) -> Result<LeadPolicy, CliError> {
     let key: Option<SecretString> = if let Some(path) = &args.secret_file {
@@ -297,14 +308,14 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
             ("lead id", None)
         }
         (None, Some(email), _) => {
-            let policy = lookup_policy(&args, names.as_ref()).await?;
+            let policy = lookup_policy(&args.secret, names.as_ref()).await?;
             let key = policy
                 .email_key(email)
                 .ok_or_else(|| CliError::Settings("--email is empty".into()))?;
             ("email_key", Some((LookupIndex::Email, key)))
         }
         (None, None, Some(phone)) => {
-            let policy = lookup_policy(&args, names.as_ref()).await?;
+            let policy = lookup_policy(&args.secret, names.as_ref()).await?;
             let key = policy
                 .phone_key(phone)
                 .ok_or_else(|| CliError::Settings("--phone has no digit".into()))?;
@@ -335,6 +346,13 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
             };
             erasure.leads = done.lead_ids.len();
             erasure.lead_ids = ids;
+            if let Some((index, _)) = &key {
+                let (by_email, by_phone) = db.unkeyed()?;
+                erasure.unsearchable = Some(match index {
+                    LookupIndex::Email => by_email,
+                    LookupIndex::Phone => by_phone,
+                });
+            }
             erasure.outbox = done.outbox;
             erasure.dead_letters = done.dead_letters;
             erasure.queued = done.queued;
@@ -400,6 +418,21 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
             "  leads {}, forwarding outbox {}, dead letters {}, queued messages {}",
             erasure.leads, erasure.outbox, erasure.dead_letters, erasure.queued
         );
+        match erasure.unsearchable {
+            Some(0) | None if erasure.found_by == "lead id" => {}
+            Some(0) => {}
+            Some(n) => println!(
+                "  warning: {n} stored lead(s) have no lookup key and cannot be found this way: run `leadpipe lookup-keys` with the same --db and secret, then forget again"
+            ),
+            None => println!(
+                "  note: leads stored before the secret had a lookup_key cannot be found this way: `leadpipe lookup-keys --dry-run` with the same target counts them (a scan)"
+            ),
+        }
+    }
+    if erasure.unsearchable.is_some_and(|n| n > 0) {
+        return Err(CliError::Failed(
+            "some leads could not be searched: the erasure may be incomplete (see above)".into(),
+        ));
     }
     Ok(())
 }
@@ -504,6 +537,85 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
         return Err(CliError::Failed(format!(
             "{failed} dead letter(s) could not be sent back; they are still in the DLQ: run redrive again"
         )));
+    }
+    Ok(())
+}
+
+// ---- lookup-keys -------------------------------------------------------------------------
+
+/// Arguments of `leadpipe lookup-keys`.
+#[derive(Debug, clap::Args)]
+pub struct LookupKeysArgs {
+    /// Where.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Where the lookup key is.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// On the stack: go on after this lead id (the last one an interrupted run named).
+    #[arg(long)]
+    pub after: Option<String>,
+    /// Count the leads without a key; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Adds lookup keys to leads stored before the secret had a `lookup_key`, so `forget
+/// --email/--phone` finds them. Resumable: it sets only missing keys.
+pub async fn lookup_keys(args: LookupKeysArgs) -> Result<(), CliError> {
+    let target = args.target.resolve().await?;
+    let names = match &target {
+        Target::Aws(_, names) => Some(names.clone()),
+        Target::Local(_) => None,
+    };
+    let policy = lookup_policy(&args.secret, names.as_ref()).await?;
+    let (keyed, scanned) = match target {
+        Target::Local(path) => {
+            let db = open_local(&path, args.dry_run)?;
+            let (by_email, by_phone) = db.unkeyed()?;
+            let keyed = if args.dry_run {
+                by_email.max(by_phone) as usize
+            } else {
+                db.add_lookup_keys(&policy, 500)?
+            };
+            (keyed, None)
+        }
+        Target::Aws(config, names) => {
+            let table = need(&names.leads_table, "the leads table", "--leads-table")?;
+            let ddb = aws_sdk_dynamodb::Client::new(&config);
+            match aws_ops::add_lookup_keys(
+                &ddb,
+                table,
+                &policy,
+                args.after.as_deref(),
+                args.dry_run,
+            )
+            .await
+            {
+                Ok(done) => (done.keyed, Some(done.scanned)),
+                Err((err, done)) => {
+                    return Err(CliError::Unreachable(format!(
+                        "{err}; {} lead(s) keyed so far{}",
+                        done.keyed,
+                        done.last
+                            .map(|id| format!(": run again with --after {id} to go on"))
+                            .unwrap_or_default()
+                    )));
+                }
+            }
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"dry_run": args.dry_run, "keyed": keyed, "scanned": scanned})
+        );
+    } else {
+        let verb = if args.dry_run { "would add" } else { "added" };
+        println!("{verb} lookup keys to {keyed} lead(s)");
     }
     Ok(())
 }

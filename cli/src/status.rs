@@ -138,7 +138,10 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
         println!(
             "queue          {queued} message(s){}",
             oldest_age_s
-                .map(|age| format!(", oldest {age} s"))
+                .map(|age| format!(
+                    ", the oldest waits {}",
+                    crate::render::duration_ms(age.max(0) as u64 * 1000)
+                ))
                 .unwrap_or_default()
         );
         println!("dead letters   {dead_total}");
@@ -149,7 +152,9 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
         println!("checkpoints    {}", checkpoints.len());
         for (key, cp, at, read, new, present) in &checkpoints {
             println!(
-                "  {key:<28} at {cp}  (run {at}: read {read}, new {new}, already there {present})"
+                "  {key:<28} read to {}\n  {:<28} last run {at}: read {read}, new {new}, already there {present}",
+                crate::render::unix_time(*cp),
+                ""
             );
         }
         println!("stored, per form       24 h      7 d");
@@ -167,7 +172,10 @@ fn local(args: StatusArgs) -> Result<(), CliError> {
                 "forwarding     {} pending{}, {} dead{}",
                 o.pending,
                 outbox_oldest_s
-                    .map(|age| format!(" (oldest {age} s)"))
+                    .map(|age| format!(
+                        " (the oldest waits {})",
+                        crate::render::duration_ms(age.max(0) as u64 * 1000)
+                    ))
                     .unwrap_or_default(),
                 o.dead,
                 o.newest_dead_reason

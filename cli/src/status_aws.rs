@@ -205,8 +205,13 @@ pub async fn run(args: &StatusArgs) -> Result<(), CliError> {
             println!("checkpoints    {}", checkpoints.len());
             for c in &checkpoints {
                 println!(
-                    "  {:<28} at {}  (run {}: read {}, new {})",
-                    c.key, c.checkpoint, c.updated_at, c.last_run_leads_read, c.last_run_new
+                    "  {:<28} read to {}\n  {:<28} last run {}: read {}, new {}",
+                    c.key,
+                    crate::render::unix_time(c.checkpoint),
+                    "",
+                    c.updated_at,
+                    c.last_run_leads_read,
+                    c.last_run_new
                 );
             }
         }

@@ -298,3 +298,97 @@ async fn an_erased_lead_is_not_brought_back_by_the_next_backfill() {
     }
     let _ = std::fs::remove_dir_all(&files.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_says_what_it_cannot_search_and_lookup_keys_makes_it_searchable() {
+    let files = world("unkeyed").await;
+    // Two more leads, stored before the secret had a lookup key.
+    let db = LocalDb::open(&files.db).unwrap();
+    db.put_leads(&[
+        stored("201", "ada@example.org", "+1 555 0201"),
+        stored("202", "lin@example.org", "+1 555 0202"),
+    ])
+    .await
+    .unwrap();
+    drop(db);
+    let (ok, said) = run(
+        &["forget", "--email", "Ada@Example.org"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(
+        !ok,
+        "an erasure that may be incomplete is a person's problem: {said}"
+    );
+    assert!(said.contains("forgot 2 lead(s)"), "{said}");
+    assert!(
+        said.contains("2 stored lead(s) have no lookup key"),
+        "{said}"
+    );
+    assert!(said.contains("leadpipe lookup-keys"), "{said}");
+    assert!(lead_ids(&files.db).contains(&"201".to_owned()));
+    let (ok, said) = run(&["lookup-keys", "--dry-run"], &files.db, &files.secret).await;
+    assert!(
+        ok && said.contains("would add lookup keys to 2 lead(s)"),
+        "{said}"
+    );
+    let (ok, said) = run(&["lookup-keys"], &files.db, &files.secret).await;
+    assert!(
+        ok && said.contains("added lookup keys to 2 lead(s)"),
+        "{said}"
+    );
+    let (ok, said) = run(
+        &["forget", "--email", "ada@example.org"],
+        &files.db,
+        &files.secret,
+    )
+    .await;
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("forgot 1 lead(s) found by email_key: 201"),
+        "{said}"
+    );
+    assert!(!said.contains("warning"), "{said}");
+    let _ = std::fs::remove_dir_all(&files.dir);
+}
+
+#[test]
+fn forget_by_email_works_on_the_demos_data() {
+    let dir = std::env::temp_dir().join(format!("leadpipe-operate-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("demo.db");
+    let out = std::process::Command::new(BINARY)
+        .args(["demo", "--quiet", "--leads", "40", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = LocalDb::open_read_only(&db)
+        .unwrap()
+        .leads()
+        .unwrap()
+        .remove(0);
+    let email = row.fields["email"][0].clone();
+    let out = std::process::Command::new(BINARY)
+        .args(["forget", "--email", &email, "--db"])
+        .arg(&db)
+        .env("LOOKUP_KEY", leadpipe::demo::DEMO_LOOKUP_KEY)
+        .env_remove("LEADPIPE_SECRET_FILE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!said.contains("forgot 0 lead(s)"), "{said}");
+    assert!(!lead_ids(&db).contains(&row.lead_id));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -517,3 +517,139 @@ fn the_demo_takes_any_input_without_a_panic_or_a_file_left_behind() {
         assert!(demo_litter(pid).is_empty());
     }
 }
+
+/// The cells of a flat ODS file's first table, row by row: `(is a formula, shown text)`.
+fn fods_rows(fods: &str) -> Vec<Vec<(bool, String)>> {
+    let unescape = |t: &str| {
+        t.replace("&apos;", "'")
+            .replace("&quot;", "\"")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&amp;", "&")
+    };
+    fods.split("<table:table-row")
+        .skip(1)
+        .map(|row| {
+            row.split("<table:table-cell")
+                .skip(1)
+                .filter_map(|cell| {
+                    let (attributes, rest) = cell.split_once('>')?;
+                    let text = if attributes.ends_with('/') {
+                        String::new()
+                    } else {
+                        rest.split_once("<text:p>")
+                            .and_then(|(_, t)| t.split_once("</text:p>"))
+                            .map(|(t, _)| unescape(t))
+                            .unwrap_or_default()
+                    };
+                    // Empty neighbours are written once, with a count.
+                    let repeated = attributes
+                        .split_once("table:number-columns-repeated=\"")
+                        .and_then(|(_, n)| n.split_once('"'))
+                        .and_then(|(n, _)| n.parse::<usize>().ok())
+                        .unwrap_or(1)
+                        .min(64);
+                    Some(vec![
+                        (attributes.contains("table:formula="), text);
+                        repeated
+                    ])
+                })
+                .flatten()
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_spreadsheet_runs_no_exported_cell_and_keeps_phones_as_given() {
+    use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
+    let soffice = Command::new("soffice").arg("--version").output();
+    if !soffice.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: LibreOffice (soffice) is not installed here; .ci/run installs it");
+        return;
+    }
+    let formulas = [
+        "=1+1",
+        "=HYPERLINK(\"http://x.example\",\"y\")",
+        "@SUM(1+1)",
+        "-2+3",
+        "+1-555-0100",
+        "+A1",
+    ];
+    let kept = [
+        "+15553835705",
+        "+1 (555) 383 5705",
+        "-12.5",
+        "+44 20 7946 0958",
+    ];
+    let field_data: Vec<serde_json::Value> = formulas
+        .iter()
+        .chain(kept.iter())
+        .enumerate()
+        .map(|(i, v)| serde_json::json!({"name": format!("q{i:02}"), "values": [v]}))
+        .collect();
+    let dir = temp_dir("spreadsheet");
+    let db_path = dir.join("leads.db");
+    let db = leadpipe_local::LocalDb::open(&db_path).unwrap();
+    let lead = serde_json::json!({"id": "4242", "created_time": "2026-11-30T00:00:00+0000",
+        "form_id": "5", "field_data": field_data});
+    db.put_leads(&[StoredLead {
+        lead: leadpipe_graph::Lead::from_json(&lead.to_string()).unwrap(),
+        page_id: "7".into(),
+        form_id: Some("5".into()),
+        source: LeadSourceKind::Webhook,
+        ingested_at: time::OffsetDateTime::now_utc(),
+    }])
+    .await
+    .unwrap();
+    drop(db);
+    let csv_path = dir.join("leads.csv");
+    let out = leadpipe(
+        &[
+            "export",
+            "--db",
+            db_path.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--out",
+            csv_path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let converted = Command::new("soffice")
+        .args(["--headless", "--convert-to", "fods", "--outdir"])
+        .arg(&dir)
+        .arg(&csv_path)
+        .env("HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(converted.status.success(), "{}", text(&converted.stderr));
+    let fods = std::fs::read_to_string(dir.join("leads.fods")).unwrap();
+    let rows = fods_rows(&fods);
+    let (header, row) = (&rows[0], &rows[1]);
+    let cell_of = |i: usize| {
+        let column = header
+            .iter()
+            .position(|(_, h)| h == &format!("field:q{i:02}"))
+            .unwrap_or_else(|| panic!("no column q{i:02}: {header:?}"));
+        row[column].clone()
+    };
+    for (i, value) in formulas.iter().enumerate() {
+        let (formula, shown) = cell_of(i);
+        assert!(!formula, "{value} was run as a formula ({shown})");
+        assert_eq!(shown, format!("'{value}"), "{value}");
+    }
+    for (j, value) in kept.iter().enumerate() {
+        let (formula, shown) = cell_of(formulas.len() + j);
+        assert!(!formula, "{value}");
+        // As given, or the same number (a spreadsheet reads +15553835705 as a number).
+        let digits = |t: &str| t.chars().filter(char::is_ascii_digit).collect::<String>();
+        assert!(
+            !shown.starts_with('\''),
+            "{value} carries an apostrophe: {shown}"
+        );
+        assert_eq!(digits(&shown), digits(value), "{value} -> {shown}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

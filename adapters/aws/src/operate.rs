@@ -303,3 +303,113 @@ pub async fn redrive(
     give_back(sqs, dlq_url, &keep).await;
     Ok(result)
 }
+
+/// What [`add_lookup_keys`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Keyed {
+    /// Leads read.
+    pub scanned: usize,
+    /// Leads that had an email or phone without its key (and got it, unless a dry run).
+    pub keyed: usize,
+    /// The last lead id read: `--after` this resumes an interrupted run.
+    pub last: Option<String>,
+}
+
+/// Adds `policy`'s lookup keys to the leads stored without them (a scan of the table, page
+/// by page from `after`): each update sets only a missing key, on a lead that is not an
+/// erasure record, so runs can overlap, stop and go on. `dry_run` counts only.
+pub async fn add_lookup_keys(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    policy: &leadpipe_core::privacy::LeadPolicy,
+    after: Option<&str>,
+    dry_run: bool,
+) -> Result<Keyed, (StoreError, Keyed)> {
+    let mut done = Keyed::default();
+    let mut start = after.map(|id| {
+        std::collections::HashMap::from([("lead_id".to_owned(), AttributeValue::S(id.to_owned()))])
+    });
+    let first = |item: &std::collections::HashMap<String, AttributeValue>, name: &str| match item
+        .get("fields")
+    {
+        Some(AttributeValue::M(fields)) => match fields.get(name) {
+            Some(AttributeValue::L(values)) => match values.first() {
+                Some(AttributeValue::S(v)) => Some(v.clone()),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
+    loop {
+        let page = match client
+            .scan()
+            .table_name(table)
+            .projection_expression("lead_id, #f, email_key, phone_key, erased_at")
+            .expression_attribute_names("#f", "fields")
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => return Err((unavailable(e), done)),
+        };
+        for item in page.items() {
+            done.scanned += 1;
+            let Some(AttributeValue::S(id)) = item.get("lead_id") else {
+                continue;
+            };
+            done.last = Some(id.clone());
+            if item.contains_key(ERASED_AT) {
+                continue;
+            }
+            let email = first(item, leadpipe_core::privacy::EMAIL_FIELD)
+                .filter(|_| !item.contains_key("email_key"));
+            let phone = first(item, leadpipe_core::privacy::PHONE_FIELD)
+                .filter(|_| !item.contains_key("phone_key"));
+            let keys = policy.keys_of(email.as_deref(), phone.as_deref());
+            if keys.email_key.is_none() && keys.phone_key.is_none() {
+                continue;
+            }
+            done.keyed += 1;
+            if dry_run {
+                continue;
+            }
+            let mut sets = Vec::new();
+            let mut update = client
+                .update_item()
+                .table_name(table)
+                .key("lead_id", AttributeValue::S(id.clone()))
+                .condition_expression(
+                    "attribute_exists(lead_id) AND attribute_not_exists(erased_at)",
+                );
+            if let Some(k) = keys.email_key {
+                sets.push("email_key = if_not_exists(email_key, :e)");
+                update = update.expression_attribute_values(":e", AttributeValue::S(k));
+            }
+            if let Some(k) = keys.phone_key {
+                sets.push("phone_key = if_not_exists(phone_key, :p)");
+                update = update.expression_attribute_values(":p", AttributeValue::S(k));
+            }
+            match update
+                .update_expression(format!("SET {}", sets.join(", ")))
+                .send()
+                .await
+            {
+                Ok(_) => {}
+                // Erased (or deleted) meanwhile: nothing to key.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+                {
+                    done.keyed -= 1;
+                }
+                Err(e) => return Err((unavailable(e), done)),
+            }
+        }
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            return Ok(done);
+        }
+    }
+}

@@ -70,6 +70,61 @@ impl LocalDb {
         })
     }
 
+    /// Stored leads that have an email (a phone) but no lookup key for it: `forget --email`
+    /// (`--phone`) cannot find them. `(by email, by phone)`.
+    pub fn unkeyed(&self) -> Result<(i64, i64), LocalError> {
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT
+                   COALESCE(SUM(email_key IS NULL AND json_extract(fields, '$.email[0]') IS NOT NULL), 0),
+                   COALESCE(SUM(phone_key IS NULL AND json_extract(fields, '$.phone_number[0]') IS NOT NULL), 0)
+                 FROM leads WHERE json_valid(fields)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+    }
+
+    /// Adds the lookup keys `policy` gives to leads stored without them, `batch` leads per
+    /// transaction, so an interrupted run keeps what it did and the next one goes on from
+    /// there (it only looks at leads still without a key). Returns the leads keyed.
+    pub fn add_lookup_keys(&self, policy: &LeadPolicy, batch: usize) -> Result<usize, LocalError> {
+        let mut keyed = 0;
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, Option<String>, Option<String>)> = self.with(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT lead_id, json_extract(fields, '$.email[0]'), json_extract(fields, '$.phone_number[0]')
+                     FROM leads
+                     WHERE lead_id > ?1 AND json_valid(fields)
+                       AND ((email_key IS NULL AND json_extract(fields, '$.email[0]') IS NOT NULL)
+                         OR (phone_key IS NULL AND json_extract(fields, '$.phone_number[0]') IS NOT NULL))
+                     ORDER BY lead_id LIMIT ?2",
+                )?;
+                stmt.query_map(params![after, batch as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
+            })?;
+            let Some((last, _, _)) = rows.last() else {
+                return Ok(keyed);
+            };
+            after = last.clone();
+            self.with(|conn| {
+                let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                for (id, email, phone) in &rows {
+                    let keys = policy.keys_of(email.as_deref(), phone.as_deref());
+                    keyed += tx.execute(
+                        "UPDATE leads SET email_key = COALESCE(email_key, ?2), phone_key = COALESCE(phone_key, ?3)
+                         WHERE lead_id = ?1",
+                        params![id, keys.email_key, keys.phone_key],
+                    )?;
+                }
+                tx.commit()
+            })?;
+        }
+    }
+
     /// Whether a lead is stored.
     pub fn has_lead(&self, lead_id: &str) -> Result<bool, LocalError> {
         self.with(|conn| {
@@ -295,6 +350,34 @@ mod tests {
             db.outbox_summary().unwrap().pending,
             1,
             "only 43 is forwarded"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn leads_stored_without_lookup_keys_are_counted_and_keyed_later() {
+        let (db, path) = db("rekey");
+        db.put_leads(&[
+            stored("1", "Ada@Example.org", "2026-11-30T00:00:00+0000"),
+            stored("2", "grace@example.org", "2026-11-30T00:00:00+0000"),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(db.unkeyed().unwrap(), (2, 0), "stored with no lookup key");
+        let policy = LeadPolicy::new(Some(SecretString::from("lk")), 0);
+        let key = policy.email_key("ada@example.org");
+        assert!(db.leads_by_lookup(key.as_deref(), None).unwrap().is_empty());
+        assert_eq!(
+            db.add_lookup_keys(&policy, 1).unwrap(),
+            2,
+            "in batches of one"
+        );
+        assert_eq!(db.unkeyed().unwrap(), (0, 0));
+        assert_eq!(db.leads_by_lookup(key.as_deref(), None).unwrap(), ["1"]);
+        assert_eq!(
+            db.add_lookup_keys(&policy, 10).unwrap(),
+            0,
+            "a rerun has nothing to do"
         );
         let _ = std::fs::remove_file(&path);
     }

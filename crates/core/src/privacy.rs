@@ -104,6 +104,16 @@ impl LeadPolicy {
         }
     }
 
+    /// The lookup keys of a lead stored without them, from its first email and phone
+    /// (`leadpipe lookup-keys`): the same keys [`LeadPolicy::attributes`] writes.
+    pub fn keys_of(&self, email: Option<&str>, phone: Option<&str>) -> PrivacyAttributes {
+        PrivacyAttributes {
+            email_key: email.and_then(|e| self.email_key(e)),
+            phone_key: phone.and_then(|p| self.phone_key(p)),
+            expires_at: None,
+        }
+    }
+
     /// The lookup key of an email address, as `forget --email` asks for it.
     pub fn email_key(&self, email: &str) -> Option<String> {
         self.keyed(&normalise_email(email)?)

@@ -496,3 +496,68 @@ async fn status_reads_the_stack_by_its_outputs() {
         3
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs moto: run scripts/test"]
+async fn lookup_keys_makes_leads_stored_without_them_findable_on_the_stack() {
+    let moto = moto_endpoint().expect("moto");
+    let config = leadpipe_aws::sdk_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let table = unique_name("keys-leads");
+    leadpipe_aws::dynamo::create_leads_table(&ddb, &table)
+        .await
+        .unwrap();
+    // Stored before the secret had a lookup key: no email_key, no phone_key.
+    let store = DynamoLeadStore::from_client(ddb.clone(), &table);
+    let leads: Vec<StoredLead> = (0..30)
+        .map(|i| stored(i, &format!("person{i}@example.org")))
+        .collect();
+    store.put_leads(&leads).await.unwrap();
+    let (ok, text) = run(
+        &[
+            "forget",
+            "--email",
+            "person7@example.org",
+            "--leads-table",
+            &table,
+        ],
+        &moto,
+    )
+    .await;
+    assert!(ok && text.contains("forgot 0 lead(s)"), "{text}");
+    assert!(text.contains("lookup-keys --dry-run"), "{text}");
+    let (ok, text) = run(
+        &["lookup-keys", "--dry-run", "--leads-table", &table],
+        &moto,
+    )
+    .await;
+    assert!(
+        ok && text.contains("would add lookup keys to 30 lead(s)"),
+        "{text}"
+    );
+    let (ok, text) = run(&["lookup-keys", "--leads-table", &table], &moto).await;
+    assert!(
+        ok && text.contains("added lookup keys to 30 lead(s)"),
+        "{text}"
+    );
+    let (ok, text) = run(&["lookup-keys", "--leads-table", &table], &moto).await;
+    assert!(
+        ok && text.contains("added lookup keys to 0 lead(s)"),
+        "{text}"
+    );
+    let (ok, text) = run(
+        &[
+            "forget",
+            "--email",
+            "Person7@Example.org",
+            "--leads-table",
+            &table,
+        ],
+        &moto,
+    )
+    .await;
+    assert!(
+        ok && text.contains("forgot 1 lead(s) found by email_key: 7000007"),
+        "{text}"
+    );
+}
