@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Peak RSS of `leadpipe export` at N leads: memory must stay flat as N grows (issue 15).
+# Peak RSS of `leadpipe export` at N leads: memory must stay flat as N grows.
 # Usage: bench/export-rss.sh 10000 100000   (builds the release binary; needs /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -208,7 +208,7 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
         ..Faults::default()
     };
     // The sandbox makes and owns the world, each lead's JSON serialized as it is made; the
-    // demo keeps what a webhook post names of each lead (issue 16: memory per lead).
+    // demo keeps what a webhook post names of each lead, so memory per lead stays small.
     let sandbox = Sandbox::generate(&spec, faults)
         .await
         .map_err(|e| CliError::Failed(format!("sandbox: {e}")))?;

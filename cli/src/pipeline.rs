@@ -306,7 +306,7 @@ impl Pipeline {
     }
 }
 
-/// The local webhook server's limits (hardening item 11).
+/// The local webhook server's limits: slow or idle clients cannot hold the sockets Meta needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Connections served at once; more wait in the listen backlog.

@@ -14,7 +14,7 @@ pub const SQS_BATCH_LIMIT: usize = 10;
 const ENTRY_ATTEMPTS: u32 = 3;
 const ENTRY_RETRY_BASE: Duration = Duration::from_millis(50);
 /// SendMessageBatch calls in flight at once for one post: a 10,000-change post must not
-/// open a thousand connections at once (hardening item 16).
+/// open a thousand connections at once.
 pub const MAX_CONCURRENT_SENDS: usize = 8;
 
 /// Sends lead events to one SQS queue.

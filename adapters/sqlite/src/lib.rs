@@ -148,7 +148,7 @@ type PostRequest = (
 /// that arrived while it was committing the last group, writes them in one transaction
 /// (one fsync for all), and only then answers each. A post is still answered only once it
 /// is durable, and posts never queue behind ingest's reads and writes on the other
-/// connection, nor stall the async runtime (hardening item 12).
+/// connection, nor stall the async runtime.
 #[derive(Debug, Clone)]
 struct PostWriter {
     sender: std::sync::mpsc::Sender<PostRequest>,
@@ -431,8 +431,7 @@ impl LocalDb {
 
     /// Runs `f` on the connection. SQLite blocks (fsync, the lock): on a multi-threaded
     /// tokio runtime the calling worker hands its other tasks to the rest first
-    /// (`block_in_place`), so a slow commit never stalls the HTTP server or `/health`
-    /// (hardening item 12).
+    /// (`block_in_place`), so a slow commit never stalls the HTTP server or `/health`.
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
