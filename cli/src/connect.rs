@@ -1028,23 +1028,20 @@ pub(crate) fn print_table(rows: &[PageRow], dry_run: bool) {
     if table.width().is_none() {
         table.set_width(80);
     }
-    table.set_header([
-        "page",
-        "name",
-        "subscribed",
-        "lead access",
-        "forms",
-        "token expiry",
-    ]);
+    table.set_header(["page", "name", "webhook", "leads", "forms", "token"]);
     for row in rows {
         table.add_row([
             crate::render::line(&row.id),
             crate::render::outside_text(&row.name, 40),
             yes_no(row.subscribed, dry_run).to_owned(),
             yes_no(row.lead_access, false).to_owned(),
-            format!("{} ({} active)", row.forms, row.active_forms.len()),
+            format!("{}, {} active", row.forms, row.active_forms.len()),
             row.token_expiry.clone(),
         ]);
+    }
+    // An id is never cut; a name wraps in its cell instead.
+    if let Some(ids) = table.column_mut(0) {
+        ids.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
     }
     println!("{table}");
 }

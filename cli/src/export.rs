@@ -302,15 +302,13 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
     }
     let written = if args.stack.is_some() || args.leads_table.is_some() {
         let config = leadpipe_aws::sdk_config().await;
-        let table = crate::operate::AwsNames::resolve(
-            &config,
-            args.stack.as_deref(),
-            crate::operate::AwsNames {
-                leads_table: args.leads_table.clone(),
-                ..Default::default()
-            },
-        )
-        .await?
+        let table = crate::operate::AwsNames {
+            leads_table: args.leads_table.clone(),
+            ..Default::default()
+        }
+        .over_stack(&config, args.stack.as_deref())
+        .await
+        .map_err(|e| CliError::Unreachable(e.to_string()))?
         .leads_table
         .ok_or_else(|| CliError::Settings("the stack has no LeadsTableName output".into()))?;
         crate::export_aws::export(&config, &table, &filter, args.format, out, &progress).await?

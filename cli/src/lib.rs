@@ -14,7 +14,6 @@ pub mod operate;
 pub mod pipeline;
 pub mod render;
 pub mod status;
-pub mod status_aws;
 
 use clap::{Parser, Subcommand};
 use leadpipe_core::backfill::{BackfillPlan, BackfillRequest, TimeArg};

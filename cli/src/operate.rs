@@ -34,19 +34,7 @@ pub struct TargetArgs {
 }
 
 /// The stack's resources a command can use.
-#[derive(Debug, Clone, Default)]
-pub struct AwsNames {
-    /// `LeadsTableName`.
-    pub leads_table: Option<String>,
-    /// `LeadEventsQueueUrl`.
-    pub queue_url: Option<String>,
-    /// `DeadLetterQueueUrl`.
-    pub dlq_url: Option<String>,
-    /// `StateTableName`.
-    pub state_table: Option<String>,
-    /// `AppSecretArn`.
-    pub secret_arn: Option<String>,
-}
+pub use leadpipe_aws::stack::StackNames as AwsNames;
 
 /// Where a command acts, resolved.
 pub enum Target {
@@ -84,55 +72,17 @@ impl TargetArgs {
             ));
         }
         let config = leadpipe_aws::sdk_config().await;
-        let names = AwsNames::resolve(
-            &config,
-            self.stack.as_deref(),
-            AwsNames {
-                leads_table: self.leads_table.clone(),
-                queue_url: self.queue_url.clone(),
-                dlq_url: self.dlq_url.clone(),
-                state_table: self.state_table.clone(),
-                secret_arn: None,
-            },
-        )
-        .await?;
-        if self.stack.is_none()
-            && [
-                &names.leads_table,
-                &names.queue_url,
-                &names.dlq_url,
-                &names.state_table,
-            ]
-            .iter()
-            .all(|n| n.is_none())
-        {
-            return Err(CliError::Settings(
-                "say where: --db PATH for the local file, or --stack NAME (or --leads-table, --queue-url, --dlq-url, --state-table) for the deployed stack".into(),
-            ));
+        let names = AwsNames {
+            leads_table: self.leads_table.clone(),
+            queue_url: self.queue_url.clone(),
+            dlq_url: self.dlq_url.clone(),
+            state_table: self.state_table.clone(),
+            secret_arn: None,
         }
+        .over_stack(&config, self.stack.as_deref())
+        .await
+        .map_err(|e| CliError::Unreachable(e.to_string()))?;
         Ok(Target::Aws(Box::new(config), names))
-    }
-}
-
-impl AwsNames {
-    /// The stack's outputs (when a stack is named) with the names given explicitly over
-    /// them.
-    pub async fn resolve(
-        config: &aws_config::SdkConfig,
-        stack: Option<&str>,
-        explicit: AwsNames,
-    ) -> Result<AwsNames, CliError> {
-        let from_stack = match stack {
-            Some(stack) => stack_outputs(config, stack).await?,
-            None => AwsNames::default(),
-        };
-        Ok(AwsNames {
-            leads_table: explicit.leads_table.or(from_stack.leads_table),
-            queue_url: explicit.queue_url.or(from_stack.queue_url),
-            dlq_url: explicit.dlq_url.or(from_stack.dlq_url),
-            state_table: explicit.state_table.or(from_stack.state_table),
-            secret_arn: explicit.secret_arn.or(from_stack.secret_arn),
-        })
     }
 }
 
@@ -162,41 +112,6 @@ where
             causes.last().map(String::as_str).unwrap_or("no answer")
         )
     }
-}
-
-/// The stack's outputs, by the names the template gives them.
-async fn stack_outputs(config: &aws_config::SdkConfig, stack: &str) -> Result<AwsNames, CliError> {
-    let client = aws_sdk_cloudformation::Client::new(config);
-    let out = client
-        .describe_stacks()
-        .stack_name(stack)
-        .send()
-        .await
-        .map_err(|e| {
-            CliError::Settings(format!(
-                "the stack {stack} could not be read: {}",
-                aws_message(&e)
-            ))
-        })?;
-    let stack_info = out
-        .stacks()
-        .first()
-        .ok_or_else(|| CliError::Settings(format!("no stack named {stack}")))?;
-    let output = |key: &str| {
-        stack_info
-            .outputs()
-            .iter()
-            .find(|o| o.output_key() == Some(key))
-            .and_then(|o| o.output_value())
-            .map(str::to_owned)
-    };
-    Ok(AwsNames {
-        leads_table: output("LeadsTableName"),
-        queue_url: output("LeadEventsQueueUrl"),
-        dlq_url: output("DeadLetterQueueUrl"),
-        state_table: output("StateTableName"),
-        secret_arn: output("AppSecretArn"),
-    })
 }
 
 fn need<'a>(name: &'a Option<String>, what: &str, flag: &str) -> Result<&'a str, CliError> {

@@ -1,18 +1,14 @@
-//! `leadpipe status --db PATH`: what the local pipeline holds, for a person (a table and a
-//! verdict) or a script (`--json`): the queue's depth and its oldest message's age, dead
-//! letters by reason class with the newest reason, each form's checkpoint and last run, and
-//! leads stored in the last 24 hours and 7 days per form, and the forwarding outbox. Ids and counts only: no lead value.
-//! It opens the file read-only and exits non-zero when something needs a person. The
-//! deployed stack's side (`--stack` or the resources' names) is `crate::status_aws`.
+//! `leadpipe status`: what the pipeline holds, for a person (lines and a verdict) or a
+//! script (`--json`), the same value for the local file (`--db`, opened read-only) and for
+//! the stack (`--stack` or the resources' names): core's `leadpipe_core::status`. Ids and
+//! counts only, no lead value; exit 1 when a person must act.
 
 use crate::CliError;
+use crate::render::{duration_ms, line};
+use leadpipe_core::status::{Need, PipelineStatus, pipeline_status};
 use leadpipe_local::LocalDb;
+use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
-use time::OffsetDateTime;
-
-/// A queued message older than this means ingest is not keeping up or is failing.
-const STUCK_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Arguments of `leadpipe status`.
 #[derive(Debug, clap::Args)]
@@ -47,158 +43,183 @@ pub struct StatusArgs {
 
 /// Prints the status; fails (after printing) when something needs a person.
 pub async fn run(args: StatusArgs) -> Result<(), CliError> {
-    if args.stack.is_some()
-        || args.queue_url.is_some()
-        || args.dlq_url.is_some()
-        || args.leads_table.is_some()
-        || args.state_table.is_some()
-    {
-        return crate::status_aws::run(&args).await;
-    }
-    local(args)
-}
-
-fn local(args: StatusArgs) -> Result<(), CliError> {
-    if !args.db.exists() {
-        return Err(CliError::Settings(format!(
-            "{} does not exist",
-            args.db.display()
-        )));
-    }
-    let db = LocalDb::open_read_only(&args.db)?;
-    let now = OffsetDateTime::now_utc();
-    let (queued, oldest_ms) = db.queue_stats()?;
-    let oldest_age_s = oldest_ms.map(|at| {
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        (now_ms - at).max(0) / 1000
-    });
-    let dead = db.dead_letter_summary()?;
-    let checkpoints = db.checkpoints()?;
-    let since = |back: Duration| leadpipe_core::record::contract_time(now - back);
-    let day = db.leads_stored_since(&since(Duration::from_secs(86_400)))?;
-    let week = db.leads_stored_since(&since(Duration::from_secs(7 * 86_400)))?;
-
-    let mut needs = Vec::new();
-    let dead_total: i64 = dead.iter().map(|(_, n, _, _)| n).sum();
-    if dead_total > 0 {
-        needs.push(format!(
-            "{dead_total} dead letter(s): read their reasons, fix the cause, then `leadpipe redrive --db {}` (or --reason-class CLASS)",
-            args.db.display()
-        ));
-    }
-    if oldest_age_s.is_some_and(|age| age > STUCK_AFTER.as_secs() as i64) {
-        needs.push(format!(
-            "the oldest queued message waits for {} s: is `serve` running, and can it read Graph?",
-            oldest_age_s.unwrap_or_default()
-        ));
-    }
-
-    // A file from before forwarding existed has no outbox table: nothing to show then.
-    let outbox = db.outbox_summary().ok();
-    let outbox_oldest_s = outbox.as_ref().and_then(|o| o.oldest_pending_ms).map(|at| {
-        let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
-        (now_ms - at).max(0) / 1000
-    });
-    if let Some(o) = &outbox {
-        if o.dead > 0 {
-            needs.push(format!(
-                "{} lead event(s) could not be forwarded: read the reason, fix the receiver, then `leadpipe redrive --db {} --reason-class refused` (or exhausted)",
-                o.dead,
-                args.db.display()
-            ));
-        }
-        if outbox_oldest_s.is_some_and(|age| age > STUCK_AFTER.as_secs() as i64) {
-            needs.push(format!(
-                "the oldest lead event waits {} s to be forwarded: is the receiver up?",
-                outbox_oldest_s.unwrap_or_default()
-            ));
-        }
-    }
-
-    if args.json {
-        let per_form = |rows: &[(Option<String>, i64)]| {
-            rows.iter()
-                .map(|(form, n)| serde_json::json!({"form_id": form, "leads": n}))
-                .collect::<Vec<_>>()
+    let now = time::OffsetDateTime::now_utc();
+    let names = leadpipe_aws::stack::StackNames {
+        leads_table: args.leads_table.clone(),
+        queue_url: args.queue_url.clone(),
+        dlq_url: args.dlq_url.clone(),
+        state_table: args.state_table.clone(),
+        secret_arn: None,
+    };
+    let (status, fix) = if args.stack.is_some() || !names.is_empty() {
+        let config = leadpipe_aws::sdk_config().await;
+        let names = names
+            .over_stack(&config, args.stack.as_deref())
+            .await
+            .map_err(|e| CliError::Unreachable(e.to_string()))?;
+        let source = leadpipe_aws::status::StackStatus::new(&config, &names);
+        let target = match &args.stack {
+            Some(stack) => format!("--stack {stack}"),
+            None => "with the same names".to_owned(),
         };
-        let report = serde_json::json!({
-            "queue": {"depth": queued, "oldest_age_seconds": oldest_age_s},
-            "dead_letters": dead.iter().map(|(class, n, reason, at)| serde_json::json!(
-                {"reason_class": class, "count": n, "newest_reason": reason, "newest_at": at})).collect::<Vec<_>>(),
-            "checkpoints": checkpoints.iter().map(|(key, cp, at, read, new, present)| serde_json::json!(
-                {"key": key, "checkpoint": cp, "updated_at": at, "last_run": {"leads_read": read, "new": new, "already_present": present}})).collect::<Vec<_>>(),
-            "stored_last_24h": per_form(&day),
-            "stored_last_7d": per_form(&week),
-            "forwarding": outbox.as_ref().map(|o| serde_json::json!({"pending": o.pending,
-                "oldest_pending_age_seconds": outbox_oldest_s, "dead": o.dead, "newest_dead_reason": o.newest_dead_reason})),
-            "needs_a_person": needs,
-        });
-        println!("{report}");
+        (
+            pipeline_status(&source, "stack", now)
+                .await
+                .map_err(|e| CliError::Unreachable(e.to_string()))?,
+            target,
+        )
     } else {
-        println!(
-            "queue          {queued} message(s){}",
-            oldest_age_s
-                .map(|age| format!(
-                    ", the oldest waits {}",
-                    crate::render::duration_ms(age.max(0) as u64 * 1000)
-                ))
-                .unwrap_or_default()
-        );
-        println!("dead letters   {dead_total}");
-        for (class, n, reason, at) in &dead {
-            let (class, reason) = (crate::render::line(class), crate::render::line(reason));
-            println!("  {class:<12} {n:>6}  newest {at}: {reason}");
+        if !args.db.exists() {
+            return Err(CliError::Settings(format!(
+                "{} does not exist",
+                args.db.display()
+            )));
         }
-        println!("checkpoints    {}", checkpoints.len());
-        for (key, cp, at, read, new, present) in &checkpoints {
-            println!(
-                "  {key:<28} read to {}\n  {:<28} last run {at}: read {read}, new {new}, already there {present}",
-                crate::render::unix_time(*cp),
-                ""
-            );
-        }
-        println!("stored, per form       24 h      7 d");
-        for (form, week_n) in &week {
-            let day_n = day
-                .iter()
-                .find(|(f, _)| f == form)
-                .map(|(_, n)| *n)
-                .unwrap_or(0);
-            let name = form.as_deref().unwrap_or("(no form)");
-            println!("  {name:<20} {day_n:>6} {week_n:>8}");
-        }
-        if let Some(o) = outbox.as_ref().filter(|o| o.pending + o.dead > 0) {
-            println!(
-                "forwarding     {} pending{}, {} dead{}",
-                o.pending,
-                outbox_oldest_s
-                    .map(|age| format!(
-                        " (the oldest waits {})",
-                        crate::render::duration_ms(age.max(0) as u64 * 1000)
-                    ))
-                    .unwrap_or_default(),
-                o.dead,
-                o.newest_dead_reason
-                    .as_deref()
-                    .map(|r| format!(": newest reason {}", crate::render::line(r)))
-                    .unwrap_or_default()
-            );
-        }
-        match needs.as_slice() {
-            [] => println!("verdict: ok"),
-            _ => {
-                for need in &needs {
-                    println!("needs a person: {}", crate::render::line(need));
-                }
-            }
-        }
-    }
-    if needs.is_empty() {
+        let db = LocalDb::open_read_only(&args.db)?;
+        (
+            pipeline_status(&db, "local", now).await?,
+            format!("--db {}", args.db.display()),
+        )
+    };
+    let shown = if args.json {
+        format!("{}\n", serde_json::to_string(&status).unwrap_or_default())
+    } else {
+        text(&status, &fix)
+    };
+    crate::render::print(&shown)?;
+    if status.needs_a_person.is_empty() {
         Ok(())
     } else {
         Err(CliError::Failed(format!(
-            "verdict: {} thing(s) need a person",
-            needs.len()
+            "{} thing(s) need a person (see above)",
+            status.needs_a_person.len()
         )))
     }
+}
+
+/// What a person must do about `need`, on the target `fix` names.
+fn advice(need: Need, status: &PipelineStatus, fix: &str) -> String {
+    match need {
+        Need::DeadLetters => {
+            let total: u64 = status.dead_letters.iter().flatten().map(|g| g.count).sum();
+            format!(
+                "{total} dead letter(s): read their reasons, fix the cause, then `leadpipe redrive {fix}` (or --reason-class CLASS)"
+            )
+        }
+        Need::QueueStuck => format!(
+            "the oldest queued message waits {}: is `serve` running, and can it read Graph?",
+            status
+                .queue
+                .as_ref()
+                .and_then(|q| q.oldest_age_seconds)
+                .map(|s| duration_ms(s * 1000))
+                .unwrap_or_default()
+        ),
+        Need::ForwardingDead => format!(
+            "{} lead event(s) could not be forwarded: read the reason, fix the receiver, then `leadpipe redrive {fix} --reason-class refused` (or exhausted)",
+            status
+                .forwarding
+                .as_ref()
+                .map(|f| f.dead)
+                .unwrap_or_default()
+        ),
+        Need::ForwardingStuck => format!(
+            "the oldest lead event waits {} to be forwarded: is the receiver up?",
+            status
+                .forwarding
+                .as_ref()
+                .and_then(|f| f.oldest_pending_age_seconds)
+                .map(|s| duration_ms(s * 1000))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// The status for a person: one part a few lines, text from outside escaped.
+fn text(status: &PipelineStatus, fix: &str) -> String {
+    let mut t = String::new();
+    if let Some(q) = &status.queue {
+        let _ = write!(
+            t,
+            "queue          {} waiting, {} in flight, {} delayed",
+            q.waiting, q.in_flight, q.delayed
+        );
+        match q.oldest_age_seconds {
+            Some(age) => {
+                let _ = writeln!(t, "; the oldest waits {}", duration_ms(age * 1000));
+            }
+            None if status.target == "stack" => {
+                let _ = writeln!(
+                    t,
+                    "\n               (the oldest's age: the OldestLeadEvent alarm)"
+                );
+            }
+            None => t.push('\n'),
+        }
+    }
+    if let Some(groups) = &status.dead_letters {
+        let total: u64 = groups.iter().map(|g| g.count).sum();
+        let _ = writeln!(t, "dead letters   {total}");
+        for g in groups {
+            let _ = writeln!(t, "  {:<12} {:>6}", line(&g.reason_class), g.count);
+            let _ = writeln!(
+                t,
+                "  {:<12} newest{}: {}",
+                "",
+                g.newest_at
+                    .as_deref()
+                    .map(|at| format!(" {at}"))
+                    .unwrap_or_default(),
+                line(&g.newest_reason)
+            );
+        }
+    }
+    if let Some(checkpoints) = &status.checkpoints {
+        let _ = writeln!(t, "checkpoints    {}", checkpoints.len());
+        for c in checkpoints {
+            let _ = writeln!(t, "  {:<28} read to {}", line(&c.key), c.read_to);
+            let _ = writeln!(
+                t,
+                "  {:<28} last run {}: read {}, new {}, already there {}",
+                "", c.updated_at, c.last_run.leads_read, c.last_run.new, c.last_run.already_present
+            );
+        }
+    }
+    if let Some(forms) = &status.leads_per_form {
+        let _ = writeln!(t, "created, per form       24 h      7 d");
+        for f in forms {
+            let name = f
+                .form_id
+                .as_deref()
+                .map(line)
+                .unwrap_or_else(|| "(no form)".into());
+            let _ = writeln!(t, "  {name:<20} {:>6} {:>8}", f.last_24h, f.last_7d);
+        }
+    }
+    if let Some(f) = status
+        .forwarding
+        .as_ref()
+        .filter(|f| f.pending + f.dead > 0)
+    {
+        let _ = writeln!(
+            t,
+            "forwarding     {} pending{}, {} dead{}",
+            f.pending,
+            f.oldest_pending_age_seconds
+                .map(|age| format!(" (the oldest waits {})", duration_ms(age * 1000)))
+                .unwrap_or_default(),
+            f.dead,
+            f.newest_dead_reason
+                .as_deref()
+                .map(|r| format!(": newest reason {}", line(r)))
+                .unwrap_or_default()
+        );
+    }
+    if status.needs_a_person.is_empty() {
+        let _ = writeln!(t, "verdict: ok");
+    }
+    for need in &status.needs_a_person {
+        let _ = writeln!(t, "needs a person: {}", line(&advice(*need, status, fix)));
+    }
+    t
 }

@@ -319,15 +319,18 @@ fn status_says_what_the_local_pipeline_holds_and_when_a_person_is_needed() {
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     assert!(stdout.contains("verdict: ok"), "{stdout}");
-    assert!(stdout.contains("queue          0 message(s)"), "{stdout}");
+    assert!(
+        stdout.contains("queue          0 waiting, 0 in flight"),
+        "{stdout}"
+    );
 
     let out = leadpipe(&["status", "--db", db_arg, "--json"], &[]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let stored: i64 = report["stored_last_24h"]
+    let stored: i64 = report["leads_per_form"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| f["leads"].as_i64().unwrap())
+        .map(|f| f["last_24h"].as_i64().unwrap())
         .sum();
     assert_eq!(stored, 300, "{report}");
     assert!(
@@ -349,7 +352,11 @@ fn status_says_what_the_local_pipeline_holds_and_when_a_person_is_needed() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["dead_letters"][0]["reason_class"], "token");
     assert_eq!(report["dead_letters"][0]["count"], 1);
-    assert_eq!(report["needs_a_person"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        report["needs_a_person"],
+        serde_json::json!(["dead_letters"])
+    );
+    assert_eq!(report["verdict"], "needs_a_person");
     let human = text(&leadpipe(&["status", "--db", db_arg], &[]).stdout);
     assert!(
         human.contains("needs a person: 1 dead letter(s)"),

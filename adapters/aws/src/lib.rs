@@ -10,6 +10,10 @@ pub mod events;
 pub mod operate;
 pub mod secrets;
 pub mod sqs;
+#[cfg(feature = "operator")]
+pub mod stack;
+#[cfg(feature = "operator")]
+pub mod status;
 
 pub use dynamo::{DynamoCheckpointStore, DynamoLeadStore};
 pub use events::EventBridgePublisher;
@@ -29,6 +33,15 @@ where
     R: std::fmt::Debug,
 {
     use aws_sdk_sqs::error::SdkError;
+    // Missing credentials surface as a failure to send, deep in the cause chain: name them,
+    // since the fix (AWS_PROFILE, or the key variables) is the person's.
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        if c.to_string().to_lowercase().contains("credential") {
+            return "no AWS credentials were found (set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)".to_owned();
+        }
+        cause = c.source();
+    }
     match err {
         SdkError::ServiceError(service) => {
             let inner = service.err();
@@ -41,7 +54,7 @@ where
         SdkError::TimeoutError(_) => "timed out".to_owned(),
         SdkError::DispatchFailure(failure) => {
             if failure.is_io() {
-                "connection failed".to_owned()
+                "connection failed (a network problem?)".to_owned()
             } else if failure.is_timeout() {
                 "connection timed out".to_owned()
             } else {

@@ -16,6 +16,7 @@ use leadpipe_core::record::contract_time;
 mod outbox;
 mod privacy;
 mod redrive;
+mod status;
 pub use outbox::{OutboxItem, OutboxSummary};
 pub use privacy::Erased;
 use rusqlite::{Connection, OptionalExtension, params};

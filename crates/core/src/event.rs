@@ -39,8 +39,8 @@ impl LeadEvent {
     }
 
     /// Parses a queue message body; the error names where the JSON broke, never what it held.
-    pub fn from_message_body(body: &str) -> Result<Self, crate::webhook::JsonError> {
-        serde_json::from_str(body).map_err(crate::webhook::JsonError::from)
+    pub fn from_message_body(body: &str) -> Result<Self, crate::json_error::JsonError> {
+        serde_json::from_str(body).map_err(crate::json_error::JsonError::from)
     }
 }
 

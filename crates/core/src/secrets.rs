@@ -33,7 +33,7 @@ pub struct AppSecrets {
 pub enum SecretsError {
     /// The secret is not JSON of the expected shape.
     #[error("the secret is not JSON of the expected shape ({0})")]
-    Shape(crate::webhook::JsonError),
+    Shape(crate::json_error::JsonError),
     /// A value this binary needs is absent.
     #[error("the secret has no {0}")]
     Missing(&'static str),

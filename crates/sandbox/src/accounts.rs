@@ -87,6 +87,11 @@ pub struct Accounts {
     pub accounts_page_size: usize,
 }
 
+/// The app secret the sandbox's webhook sender signs with in the demo.
+pub fn demo_app_secret() -> &'static str {
+    "sandbox-app-secret"
+}
+
 /// The token [`Accounts::default`] knows: a short-lived one with every scope.
 pub const DEFAULT_USER_TOKEN: &str = "sandbox-user-token";
 /// The sandbox app's id.
@@ -96,7 +101,7 @@ impl Default for Accounts {
     fn default() -> Self {
         Self {
             app_id: APP_ID.to_owned(),
-            app_secret: crate::server::demo_app_secret().to_owned(),
+            app_secret: demo_app_secret().to_owned(),
             users: vec![UserToken::new(DEFAULT_USER_TOKEN, TokenKind::ShortLived)],
             subscribed_pages: None,
             accounts_page_size: 2,

@@ -1073,10 +1073,7 @@ fn unreachable_url() -> url::Url {
     url::Url::from_file_path("/").unwrap_or_else(|()| unreachable_url())
 }
 
-/// The app secret the sandbox's webhook sender signs with in the demo.
-pub fn demo_app_secret() -> &'static str {
-    "sandbox-app-secret"
-}
+pub use crate::accounts::demo_app_secret;
 
 /// Every page's token, for a local secret.
 pub fn tokens(data: &Dataset) -> Vec<(String, String)> {

@@ -467,7 +467,8 @@ async fn status_reads_the_stack_by_its_outputs() {
     let (ok, text) = run(&["status", "--stack", &stack, "--json"], &moto).await;
     assert!(!ok, "dead letters need a person: {text}");
     let report: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(report["queue"]["depth"], 1, "{report}");
+    assert_eq!(report["target"], "stack");
+    assert_eq!(report["queue"]["waiting"], 1, "{report}");
     let classes: BTreeSet<(String, u64)> = report["dead_letters"]
         .as_array()
         .unwrap()
@@ -484,9 +485,76 @@ async fn status_reads_the_stack_by_its_outputs() {
         BTreeSet::from([("not_found".to_owned(), 1), ("token".to_owned(), 2)])
     );
     assert_eq!(report["checkpoints"][0]["key"], "form#71");
-    assert_eq!(report["checkpoints"][0]["last_run_new"], 5);
-    assert_eq!(report["created_per_form"][0]["last_24h"], 1);
-    assert_eq!(report["created_per_form"][0]["last_7d"], 2);
+    assert_eq!(report["checkpoints"][0]["read_to"], "2026-11-30T00:53:20Z");
+    assert_eq!(report["checkpoints"][0]["last_run"]["new"], 5);
+    assert_eq!(report["checkpoints"][0]["last_run"]["already_present"], 7);
+    assert_eq!(report["leads_per_form"][0]["form_id"], "71");
+    assert_eq!(report["leads_per_form"][0]["last_24h"], 1);
+    assert_eq!(report["leads_per_form"][0]["last_7d"], 2);
+    assert_eq!(
+        report["needs_a_person"],
+        serde_json::json!(["dead_letters"])
+    );
+
+    // The same shape on the local file: every key the stack's report has, the local one
+    // has, part by part (a part one side cannot read is null there).
+    let dir = std::env::temp_dir().join(format!("leadpipe-status-shape-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db_path = dir.join("leads.db");
+    {
+        let db = leadpipe_local::LocalDb::open(&db_path).unwrap();
+        db.put_leads(&leads).await.unwrap();
+        db.save_checkpoint(
+            "form#71",
+            1_796_000_000,
+            &leadpipe_core::ports::RunFacts {
+                leads_read: 12,
+                new: 5,
+                already_present: 7,
+            },
+        )
+        .await
+        .unwrap();
+        use leadpipe_core::ports::QueueControl;
+        let control = leadpipe_local::LocalQueueControl {
+            db: db.clone(),
+            max_delay: std::time::Duration::from_secs(1),
+        };
+        control
+            .dead_letter(
+                r#"{"leadgen_id":"1","page_id":"7"}"#,
+                &leadpipe_core::ports::DeadLetterReason {
+                    class: leadpipe_core::ports::DeadLetterClass::Token,
+                    detail: "code 190".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let out = tokio::process::Command::new(binary("leadpipe"))
+        .args(["status", "--json", "--db"])
+        .arg(&db_path)
+        .output()
+        .await
+        .unwrap();
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    fn keys(v: &serde_json::Value) -> BTreeSet<String> {
+        match v {
+            serde_json::Value::Object(map) => map.keys().cloned().collect(),
+            serde_json::Value::Array(items) => items.iter().flat_map(keys).collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+    assert_eq!(keys(&local), keys(&report), "{local}\n{report}");
+    for part in ["queue", "dead_letters", "checkpoints", "leads_per_form"] {
+        assert_eq!(keys(&local[part]), keys(&report[part]), "{part}");
+    }
+    assert_eq!(
+        keys(&local["checkpoints"][0]["last_run"]),
+        keys(&report["checkpoints"][0]["last_run"])
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     // Reading the dead letters gave them back.
     assert_eq!(
         leadpipe_aws::operate::take_all(&sqs, &dlq, 60)

@@ -1,0 +1,227 @@
+//! `leadpipe status` on the deployed stack: core's [`StatusSource`] over the queue's
+//! attributes, the DLQ (read with a short visibility and given back at once), the state
+//! table's checkpoints and `by_form` counts (`Select=COUNT`, per form with a checkpoint).
+
+use crate::describe_sdk_error;
+use crate::operate::{give_back, take_all};
+use aws_sdk_dynamodb::types::{AttributeValue, Select};
+use aws_sdk_sqs::types::QueueAttributeName;
+use leadpipe_core::ports::{Cause, DeadLetterClass, StoreError};
+use leadpipe_core::status::{
+    CheckpointFacts, DeadLetterGroup, FormLeads, ForwardingFacts, LastRun, QueueFacts, StatusSource,
+};
+use std::collections::BTreeMap;
+
+/// The stack's resources `status` reads; a part whose resource is not named is `None`.
+#[derive(Debug, Clone)]
+pub struct StackStatus {
+    /// SQS.
+    pub sqs: aws_sdk_sqs::Client,
+    /// DynamoDB.
+    pub ddb: aws_sdk_dynamodb::Client,
+    /// `LeadEventsQueueUrl`.
+    pub queue_url: Option<String>,
+    /// `DeadLetterQueueUrl`.
+    pub dlq_url: Option<String>,
+    /// `StateTableName`.
+    pub state_table: Option<String>,
+    /// `LeadsTableName`.
+    pub leads_table: Option<String>,
+}
+
+impl StackStatus {
+    /// The stack's resources with clients built from `config`.
+    pub fn new(config: &aws_config::SdkConfig, names: &crate::stack::StackNames) -> Self {
+        Self {
+            sqs: aws_sdk_sqs::Client::new(config),
+            ddb: aws_sdk_dynamodb::Client::new(config),
+            queue_url: names.queue_url.clone(),
+            dlq_url: names.dlq_url.clone(),
+            state_table: names.state_table.clone(),
+            leads_table: names.leads_table.clone(),
+        }
+    }
+}
+
+fn failed<E, R>(what: &str, e: aws_sdk_sqs::error::SdkError<E, R>) -> StoreError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    StoreError::Unavailable(Cause::described(
+        format!("{what}: {}", describe_sdk_error(&e)),
+        e,
+    ))
+}
+
+impl StatusSource for StackStatus {
+    async fn queue(&self) -> Result<Option<QueueFacts>, StoreError> {
+        let Some(url) = &self.queue_url else {
+            return Ok(None);
+        };
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| failed("the queue", e))?;
+        let get = |n: QueueAttributeName| -> u64 {
+            attrs
+                .attributes()
+                .and_then(|a| a.get(&n))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Some(QueueFacts {
+            waiting: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            oldest_age_seconds: None,
+        }))
+    }
+
+    async fn dead_letters(&self) -> Result<Option<Vec<DeadLetterGroup>>, StoreError> {
+        let Some(dlq) = &self.dlq_url else {
+            return Ok(None);
+        };
+        let taken = take_all(&self.sqs, dlq, 30)
+            .await
+            .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))?;
+        give_back(&self.sqs, dlq, &taken).await;
+        let mut groups: BTreeMap<String, DeadLetterGroup> = BTreeMap::new();
+        for m in &taken {
+            // No attribute of ours: SQS moved it after maxReceiveCount.
+            let class = m
+                .reason_class
+                .clone()
+                .unwrap_or_else(|| DeadLetterClass::Exhausted.as_str().to_owned());
+            let group = groups.entry(class.clone()).or_insert(DeadLetterGroup {
+                reason_class: class,
+                count: 0,
+                newest_reason: String::new(),
+                newest_at: None,
+            });
+            group.count += 1;
+            group.newest_reason = m.reason.clone().unwrap_or_else(|| {
+                "moved to the DLQ by SQS after maxReceiveCount receives".to_owned()
+            });
+        }
+        Ok(Some(groups.into_values().collect()))
+    }
+
+    async fn checkpoints(&self) -> Result<Option<Vec<CheckpointFacts>>, StoreError> {
+        let Some(table) = &self.state_table else {
+            return Ok(None);
+        };
+        let mut checkpoints = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .ddb
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(Cause::described(
+                        format!("the state table: {}", describe_sdk_error(&e)),
+                        e,
+                    ))
+                })?;
+            for item in page.items() {
+                let s = |k: &str| match item.get(k) {
+                    Some(AttributeValue::S(v)) => v.clone(),
+                    _ => String::new(),
+                };
+                let n = |k: &str| -> i64 {
+                    match item.get(k) {
+                        Some(AttributeValue::N(v)) => v.parse().unwrap_or(0),
+                        _ => 0,
+                    }
+                };
+                let key = s("pk");
+                if !(key.starts_with("form#") || key.starts_with("ad#")) {
+                    continue;
+                }
+                checkpoints.push(CheckpointFacts {
+                    key,
+                    read_to: time::OffsetDateTime::from_unix_timestamp(n("checkpoint"))
+                        .map(leadpipe_core::record::contract_time)
+                        .unwrap_or_default(),
+                    updated_at: s("updated_at"),
+                    last_run: LastRun {
+                        leads_read: n("last_run_leads_read").max(0) as u64,
+                        new: n("last_run_new").max(0) as u64,
+                        already_present: n("last_run_already_present").max(0) as u64,
+                    },
+                });
+            }
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        Ok(Some(checkpoints))
+    }
+
+    async fn leads_per_form(
+        &self,
+        day: &str,
+        week: &str,
+        forms: &[String],
+    ) -> Result<Option<Vec<FormLeads>>, StoreError> {
+        let Some(table) = &self.leads_table else {
+            return Ok(None);
+        };
+        let mut all = Vec::new();
+        for form in forms {
+            let mut counts = [0u64; 2];
+            for (i, since) in [day, week].into_iter().enumerate() {
+                let mut start = None;
+                loop {
+                    let page = self
+                        .ddb
+                        .query()
+                        .table_name(table)
+                        .index_name("by_form")
+                        .key_condition_expression("form_id = :f AND created_time >= :s")
+                        .expression_attribute_values(":f", AttributeValue::S(form.clone()))
+                        .expression_attribute_values(":s", AttributeValue::S(since.to_owned()))
+                        .select(Select::Count)
+                        .set_exclusive_start_key(start)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            StoreError::Unavailable(Cause::described(
+                                format!("the leads table: {}", describe_sdk_error(&e)),
+                                e,
+                            ))
+                        })?;
+                    counts[i] += page.count().max(0) as u64;
+                    start = page.last_evaluated_key().cloned();
+                    if start.is_none() {
+                        break;
+                    }
+                }
+            }
+            if counts[1] > 0 {
+                all.push(FormLeads {
+                    form_id: Some(form.clone()),
+                    last_24h: counts[0],
+                    last_7d: counts[1],
+                });
+            }
+        }
+        Ok(Some(all))
+    }
+
+    async fn forwarding(&self) -> Result<Option<ForwardingFacts>, StoreError> {
+        // On the stack, deliver's state is in its alarms and its failure queue.
+        Ok(None)
+    }
+}

@@ -1,0 +1,117 @@
+//! `leadpipe status` on the SQLite file: core's [`StatusSource`] over the queue, the dead
+//! letters, the checkpoints, the leads and the outbox.
+
+use crate::{LocalDb, LocalError, now_unix_ms};
+use leadpipe_core::ports::{Cause, StoreError};
+use leadpipe_core::status::{
+    CheckpointFacts, DeadLetterGroup, FormLeads, ForwardingFacts, LastRun, QueueFacts, StatusSource,
+};
+use rusqlite::params;
+
+fn unavailable(e: LocalError) -> StoreError {
+    StoreError::Unavailable(Cause::from_error(e))
+}
+
+fn age_seconds(since_ms: Option<i64>) -> Option<u64> {
+    since_ms.map(|at| (now_unix_ms().saturating_sub(at).max(0) / 1000) as u64)
+}
+
+impl StatusSource for LocalDb {
+    async fn queue(&self) -> Result<Option<QueueFacts>, StoreError> {
+        let now = now_unix_ms();
+        self.with(|conn| {
+            conn.query_row(
+                // Locally a lease and a rate limit's delay are one state (not visible yet).
+                "SELECT COALESCE(SUM(visible_at <= ?1), 0), COALESCE(SUM(visible_at > ?1), 0), MIN(enqueued_at)
+                 FROM queue",
+                params![now],
+                |r| {
+                    Ok(QueueFacts {
+                        waiting: r.get::<_, i64>(0)? as u64,
+                        in_flight: r.get::<_, i64>(1)? as u64,
+                        delayed: 0,
+                        oldest_age_seconds: age_seconds(r.get(2)?),
+                    })
+                },
+            )
+        })
+        .map(Some)
+        .map_err(unavailable)
+    }
+
+    async fn dead_letters(&self) -> Result<Option<Vec<DeadLetterGroup>>, StoreError> {
+        self.dead_letter_summary()
+            .map(|rows| {
+                Some(
+                    rows.into_iter()
+                        .map(|(class, n, reason, at)| DeadLetterGroup {
+                            reason_class: class,
+                            count: n as u64,
+                            newest_reason: reason,
+                            newest_at: Some(at),
+                        })
+                        .collect(),
+                )
+            })
+            .map_err(unavailable)
+    }
+
+    async fn checkpoints(&self) -> Result<Option<Vec<CheckpointFacts>>, StoreError> {
+        self.checkpoints()
+            .map(|rows| {
+                Some(
+                    rows.into_iter()
+                        .map(
+                            |(key, checkpoint, updated_at, read, new, present)| CheckpointFacts {
+                                key,
+                                read_to: time::OffsetDateTime::from_unix_timestamp(checkpoint)
+                                    .map(leadpipe_core::record::contract_time)
+                                    .unwrap_or_default(),
+                                updated_at,
+                                last_run: LastRun {
+                                    leads_read: read as u64,
+                                    new: new as u64,
+                                    already_present: present as u64,
+                                },
+                            },
+                        )
+                        .collect(),
+                )
+            })
+            .map_err(unavailable)
+    }
+
+    async fn leads_per_form(
+        &self,
+        day: &str,
+        week: &str,
+        _forms: &[String],
+    ) -> Result<Option<Vec<FormLeads>>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT form_id, COALESCE(SUM(created_time >= ?1), 0), COUNT(*) FROM leads
+                 WHERE created_time >= ?2 GROUP BY form_id ORDER BY form_id",
+            )?;
+            stmt.query_map(params![day, week], |r| {
+                Ok(FormLeads {
+                    form_id: r.get(0)?,
+                    last_24h: r.get::<_, i64>(1)? as u64,
+                    last_7d: r.get::<_, i64>(2)? as u64,
+                })
+            })?
+            .collect()
+        })
+        .map(Some)
+        .map_err(unavailable)
+    }
+
+    async fn forwarding(&self) -> Result<Option<ForwardingFacts>, StoreError> {
+        // A file from before forwarding existed has no outbox: nothing to show then.
+        Ok(self.outbox_summary().ok().map(|o| ForwardingFacts {
+            pending: o.pending as u64,
+            oldest_pending_age_seconds: age_seconds(o.oldest_pending_ms),
+            dead: o.dead as u64,
+            newest_dead_reason: o.newest_dead_reason,
+        }))
+    }
+}
