@@ -35,7 +35,7 @@ pub fn lenient_id(raw_json: &str) -> Option<String> {
 }
 
 /// Unix seconds from a raw JSON value (a number or a numeric string), or `None` when it is
-/// not a usable time (see [`MAX_UNIX_SECONDS`]). Never fails.
+/// not a usable time (after 1970 and before year 5000). Never fails.
 pub fn lenient_unix_seconds(raw_json: &str) -> Option<i64> {
     let seconds = match serde_json::from_str::<UnixRepr>(raw_json).ok()? {
         UnixRepr::Number(seconds) => seconds,
