@@ -176,8 +176,9 @@ impl SecretPlace {
 
     /// Reads the secret as it is now, applies `merge`, writes the result, with no other
     /// writer in between: a file under an exclusive lock (a `.NAME.lock` beside it, held
-    /// from the read to the rename), Secrets Manager by its version (written only when the
-    /// version read is still the current one; read and merged again otherwise).
+    /// from the read to the rename), Secrets Manager by its version (read and merged again
+    /// while the version changed under the merge; this narrows the race, it cannot close
+    /// it: Secrets Manager has no conditional write).
     async fn update<T>(
         &self,
         mut merge: impl FnMut(&mut Map<String, Value>) -> Result<T, CliError>,

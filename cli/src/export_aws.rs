@@ -191,6 +191,11 @@ async fn scan_segment(
     tx: tokio::sync::mpsc::Sender<Result<Vec<Item>, CliError>>,
 ) {
     let (condition, values) = time_condition(&filter);
+    // Erasure records (an erased lead's id and time, nothing else) are no leads.
+    let condition = Some(match condition {
+        Some(c) => format!("({c}) AND attribute_not_exists(erased_at)"),
+        None => "attribute_not_exists(erased_at)".to_owned(),
+    });
     let mut start = None;
     loop {
         let page = client

@@ -180,13 +180,14 @@ pub const MAX_SECRET_FILE_BYTES: u64 = 1 << 20;
 /// a link), at most `max` bytes: `/dev/zero` or a huge file is refused, never read whole.
 pub fn read_small_file(path: &std::path::Path, max: u64) -> std::io::Result<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
+    // Asked before opening: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(path)?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "it is not a regular file",
         ));
     }
+    let file = std::fs::File::open(path)?;
     let mut text = String::new();
     file.take(max + 1).read_to_string(&mut text)?;
     if text.len() as u64 > max {
@@ -350,4 +351,33 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_file_is_read_only_when_it_is_a_small_regular_file() {
+        let dir = std::env::temp_dir().join(format!("leadpipe-small-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        // A FIFO with no writer would block an open: it is refused before it is opened.
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let err = read_small_file(&fifo, 10).unwrap_err();
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+        let big = dir.join("big");
+        std::fs::write(&big, "x".repeat(11)).unwrap();
+        assert!(read_small_file(&big, 10).is_err());
+        assert_eq!(read_small_file(&big, 11).unwrap().len(), 11);
+        assert!(read_small_file(Path::new("/dev/zero"), 10).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -224,17 +224,18 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
         }
         (None, Some(email), _) => {
             let policy = lookup_policy(&args.secret, names.as_ref()).await?;
-            let key = policy
-                .email_key(email)
-                .ok_or_else(|| CliError::Settings("--email is empty".into()))?;
-            ("email_key", Some((LookupIndex::Email, key)))
+            let keys = policy.email_keys(email);
+            if keys.is_empty() {
+                return Err(CliError::Settings("--email is empty".into()));
+            }
+            ("email_key", Some((LookupIndex::Email, keys)))
         }
         (None, None, Some(phone)) => {
             let policy = lookup_policy(&args.secret, names.as_ref()).await?;
             let key = policy
                 .phone_key(phone)
                 .ok_or_else(|| CliError::Settings("--phone has no digit".into()))?;
-            ("phone_key", Some((LookupIndex::Phone, key)))
+            ("phone_key", Some((LookupIndex::Phone, vec![key])))
         }
         (None, None, None) => {
             return Err(CliError::Settings("give --lead, --email or --phone".into()));
@@ -248,12 +249,22 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
     match target {
         Target::Local(path) => {
             let db = open_local(&path, args.dry_run)?;
-            let ids = match (&args.lead, &key) {
+            let mut ids = match (&args.lead, &key) {
                 (Some(id), _) => vec![id.clone()],
-                (None, Some((LookupIndex::Email, k))) => db.leads_by_lookup(Some(k), None)?,
-                (None, Some((LookupIndex::Phone, k))) => db.leads_by_lookup(None, Some(k))?,
+                (None, Some((index, keys))) => {
+                    let mut ids = Vec::new();
+                    for k in keys {
+                        ids.extend(match index {
+                            LookupIndex::Email => db.leads_by_lookup(Some(k), None)?,
+                            LookupIndex::Phone => db.leads_by_lookup(None, Some(k))?,
+                        });
+                    }
+                    ids
+                }
                 (None, None) => Vec::new(),
             };
+            ids.sort();
+            ids.dedup();
             let done = if args.dry_run {
                 db.erasure_preview(&ids)?
             } else {
@@ -275,13 +286,19 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
         Target::Aws(config, names) => {
             let table = need(&names.leads_table, "the leads table", "--leads-table")?;
             let ddb = aws_sdk_dynamodb::Client::new(&config);
-            let ids = match (&args.lead, &key) {
+            let mut ids = match (&args.lead, &key) {
                 (Some(id), _) => vec![id.clone()],
-                (None, Some((index, k))) => {
-                    aws_ops::leads_by_lookup(&ddb, table, *index, k).await?
+                (None, Some((index, keys))) => {
+                    let mut ids = Vec::new();
+                    for k in keys {
+                        ids.extend(aws_ops::leads_by_lookup(&ddb, table, *index, k).await?);
+                    }
+                    ids
                 }
                 (None, None) => Vec::new(),
             };
+            ids.sort();
+            ids.dedup();
             for id in &ids {
                 let present = if args.dry_run {
                     aws_ops::lead_exists(&ddb, table, id).await?
@@ -490,9 +507,8 @@ pub async fn lookup_keys(args: LookupKeysArgs) -> Result<(), CliError> {
     let (keyed, scanned) = match target {
         Target::Local(path) => {
             let db = open_local(&path, args.dry_run)?;
-            let (by_email, by_phone) = db.unkeyed()?;
             let keyed = if args.dry_run {
-                by_email.max(by_phone) as usize
+                db.unkeyed_leads()? as usize
             } else {
                 db.add_lookup_keys(&policy, 500)?
             };

@@ -605,6 +605,22 @@ impl ServeLock {
     /// Takes the lock, or says which process holds it.
     pub fn take(db: &Path) -> Result<Self, CliError> {
         use std::io::{Read, Seek, Write};
+        // One lock per file, however its path is spelled (`./`, a linked directory).
+        let db = match (db.parent(), db.file_name()) {
+            (Some(dir), Some(name)) => {
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                std::fs::canonicalize(dir)
+                    .map(|dir| dir.join(name))
+                    .unwrap_or_else(|_| db.to_path_buf())
+            }
+            _ => db.to_path_buf(),
+        };
+        // A database that is itself a link: the file it names.
+        let db = std::fs::canonicalize(&db).unwrap_or(db);
         let path = PathBuf::from(format!("{}.serve.lock", db.display()));
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -709,7 +725,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let server = pipeline.spawn_http(listener, limits, stopping);
     let workers = pipeline.spawn_workers(args.workers as usize, stop.clone());
     tracing::info!(address = %address, db = %args.db.display(), workers = args.workers, "leadpipe serving; webhook at /webhook");
-    crate::render::print(&format!(
+    // A report line, not a duty: a closed stdout must not stop the service.
+    let _ = crate::render::print(&format!(
         "leadpipe serving: webhook at http://{address}/webhook, data in {}, {} ingest worker(s), forwarding {}, backfill {}\n",
         args.db.display(),
         args.workers,
@@ -722,7 +739,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 crate::render::duration_ms(args.backfill_every * 1000)
             )
         }
-    ))?;
+    ));
     if policy.retention_days() > 0 {
         let db = pipeline.db.clone();
         tokio::spawn(async move {
@@ -755,24 +772,35 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         });
     }
     let signal = stop_signal().await;
-    crate::render::print(&format!(
-        "leadpipe stopping ({signal}): answering the posts in flight, then finishing ingest and forwarding\n"
-    ))?;
-    // First the webhook: no new post is taken, each in flight is answered (and so durable).
+    let _ = crate::render::print(&format!(
+        "leadpipe stopping ({signal}): answering the posts in flight, then finishing ingest and forwarding (a second signal stops at once)\n"
+    ));
+    // A second signal ends the process at once: whatever was answered is in the file.
+    tokio::spawn(async {
+        let again = stop_signal().await;
+        let _ = crate::render::print(&format!("leadpipe stopped at once ({again})\n"));
+        std::process::exit(130);
+    });
+    // First the webhook: no new post is taken, each in flight is answered (and so durable);
+    // then the workers finish their batches and the forwarder its calls. Each stage is
+    // bounded so the whole stop stays within a service manager's stop timeout (90 s in
+    // infra/local/leadpipe.service): what a cut stage held is redone at the next start.
     let _ = shutdown.send(true);
-    let _ = server.await;
-    // Then the workers finish their batches and the forwarder its calls.
+    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
     stop.store(true, Ordering::Relaxed);
-    for worker in workers {
-        let _ = worker.await;
-    }
-    if let Some(forwarder) = forwarder {
-        let _ = forwarder.await;
-    }
-    crate::render::print(&format!(
+    let _ = tokio::time::timeout(
+        Duration::from_secs(40),
+        futures::future::join(futures::future::join_all(workers), async {
+            if let Some(forwarder) = forwarder {
+                let _ = forwarder.await;
+            }
+        }),
+    )
+    .await;
+    let _ = crate::render::print(&format!(
         "leadpipe stopped: every post answered 200 is in {}\n",
         args.db.display()
-    ))?;
+    ));
     Ok(())
 }
 
@@ -836,8 +864,15 @@ mod tests {
         let first = ServeLock::take(&db).unwrap();
         let second = ServeLock::take(&db).err().unwrap().to_string();
         assert!(second.contains(&std::process::id().to_string()), "{second}");
+        // The same file by another spelling of its path is the same lock.
+        let dir = db.parent().unwrap().to_path_buf();
+        let spelled = dir.join(".").join(db.file_name().unwrap());
+        assert!(ServeLock::take(&spelled).is_err(), "{}", spelled.display());
         drop(first);
         assert!(ServeLock::take(&db).is_ok(), "released with its holder");
-        let _ = std::fs::remove_file(format!("{}.serve.lock", db.display()));
+        let canonical = std::fs::canonicalize(&dir)
+            .unwrap()
+            .join(db.file_name().unwrap());
+        let _ = std::fs::remove_file(format!("{}.serve.lock", canonical.display()));
     }
 }

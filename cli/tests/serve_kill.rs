@@ -265,3 +265,117 @@ async fn sigterm_with_posts_in_flight_answers_them_stores_them_and_exits_zero() 
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_outage_longer_than_the_receive_limit_is_brought_home_by_its_class() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let data = Dataset::generate(&DatasetSpec {
+        leads: 6,
+        newest: now - 60,
+        ..DatasetSpec::default()
+    });
+    // Graph down: every read fails, transiently, for longer than the queue's receives last.
+    let sandbox = Sandbox::start(
+        data.clone(),
+        Faults {
+            transient_rate: 1.0,
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("leadpipe-outage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("serve.db");
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        leadpipe_sandbox::server::tokens(&data)
+            .into_iter()
+            .map(|(p, t)| (p, serde_json::json!(t)))
+            .collect();
+    let secret_file = dir.join("secret.json");
+    leadpipe::write_private(
+        &secret_file,
+        serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
+            .to_string(),
+    )
+    .unwrap();
+    let port = free_port();
+    let _serve = serve(&db, &secret_file, port, &sandbox.base_url());
+    wait_healthy(port).await;
+    let client = reqwest::Client::new();
+    for lead in &data.leads {
+        let body = post_body(&[lead], now);
+        let signature = leadpipe_core::signature::sign(SECRET.as_bytes(), body.as_bytes()).unwrap();
+        let answer = client
+            .post(format!("http://127.0.0.1:{port}/webhook"))
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success());
+    }
+    // Progress, not a clock: wait until every message used up its receives.
+    let status = || {
+        let out = std::process::Command::new(BINARY)
+            .args(["status", "--json", "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let class = loop {
+        let report = status();
+        let groups = report["dead_letters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let total: u64 = groups.iter().map(|g| g["count"].as_u64().unwrap()).sum();
+        if total == data.leads.len() as u64 {
+            assert_eq!(groups.len(), 1, "{report}");
+            break groups[0]["reason_class"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "not dead-lettered: {report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(class, "exhausted");
+    // Every class status can print is one redrive takes.
+    for name in leadpipe_core::ports::DeadLetterClass::ALL.map(|c| c.as_str()) {
+        let out = std::process::Command::new(BINARY)
+            .args(["redrive", "--dry-run", "--reason-class", name, "--db"])
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Graph is back; the class status named brings every lead home.
+    sandbox.set_faults(Faults::default());
+    let out = std::process::Command::new(BINARY)
+        .args(["redrive", "--reason-class", &class, "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("moved {} dead letter(s)", data.leads.len())),
+        "{said}"
+    );
+    let local = leadpipe_local::LocalDb::open_read_only(&db).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while local.lead_count().unwrap() < data.leads.len() as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the redriven leads were not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status()["verdict"], "ok");
+    let _ = std::fs::remove_dir_all(&dir);
+}

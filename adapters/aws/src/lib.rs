@@ -38,7 +38,7 @@ where
     let mut cause = std::error::Error::source(err);
     while let Some(c) = cause {
         if c.to_string().to_lowercase().contains("credential") {
-            return "no AWS credentials were found (set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)".to_owned();
+            return "AWS credentials are missing or cannot be used (set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION)".to_owned();
         }
         cause = c.source();
     }

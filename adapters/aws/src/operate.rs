@@ -359,8 +359,8 @@ pub async fn add_lookup_keys(
             let Some(AttributeValue::S(id)) = item.get("lead_id") else {
                 continue;
             };
-            done.last = Some(id.clone());
             if item.contains_key(ERASED_AT) {
+                done.last = Some(id.clone());
                 continue;
             }
             let email = first(item, leadpipe_core::privacy::EMAIL_FIELD)
@@ -369,10 +369,12 @@ pub async fn add_lookup_keys(
                 .filter(|_| !item.contains_key("phone_key"));
             let keys = policy.keys_of(email.as_deref(), phone.as_deref());
             if keys.email_key.is_none() && keys.phone_key.is_none() {
+                done.last = Some(id.clone());
                 continue;
             }
             done.keyed += 1;
             if dry_run {
+                done.last = Some(id.clone());
                 continue;
             }
             let mut sets = Vec::new();
@@ -396,14 +398,16 @@ pub async fn add_lookup_keys(
                 .send()
                 .await
             {
-                Ok(_) => {}
+                Ok(_) => done.last = Some(id.clone()),
                 // Erased (or deleted) meanwhile: nothing to key.
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
                 {
                     done.keyed -= 1;
+                    done.last = Some(id.clone());
                 }
+                // `last` is still the lead before this one: `--after` it retries this one.
                 Err(e) => return Err((unavailable(e), done)),
             }
         }

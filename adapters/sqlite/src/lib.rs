@@ -661,11 +661,14 @@ impl LocalDb {
     pub fn dead_letter_summary(&self) -> Result<Vec<(String, i64, String, String)>, LocalError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT d.reason_class, c.n, d.reason, d.dead_lettered_at
+                // `max_receives` is what files from before the class had its contract name
+                // call `exhausted` (a read-only status does not migrate them).
+                "SELECT c.class, c.n, d.reason, d.dead_lettered_at
                  FROM dead_letters d
-                 JOIN (SELECT reason_class, COUNT(*) AS n, MAX(id) AS newest
-                       FROM dead_letters GROUP BY reason_class) c ON d.id = c.newest
-                 ORDER BY c.n DESC, d.reason_class",
+                 JOIN (SELECT CASE reason_class WHEN 'max_receives' THEN 'exhausted' ELSE reason_class END AS class,
+                              COUNT(*) AS n, MAX(id) AS newest
+                       FROM dead_letters GROUP BY class) c ON d.id = c.newest
+                 ORDER BY c.n DESC, c.class",
             )?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
                 .collect()

@@ -155,7 +155,20 @@ impl LocalDb {
         dry_run: bool,
     ) -> Result<usize, LocalError> {
         let class = class.map(DeadLetterClass::as_str);
-        let selects = "state = 'dead' AND (?1 IS NULL OR COALESCE(dead_class, 'refused') = ?1)";
+        // A file this version has not opened to write yet has no class column: its forward
+        // dead letters are all `refused`, as the migration will make them.
+        let has_class: bool = self.with(|conn| {
+            conn.query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = 'dead_class'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        })? > 0;
+        let selects = if has_class {
+            "state = 'dead' AND (?1 IS NULL OR COALESCE(dead_class, 'refused') = ?1)"
+        } else {
+            "state = 'dead' AND (?1 IS NULL OR ?1 = 'refused')"
+        };
         if dry_run {
             return self.with(|conn| {
                 conn.query_row(

@@ -18,6 +18,17 @@ pub struct Erased {
     pub queued: usize,
 }
 
+/// A first email that normalises to something (not blank), and a first phone with a digit:
+/// only these can have a key, so only these count as unsearchable without one.
+const HAS_EMAIL: &str = "trim(COALESCE(json_extract(fields, '$.email[0]'), '')) <> ''";
+const HAS_PHONE: &str = "COALESCE(json_extract(fields, '$.phone_number[0]'), '') GLOB '*[0-9]*'";
+/// A lead that has one of them without its key.
+fn unkeyed_condition() -> String {
+    format!(
+        "json_valid(fields) AND ((email_key IS NULL AND {HAS_EMAIL}) OR (phone_key IS NULL AND {HAS_PHONE}))"
+    )
+}
+
 impl LocalDb {
     /// From now on, leads are written with `policy`'s lookup keys and expiry.
     pub fn set_policy(&self, policy: LeadPolicy) {
@@ -75,12 +86,24 @@ impl LocalDb {
     pub fn unkeyed(&self) -> Result<(i64, i64), LocalError> {
         self.with(|conn| {
             conn.query_row(
-                "SELECT
-                   COALESCE(SUM(email_key IS NULL AND json_extract(fields, '$.email[0]') IS NOT NULL), 0),
-                   COALESCE(SUM(phone_key IS NULL AND json_extract(fields, '$.phone_number[0]') IS NOT NULL), 0)
-                 FROM leads WHERE json_valid(fields)",
+                &format!(
+                    "SELECT COALESCE(SUM(email_key IS NULL AND {HAS_EMAIL}), 0),
+                            COALESCE(SUM(phone_key IS NULL AND {HAS_PHONE}), 0)
+                     FROM leads WHERE json_valid(fields)"
+                ),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+    }
+
+    /// How many stored leads [`LocalDb::add_lookup_keys`] would key.
+    pub fn unkeyed_leads(&self) -> Result<i64, LocalError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!("SELECT COUNT(*) FROM leads WHERE {}", unkeyed_condition()),
+                [],
+                |r| r.get(0),
             )
         })
     }
@@ -93,14 +116,13 @@ impl LocalDb {
         let mut after = String::new();
         loop {
             let rows: Vec<(String, Option<String>, Option<String>)> = self.with(|conn| {
-                let mut stmt = conn.prepare(
+                let mut stmt = conn.prepare(&format!(
                     "SELECT lead_id, json_extract(fields, '$.email[0]'), json_extract(fields, '$.phone_number[0]')
                      FROM leads
-                     WHERE lead_id > ?1 AND json_valid(fields)
-                       AND ((email_key IS NULL AND json_extract(fields, '$.email[0]') IS NOT NULL)
-                         OR (phone_key IS NULL AND json_extract(fields, '$.phone_number[0]') IS NOT NULL))
+                     WHERE lead_id > ?1 AND {}
                      ORDER BY lead_id LIMIT ?2",
-                )?;
+                    unkeyed_condition()
+                ))?;
                 stmt.query_map(params![after, batch as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?

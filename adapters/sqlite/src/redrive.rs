@@ -13,7 +13,8 @@ impl LocalDb {
             // Reads only: a dry run works on a file opened read-only.
             return self.with(|conn| {
                 conn.query_row(
-                    "SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR reason_class = ?1",
+                    "SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR reason_class = ?1
+                       OR (?1 = 'exhausted' AND reason_class = 'max_receives')",
                     params![reason_class],
                     |r| r.get::<_, i64>(0),
                 )

@@ -119,6 +119,21 @@ impl LeadPolicy {
         self.keyed(&normalise_email(email)?)
     }
 
+    /// Every key an address may be stored under: today's, and the one leads stored before
+    /// the normaliser took Unicode into account were given (trimmed and lower-cased only),
+    /// when it differs. `forget --email` looks for each, so no older lead is missed.
+    pub fn email_keys(&self, email: &str) -> Vec<String> {
+        let legacy = email.trim().to_lowercase();
+        let mut keys: Vec<String> = self.email_key(email).into_iter().collect();
+        if !legacy.is_empty()
+            && let Some(old) = self.keyed(&legacy)
+            && !keys.contains(&old)
+        {
+            keys.push(old);
+        }
+        keys
+    }
+
     /// The lookup key of a phone number, as `forget --phone` asks for it.
     pub fn phone_key(&self, phone: &str) -> Option<String> {
         self.keyed(&normalise_phone(phone)?)
@@ -246,6 +261,20 @@ mod tests {
         assert_eq!(
             normalise_email("jose\u{301}@x.org").as_deref(),
             Some("jos\u{e9}@x.org")
+        );
+    }
+
+    #[test]
+    fn a_lead_keyed_under_the_earlier_rule_is_still_found() {
+        let policy = LeadPolicy::new(Some(SecretString::from("k")), 0);
+        let keys = policy.email_keys("ADA@B\u{dc}CHER.DE");
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&policy.keyed("ada@b\u{fc}cher.de").unwrap()));
+        assert_eq!(keys[0], policy.email_key("ada@xn--bcher-kva.de").unwrap());
+        assert_eq!(
+            policy.email_keys("ada@example.org").len(),
+            1,
+            "ASCII: one key"
         );
     }
 
