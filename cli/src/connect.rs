@@ -115,7 +115,7 @@ pub(crate) fn when(unix: Option<i64>) -> String {
 enum SecretPlace {
     File(PathBuf),
     SecretsManager {
-        client: aws_sdk_secretsmanager::Client,
+        client: leadpipe_aws::SecretsClient,
         arn: String,
     },
 }
@@ -127,7 +127,7 @@ impl SecretPlace {
             (None, Some(arn)) => {
                 let config = leadpipe_aws::sdk_config().await;
                 Ok(Self::SecretsManager {
-                    client: aws_sdk_secretsmanager::Client::new(&config),
+                    client: leadpipe_aws::SecretsClient::new(&config),
                     arn: arn.clone(),
                 })
             }

@@ -86,34 +86,6 @@ impl TargetArgs {
     }
 }
 
-/// AWS's code and message for an SDK error (any service's), never the request. When AWS
-/// did not answer (no credentials, no network, a time-out) the cause is named instead.
-pub fn aws_message<E>(e: &E) -> String
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error,
-{
-    if let Some(code) = e.code() {
-        return format!("{code}: {}", e.message().unwrap_or("(no message)"));
-    }
-    let mut causes = Vec::new();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        causes.push(c.to_string());
-        cause = c.source();
-    }
-    let all = causes.join(": ").to_lowercase();
-    if all.contains("credential") {
-        "no AWS credentials were found: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and AWS_REGION (the SDK's standard settings)".to_owned()
-    } else if all.contains("timed out") || all.contains("timeout") {
-        "AWS did not answer in time (a network problem?)".to_owned()
-    } else {
-        format!(
-            "AWS could not be reached (a network problem?): {}",
-            causes.last().map(String::as_str).unwrap_or("no answer")
-        )
-    }
-}
-
 fn need<'a>(name: &'a Option<String>, what: &str, flag: &str) -> Result<&'a str, CliError> {
     name.as_deref()
         .ok_or_else(|| CliError::Settings(format!("{what} is not known: give {flag} or --stack")))
@@ -285,7 +257,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
         }
         Target::Aws(config, names) => {
             let table = need(&names.leads_table, "the leads table", "--leads-table")?;
-            let ddb = aws_sdk_dynamodb::Client::new(&config);
+            let ddb = leadpipe_aws::DynamoClient::new(&config);
             let mut ids = match (&args.lead, &key) {
                 (Some(id), _) => vec![id.clone()],
                 (None, Some((index, keys))) => {
@@ -308,7 +280,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
                 erasure.leads += usize::from(present);
             }
             if let Some(dlq) = &names.dlq_url {
-                let sqs = aws_sdk_sqs::Client::new(&config);
+                let sqs = leadpipe_aws::SqsClient::new(&config);
                 let set: BTreeSet<String> = ids.iter().cloned().collect();
                 erasure.dead_letters =
                     aws_ops::erase_dead_letters_naming(&sqs, dlq, &set, !args.dry_run).await?;
@@ -441,7 +413,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
         Target::Aws(config, names) => {
             let dlq = need(&names.dlq_url, "the dead-letter queue", "--dlq-url")?;
             let queue = need(&names.queue_url, "the lead events queue", "--queue-url")?;
-            let sqs = aws_sdk_sqs::Client::new(&config);
+            let sqs = leadpipe_aws::SqsClient::new(&config);
             let done = aws_ops::redrive(
                 &sqs,
                 dlq,
@@ -516,7 +488,7 @@ pub async fn lookup_keys(args: LookupKeysArgs) -> Result<(), CliError> {
         }
         Target::Aws(config, names) => {
             let table = need(&names.leads_table, "the leads table", "--leads-table")?;
-            let ddb = aws_sdk_dynamodb::Client::new(&config);
+            let ddb = leadpipe_aws::DynamoClient::new(&config);
             match aws_ops::add_lookup_keys(
                 &ddb,
                 table,

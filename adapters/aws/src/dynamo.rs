@@ -6,9 +6,10 @@
 
 use crate::describe_sdk_error;
 use aws_sdk_dynamodb::types::AttributeValue;
+use leadpipe_core::lead_row::LeadRow;
 use leadpipe_core::ports::{Cause, LeadStore, PutOutcome, StoreError, StoredLead};
 use leadpipe_core::privacy::{LeadPolicy, PrivacyAttributes};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use time::OffsetDateTime;
 
 /// Puts in flight at once per `put_leads` call.
@@ -446,4 +447,112 @@ pub async fn create_state_table(
         .await
         .map_err(|e| StoreError::Rejected(Cause::described(describe_sdk_error(&e), e)))?;
     Ok(())
+}
+/// A leads-table item read back as a row (the inverse of [`lead_item`]); `None` for an
+/// item that is not a lead as leadpipe writes it (an erasure record among them).
+pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> Option<LeadRow> {
+    let s = |name: &str| match item.get(name) {
+        Some(AttributeValue::S(v)) => Some(v.clone()),
+        _ => None,
+    };
+    let fields = match item.get("fields") {
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .map(|(name, values)| {
+                let values = match values {
+                    AttributeValue::L(list) => list
+                        .iter()
+                        .filter_map(|v| match v {
+                            AttributeValue::S(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                (name.clone(), values)
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    let disclaimers: Vec<serde_json::Value> = match item.get("custom_disclaimer_responses") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .filter_map(|v| match v {
+                AttributeValue::M(m) => Some(serde_json::json!({
+                    "checkbox_key": match m.get("checkbox_key") { Some(AttributeValue::S(k)) => k.clone(), _ => String::new() },
+                    "is_checked": matches!(m.get("is_checked"), Some(AttributeValue::Bool(true))),
+                })),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(LeadRow {
+        lead_id: s("lead_id")?,
+        created_time: s("created_time")?,
+        page_id: s("page_id")?,
+        form_id: s("form_id"),
+        optional: leadpipe_core::record::OPTIONAL_ATTRIBUTES
+            .iter()
+            .filter_map(|name| s(name).map(|v| (*name, v)))
+            .collect(),
+        is_organic: matches!(item.get("is_organic"), Some(AttributeValue::Bool(true))),
+        fields,
+        custom_disclaimer_responses: serde_json::Value::Array(disclaimers),
+        raw: s("raw").unwrap_or_default(),
+        source: s("source")?,
+        ingested_at: s("ingested_at")?,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use leadpipe_core::ports::LeadSourceKind;
+
+    #[test]
+    fn an_item_reads_back_as_the_lead_it_encodes() {
+        let stored = StoredLead {
+            lead: leadpipe_graph::Lead::from_json(
+                r#"{"id":"41","created_time":"2026-11-30T04:00:00+0000","form_id":"5","ad_id":"6","ad_name":"Spring",
+                    "field_data":[{"name":"email","values":["a@b.c"]},{"name":"services","values":["x","y"]}],
+                    "custom_disclaimer_responses":[{"checkbox_key":"terms","is_checked":"1"}],"is_organic":false,"platform":"ig"}"#,
+            )
+            .unwrap(),
+            page_id: "7".into(),
+            form_id: Some("5".into()),
+            source: LeadSourceKind::Backfill,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        };
+        let record = stored.record();
+        let row = row_from_item(&lead_item(&stored)).unwrap();
+        assert_eq!(row.lead_id, record.lead_id);
+        assert_eq!(row.created_time, record.created_time);
+        assert_eq!(row.page_id, record.page_id);
+        assert_eq!(row.form_id.as_deref(), record.form_id);
+        assert_eq!(row.source, record.source);
+        assert_eq!(row.ingested_at, record.ingested_at);
+        assert_eq!(row.raw, record.raw);
+        let optional: BTreeMap<&str, String> = record
+            .optional
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_owned()))
+            .collect();
+        assert_eq!(row.optional, optional);
+        assert_eq!(row.fields["services"], ["x", "y"]);
+        assert_eq!(
+            row.custom_disclaimer_responses,
+            serde_json::json!([{"checkbox_key": "terms", "is_checked": true}])
+        );
+        // An erasure record is no lead.
+        let record = HashMap::from([
+            ("lead_id".to_owned(), AttributeValue::S("41".into())),
+            (
+                "erased_at".to_owned(),
+                AttributeValue::S("2026-12-01T00:00:00Z".into()),
+            ),
+        ]);
+        assert_eq!(row_from_item(&record), None);
+    }
 }

@@ -7,6 +7,8 @@
 #![warn(missing_docs)]
 pub mod dynamo;
 pub mod events;
+#[cfg(feature = "operator")]
+pub mod export;
 pub mod operate;
 pub mod secrets;
 pub mod sqs;
@@ -15,6 +17,11 @@ pub mod stack;
 #[cfg(feature = "operator")]
 pub mod status;
 
+/// The SDK clients the operator's commands hand to this crate's functions, so the `leadpipe`
+/// binary names no SDK crate of its own.
+pub use aws_sdk_dynamodb::Client as DynamoClient;
+pub use aws_sdk_secretsmanager::Client as SecretsClient;
+pub use aws_sdk_sqs::Client as SqsClient;
 pub use dynamo::{DynamoCheckpointStore, DynamoLeadStore};
 pub use events::EventBridgePublisher;
 pub use secrets::load_secrets;

@@ -29,6 +29,7 @@ pub mod ids;
 pub mod ingest;
 pub mod json_error;
 pub mod lead_received;
+pub mod lead_row;
 pub mod memory;
 pub mod ports;
 pub mod privacy;
