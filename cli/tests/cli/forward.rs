@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+use crate::support::BINARY;
 const SECRET: &str = "forward-test-app-secret";
 const FORWARD_KEY: &str = "forward-key-0123456789abcdef";
 
@@ -110,13 +110,7 @@ async fn receiver(mode: Mode) -> Receiver {
     Receiver { url, seen }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::free_port;
 
 struct Setup {
     dir: PathBuf,

@@ -9,7 +9,7 @@ use leadpipe_local::LocalDb;
 use secrecy::SecretString;
 use std::path::{Path, PathBuf};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+use crate::support::BINARY;
 const LOOKUP_KEY: &str = "operate-test-lookup-key-5e1f";
 
 fn stored(id: &str, email: &str, phone: &str) -> StoredLead {

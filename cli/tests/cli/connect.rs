@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+use crate::support::BINARY;
 
 fn world() -> Dataset {
     Dataset::generate(&DatasetSpec {
@@ -34,10 +34,7 @@ async fn sandbox_with(data: &Dataset, faults: Faults, users: Vec<UserToken>) -> 
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("leadpipe-connect-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    crate::support::scratch("connect", name)
 }
 
 struct Run {

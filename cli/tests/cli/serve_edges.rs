@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+use crate::support::BINARY;
 const APP_SECRET: &str = "edges-app-secret";
 const VERIFY: &str = "edges-verify-token";
 
@@ -31,13 +31,7 @@ fn temp_dir(name: &str) -> TempDir {
     TempDir(dir)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::free_port;
 
 fn command(dir: &std::path::Path, port: u16, extra: &[&str]) -> tokio::process::Command {
     let secret = dir.join("secret.json");

@@ -4,7 +4,7 @@
 
 use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+use crate::support::BINARY;
 
 async fn doctor(sandbox: &Sandbox, data: &Dataset, name: &str) -> (bool, String) {
     let tokens: serde_json::Map<String, serde_json::Value> = leadpipe_sandbox::server::tokens(data)

@@ -7,16 +7,10 @@ use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_leadpipe");
+use crate::support::BINARY;
 const SECRET: &str = "kill-test-app-secret";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::free_port;
 
 fn serve(
     db: &std::path::Path,
