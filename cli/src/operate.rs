@@ -3,11 +3,10 @@
 //! counts only; `--json` for scripts.
 
 use crate::CliError;
-use leadpipe_aws::operate::{self as aws_ops, LookupIndex};
+use leadpipe_aws::operate as aws_ops;
 use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_local::LocalDb;
 use secrecy::SecretString;
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 /// Where the command acts: the local file, or the stack's resources.
@@ -131,21 +130,6 @@ pub struct SecretArgs {
     pub secret_arn: Option<String>,
 }
 
-/// What `forget` found and erased.
-#[derive(Debug, Default, serde::Serialize)]
-struct Erasure {
-    dry_run: bool,
-    found_by: &'static str,
-    lead_ids: Vec<String>,
-    leads: usize,
-    outbox: usize,
-    dead_letters: usize,
-    queued: usize,
-    /// Stored leads with an email (phone) but no lookup key: this search cannot find them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    unsearchable: Option<i64>,
-}
-
 /// The lookup key, from the secret (file, ARN, the stack's) or `LOOKUP_KEY`.
 async fn lookup_policy(
     args: &SecretArgs,
@@ -176,132 +160,75 @@ async fn lookup_policy(
     Ok(LeadPolicy::new(key, 0))
 }
 
-/// Erases the person's leads everywhere leadpipe keeps them.
+/// Erases the person's leads everywhere leadpipe keeps them: core's
+/// `leadpipe_core::erasure::forget` over the local file or the stack.
 pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
+    use leadpipe_core::erasure::{self, ForgetError, Who};
     let target = args.target.resolve().await?;
     let names = match &target {
         Target::Aws(_, names) => Some(names.clone()),
         Target::Local(_) => None,
     };
-    let (found_by, key) = match (&args.lead, &args.email, &args.phone) {
-        (Some(id), _, _) => {
-            // The id is matched whole wherever it is looked for; even so, only a Graph lead
-            // id is taken (`%` or `_` were once wildcards here).
-            if !is_lead_id(id) {
-                return Err(CliError::Settings(
-                    "--lead must be a lead id: the digits of Meta's leadgen id".into(),
-                ));
-            }
-            ("lead id", None)
-        }
-        (None, Some(email), _) => {
-            let policy = lookup_policy(&args.secret, names.as_ref()).await?;
-            let keys = policy.email_keys(email);
-            if keys.is_empty() {
-                return Err(CliError::Settings("--email is empty".into()));
-            }
-            ("email_key", Some((LookupIndex::Email, keys)))
-        }
-        (None, None, Some(phone)) => {
-            let policy = lookup_policy(&args.secret, names.as_ref()).await?;
-            let key = policy
-                .phone_key(phone)
-                .ok_or_else(|| CliError::Settings("--phone has no digit".into()))?;
-            ("phone_key", Some((LookupIndex::Phone, vec![key])))
-        }
+    let who = match (&args.lead, &args.email, &args.phone) {
+        (Some(id), _, _) => Who::Lead(id.clone()),
+        (None, Some(email), _) => Who::Email(email.clone()),
+        (None, None, Some(phone)) => Who::Phone(phone.clone()),
         (None, None, None) => {
             return Err(CliError::Settings("give --lead, --email or --phone".into()));
         }
     };
-    let mut erasure = Erasure {
-        dry_run: args.dry_run,
-        found_by,
-        ..Erasure::default()
+    let policy = match who {
+        // Checked first, so a bad id is said before any secret is read.
+        Who::Lead(ref id) if !erasure::is_lead_id(id) => {
+            return Err(CliError::Settings(ForgetError::NotALeadId.to_string()));
+        }
+        Who::Lead(_) => LeadPolicy::default(),
+        _ => lookup_policy(&args.secret, names.as_ref()).await?,
     };
-    match target {
+    let asked = |e: ForgetError| match e {
+        ForgetError::Store(e) => CliError::Store(e),
+        other => CliError::Settings(other.to_string()),
+    };
+    let (report, fix) = match target {
         Target::Local(path) => {
             let db = open_local(&path, args.dry_run)?;
-            let mut ids = match (&args.lead, &key) {
-                (Some(id), _) => vec![id.clone()],
-                (None, Some((index, keys))) => {
-                    let mut ids = Vec::new();
-                    for k in keys {
-                        ids.extend(match index {
-                            LookupIndex::Email => db.leads_by_lookup(Some(k), None)?,
-                            LookupIndex::Phone => db.leads_by_lookup(None, Some(k))?,
-                        });
-                    }
-                    ids
-                }
-                (None, None) => Vec::new(),
-            };
-            ids.sort();
-            ids.dedup();
-            let done = if args.dry_run {
-                db.erasure_preview(&ids)?
-            } else {
-                db.erase(&ids)?
-            };
-            erasure.leads = done.lead_ids.len();
-            erasure.lead_ids = ids;
-            if let Some((index, _)) = &key {
-                let (by_email, by_phone) = db.unkeyed()?;
-                erasure.unsearchable = Some(match index {
-                    LookupIndex::Email => by_email,
-                    LookupIndex::Phone => by_phone,
-                });
-            }
-            erasure.outbox = done.outbox;
-            erasure.dead_letters = done.dead_letters;
-            erasure.queued = done.queued;
+            (
+                erasure::forget(&db, &policy, &who, args.dry_run)
+                    .await
+                    .map_err(asked)?,
+                "with the same --db and secret",
+            )
         }
         Target::Aws(config, names) => {
             let table = need(&names.leads_table, "the leads table", "--leads-table")?;
-            let ddb = leadpipe_aws::DynamoClient::new(&config);
-            let mut ids = match (&args.lead, &key) {
-                (Some(id), _) => vec![id.clone()],
-                (None, Some((index, keys))) => {
-                    let mut ids = Vec::new();
-                    for k in keys {
-                        ids.extend(aws_ops::leads_by_lookup(&ddb, table, *index, k).await?);
-                    }
-                    ids
-                }
-                (None, None) => Vec::new(),
+            let stack = aws_ops::StackEraser {
+                ddb: leadpipe_aws::DynamoClient::new(&config),
+                sqs: leadpipe_aws::SqsClient::new(&config),
+                table: table.to_owned(),
+                dlq_url: names.dlq_url.clone(),
             };
-            ids.sort();
-            ids.dedup();
-            for id in &ids {
-                let present = if args.dry_run {
-                    aws_ops::lead_exists(&ddb, table, id).await?
-                } else {
-                    aws_ops::erase_lead(&ddb, table, id).await?
-                };
-                erasure.leads += usize::from(present);
-            }
-            if let Some(dlq) = &names.dlq_url {
-                let sqs = leadpipe_aws::SqsClient::new(&config);
-                let set: BTreeSet<String> = ids.iter().cloned().collect();
-                erasure.dead_letters =
-                    aws_ops::erase_dead_letters_naming(&sqs, dlq, &set, !args.dry_run).await?;
-            }
-            erasure.lead_ids = ids;
+            (
+                erasure::forget(&stack, &policy, &who, args.dry_run)
+                    .await
+                    .map_err(asked)?,
+                "with the same target",
+            )
         }
-    }
+    };
     // The erasure record: ids and counts, never the address or number asked for.
     tracing::warn!(
         target: "leadpipe::erasure",
-        dry_run = erasure.dry_run,
-        found_by = erasure.found_by,
-        lead_ids = ?erasure.lead_ids,
-        leads = erasure.leads,
-        outbox = erasure.outbox,
-        dead_letters = erasure.dead_letters,
-        queued = erasure.queued,
+        dry_run = report.dry_run,
+        found_by = report.found_by.as_str(),
+        lead_ids = ?report.lead_ids,
+        leads = report.leads,
+        outbox = report.outbox,
+        dead_letters = report.dead_letters,
+        queued = report.queued,
         "erasure"
     );
     if args.json {
-        println!("{}", serde_json::to_string(&erasure).unwrap_or_default());
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         let verb = if args.dry_run {
             "would forget"
@@ -310,40 +237,34 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
         };
         println!(
             "{verb} {} lead(s) found by {}: {}",
-            erasure.leads,
-            erasure.found_by,
-            if erasure.lead_ids.is_empty() {
+            report.leads,
+            report.found_by.as_str(),
+            if report.lead_ids.is_empty() {
                 "none".to_owned()
             } else {
-                erasure.lead_ids.join(", ")
+                report.lead_ids.join(", ")
             }
         );
         println!(
             "  leads {}, forwarding outbox {}, dead letters {}, queued messages {}",
-            erasure.leads, erasure.outbox, erasure.dead_letters, erasure.queued
+            report.leads, report.outbox, report.dead_letters, report.queued
         );
-        match erasure.unsearchable {
-            Some(0) | None if erasure.found_by == "lead id" => {}
-            Some(0) => {}
-            Some(n) => println!(
-                "  warning: {n} stored lead(s) have no lookup key and cannot be found this way: run `leadpipe lookup-keys` with the same --db and secret, then forget again"
+        match (report.found_by, report.unsearchable) {
+            (erasure::FoundBy::LeadId, _) | (_, Some(0)) => {}
+            (_, Some(n)) => println!(
+                "  warning: {n} stored lead(s) have no lookup key and cannot be found this way: run `leadpipe lookup-keys` {fix}, then forget again"
             ),
-            None => println!(
-                "  note: leads stored before the secret had a lookup_key cannot be found this way: `leadpipe lookup-keys --dry-run` with the same target counts them (a scan)"
+            (_, None) => println!(
+                "  note: leads stored before the secret had a lookup_key cannot be found this way: `leadpipe lookup-keys --dry-run` {fix} counts them (a scan)"
             ),
         }
     }
-    if erasure.unsearchable.is_some_and(|n| n > 0) {
+    if report.may_be_incomplete() {
         return Err(CliError::Failed(
             "some leads could not be searched: the erasure may be incomplete (see above)".into(),
         ));
     }
     Ok(())
-}
-
-/// A Graph lead id: 1 to 32 digits.
-fn is_lead_id(id: &str) -> bool {
-    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The local file for a command that changes it, or only reads it on a dry run; refused,

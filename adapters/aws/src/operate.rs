@@ -417,3 +417,69 @@ pub async fn add_lookup_keys(
         }
     }
 }
+
+/// The stack's side of an erasure (core's [`leadpipe_core::erasure::Eraser`]): the leads
+/// table through its lookup indexes, each lead replaced by its erasure record, and the DLQ's
+/// messages naming the leads.
+#[derive(Debug, Clone)]
+pub struct StackEraser {
+    /// DynamoDB.
+    pub ddb: aws_sdk_dynamodb::Client,
+    /// SQS.
+    pub sqs: aws_sdk_sqs::Client,
+    /// The leads table.
+    pub table: String,
+    /// The DLQ, when known.
+    pub dlq_url: Option<String>,
+}
+
+impl leadpipe_core::erasure::Eraser for StackEraser {
+    async fn find(
+        &self,
+        by: leadpipe_core::erasure::FoundBy,
+        keys: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        use leadpipe_core::erasure::FoundBy;
+        let index = match by {
+            FoundBy::EmailKey => LookupIndex::Email,
+            FoundBy::PhoneKey => LookupIndex::Phone,
+            FoundBy::LeadId => return Ok(keys.to_vec()),
+        };
+        let mut ids = Vec::new();
+        for key in keys {
+            ids.extend(leads_by_lookup(&self.ddb, &self.table, index, key).await?);
+        }
+        Ok(ids)
+    }
+
+    async fn erase(
+        &self,
+        lead_ids: &[String],
+        dry_run: bool,
+    ) -> Result<leadpipe_core::erasure::Erased, StoreError> {
+        let mut erased = leadpipe_core::erasure::Erased::default();
+        for id in lead_ids {
+            let present = if dry_run {
+                lead_exists(&self.ddb, &self.table, id).await?
+            } else {
+                erase_lead(&self.ddb, &self.table, id).await?
+            };
+            erased.leads += usize::from(present);
+        }
+        if let Some(dlq) = &self.dlq_url {
+            let set: BTreeSet<String> = lead_ids.iter().cloned().collect();
+            erased.dead_letters = erase_dead_letters_naming(&self.sqs, dlq, &set, !dry_run)
+                .await
+                .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))?;
+        }
+        Ok(erased)
+    }
+
+    async fn unsearchable(
+        &self,
+        _by: leadpipe_core::erasure::FoundBy,
+    ) -> Result<Option<u64>, StoreError> {
+        // Counting would take a scan: `lookup-keys --dry-run` does it on request.
+        Ok(None)
+    }
+}

@@ -248,6 +248,64 @@ impl LocalDb {
     }
 }
 
+impl leadpipe_core::erasure::Eraser for LocalDb {
+    async fn find(
+        &self,
+        by: leadpipe_core::erasure::FoundBy,
+        keys: &[String],
+    ) -> Result<Vec<String>, leadpipe_core::ports::StoreError> {
+        use leadpipe_core::erasure::FoundBy;
+        let mut ids = Vec::new();
+        for key in keys {
+            ids.extend(
+                match by {
+                    FoundBy::EmailKey => self.leads_by_lookup(Some(key), None),
+                    FoundBy::PhoneKey => self.leads_by_lookup(None, Some(key)),
+                    FoundBy::LeadId => Ok(vec![key.clone()]),
+                }
+                .map_err(store_error)?,
+            );
+        }
+        Ok(ids)
+    }
+
+    async fn erase(
+        &self,
+        lead_ids: &[String],
+        dry_run: bool,
+    ) -> Result<leadpipe_core::erasure::Erased, leadpipe_core::ports::StoreError> {
+        let done = if dry_run {
+            self.erasure_preview(lead_ids)
+        } else {
+            self.erase(lead_ids)
+        }
+        .map_err(store_error)?;
+        Ok(leadpipe_core::erasure::Erased {
+            leads: done.lead_ids.len(),
+            outbox: done.outbox,
+            dead_letters: done.dead_letters,
+            queued: done.queued,
+        })
+    }
+
+    async fn unsearchable(
+        &self,
+        by: leadpipe_core::erasure::FoundBy,
+    ) -> Result<Option<u64>, leadpipe_core::ports::StoreError> {
+        use leadpipe_core::erasure::FoundBy;
+        let (by_email, by_phone) = self.unkeyed().map_err(store_error)?;
+        Ok(match by {
+            FoundBy::EmailKey => Some(by_email as u64),
+            FoundBy::PhoneKey => Some(by_phone as u64),
+            FoundBy::LeadId => None,
+        })
+    }
+}
+
+fn store_error(e: LocalError) -> leadpipe_core::ports::StoreError {
+    leadpipe_core::ports::StoreError::Unavailable(leadpipe_core::ports::Cause::from_error(e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

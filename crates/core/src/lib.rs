@@ -24,6 +24,7 @@
 pub mod accept;
 pub mod backfill;
 pub mod contract;
+pub mod erasure;
 pub mod event;
 pub mod ids;
 pub mod ingest;
