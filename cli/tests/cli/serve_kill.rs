@@ -54,28 +54,25 @@ async fn wait_healthy(port: u16) {
     panic!("serve did not come up");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_loses_nothing_that_was_answered() {
+/// A sandbox Graph of `leads` leads with `faults`, and a scratch directory holding the
+/// database's path and a secret with the sandbox's page tokens.
+struct World {
+    data: Dataset,
+    sandbox: Sandbox,
+    dir: std::path::PathBuf,
+    db: std::path::PathBuf,
+    secret_file: std::path::PathBuf,
+}
+
+async fn world(name: &str, leads: usize, faults: Faults) -> World {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let data = Dataset::generate(&DatasetSpec {
-        leads: 200,
+        leads,
         newest: now - 60,
         ..DatasetSpec::default()
     });
-    // A slow Graph: the queue is still full when the process dies.
-    let sandbox = Sandbox::start(
-        data.clone(),
-        Faults {
-            latency: Duration::from_millis(300),
-            ..Faults::default()
-        },
-    )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("leadpipe-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("serve.db");
-    let _ = std::fs::remove_file(&db);
+    let sandbox = Sandbox::start(data.clone(), faults).await.unwrap();
+    let dir = crate::support::scratch("serve", name);
     let tokens: serde_json::Map<String, serde_json::Value> =
         leadpipe_sandbox::server::tokens(&data)
             .into_iter()
@@ -88,6 +85,34 @@ async fn sigkill_mid_run_loses_nothing_that_was_answered() {
             .to_string(),
     )
     .unwrap();
+    World {
+        data,
+        sandbox,
+        db: dir.join("serve.db"),
+        dir,
+        secret_file,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_that_was_answered() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // A slow Graph: the queue is still full when the process dies.
+    let World {
+        data,
+        sandbox,
+        dir: _dir,
+        db,
+        secret_file,
+    } = world(
+        "kill",
+        200,
+        Faults {
+            latency: Duration::from_millis(300),
+            ..Faults::default()
+        },
+    )
+    .await;
 
     let port = free_port();
     let mut first = serve(&db, &secret_file, port, &sandbox.base_url());
@@ -146,36 +171,21 @@ async fn sigkill_mid_run_loses_nothing_that_was_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_posts_in_flight_answers_them_stores_them_and_exits_zero() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let data = Dataset::generate(&DatasetSpec {
-        leads: 120,
-        newest: now - 60,
-        ..DatasetSpec::default()
-    });
-    let sandbox = Sandbox::start(
-        data.clone(),
+    let World {
+        data,
+        sandbox,
+        dir,
+        db,
+        secret_file,
+    } = world(
+        "term",
+        120,
         Faults {
             latency: Duration::from_millis(200),
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("leadpipe-term-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("serve.db");
-    let tokens: serde_json::Map<String, serde_json::Value> =
-        leadpipe_sandbox::server::tokens(&data)
-            .into_iter()
-            .map(|(p, t)| (p, serde_json::json!(t)))
-            .collect();
-    let secret_file = dir.join("secret.json");
-    leadpipe::write_private(
-        &secret_file,
-        serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
-            .to_string(),
-    )
-    .unwrap();
+    .await;
     let port = free_port();
     let child = tokio::process::Command::new(BINARY)
         .args(["serve", "--backfill-every", "0", "--workers", "2"])
@@ -263,37 +273,22 @@ async fn sigterm_with_posts_in_flight_answers_them_stores_them_and_exits_zero() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_outage_longer_than_the_receive_limit_is_brought_home_by_its_class() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let data = Dataset::generate(&DatasetSpec {
-        leads: 6,
-        newest: now - 60,
-        ..DatasetSpec::default()
-    });
     // Graph down: every read fails, transiently, for longer than the queue's receives last.
-    let sandbox = Sandbox::start(
-        data.clone(),
+    let World {
+        data,
+        sandbox,
+        dir,
+        db,
+        secret_file,
+    } = world(
+        "outage",
+        6,
         Faults {
             transient_rate: 1.0,
             ..Faults::default()
         },
     )
-    .await
-    .unwrap();
-    let dir = std::env::temp_dir().join(format!("leadpipe-outage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("serve.db");
-    let tokens: serde_json::Map<String, serde_json::Value> =
-        leadpipe_sandbox::server::tokens(&data)
-            .into_iter()
-            .map(|(p, t)| (p, serde_json::json!(t)))
-            .collect();
-    let secret_file = dir.join("secret.json");
-    leadpipe::write_private(
-        &secret_file,
-        serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
-            .to_string(),
-    )
-    .unwrap();
+    .await;
     let port = free_port();
     let _serve = serve(&db, &secret_file, port, &sandbox.base_url());
     wait_healthy(port).await;
