@@ -191,30 +191,35 @@ impl Forwarder {
     /// attempt is due: a wait a receiver asked for never parks a lead past its day.
     fn give_up_on_old(&self) {
         let before = now_ms().saturating_sub(self.settings.max_age.as_millis() as i64);
-        let reason = format!(
-            "not delivered within {} s of being stored",
-            self.settings.max_age.as_secs()
-        );
-        match self.db.outbox_expire(before, &reason) {
+        match self.db.outbox_expire(before, &self.too_old()) {
             Ok(0) => {}
             Ok(n) => tracing::error!(events = n, "giving up forwarding leads that are too old"),
             Err(err) => tracing::error!(error = %err, "the outbox could not be swept"),
         }
     }
 
+    /// The reason an event past `max_age` is given up with.
+    fn too_old(&self) -> String {
+        format!(
+            "not delivered within {} s of being stored",
+            self.settings.max_age.as_secs()
+        )
+    }
+
+    /// Whether `item` is past `max_age` at `now` (unix ms).
+    fn is_too_old(&self, item: &OutboxItem, now: i64) -> bool {
+        Duration::from_millis(now.saturating_sub(item.created_at).max(0) as u64)
+            >= self.settings.max_age
+    }
+
     /// POSTs one event and records a failure; returns its lead id when it was delivered
     /// (the caller removes those from the outbox together).
     async fn forward(&self, item: OutboxItem) -> Option<String> {
-        let now = now_ms();
-        let age = Duration::from_millis(now.saturating_sub(item.created_at).max(0) as u64);
-        if age >= self.settings.max_age {
-            let reason = format!(
-                "not delivered within {} s of being stored",
-                self.settings.max_age.as_secs()
-            );
+        // Claimed after its day ran out (the sweep skips claimed events): no attempt.
+        if self.is_too_old(&item, now_ms()) {
             if let Err(err) =
                 self.db
-                    .outbox_dead(&item.lead_id, DeadLetterClass::Exhausted, &reason)
+                    .outbox_dead(&item.lead_id, DeadLetterClass::Exhausted, &self.too_old())
             {
                 tracing::error!(lead_id = %item.lead_id, error = %err, "the outbox could not be updated");
             }
@@ -233,8 +238,7 @@ impl Forwarder {
                 return Some(item.lead_id);
             }
             Delivery::Retry { after, reason } => {
-                let age = Duration::from_millis(now.saturating_sub(item.created_at).max(0) as u64);
-                if age >= self.settings.max_age {
+                if self.is_too_old(&item, now) {
                     tracing::error!(lead_id = %item.lead_id, attempts = item.attempts + 1, reason = %reason, "giving up forwarding a lead");
                     self.db.outbox_dead(
                         &item.lead_id,

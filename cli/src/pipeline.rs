@@ -605,22 +605,18 @@ impl ServeLock {
     /// Takes the lock, or says which process holds it.
     pub fn take(db: &Path) -> Result<Self, CliError> {
         use std::io::{Read, Seek, Write};
-        // One lock per file, however its path is spelled (`./`, a linked directory).
-        let db = match (db.parent(), db.file_name()) {
-            (Some(dir), Some(name)) => {
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
-                std::fs::canonicalize(dir)
-                    .map(|dir| dir.join(name))
-                    .unwrap_or_else(|_| db.to_path_buf())
+        // One lock per file, however its path is spelled (`./`, a link): the canonical path
+        // of the file, or of its directory while the file does not exist yet.
+        let db = std::fs::canonicalize(db).unwrap_or_else(|_| {
+            let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
+            match (
+                std::fs::canonicalize(dir.unwrap_or(Path::new("."))),
+                db.file_name(),
+            ) {
+                (Ok(dir), Some(name)) => dir.join(name),
+                _ => db.to_path_buf(),
             }
-            _ => db.to_path_buf(),
-        };
-        // A database that is itself a link: the file it names.
-        let db = std::fs::canonicalize(&db).unwrap_or(db);
+        });
         let path = PathBuf::from(format!("{}.serve.lock", db.display()));
         let mut file = std::fs::OpenOptions::new()
             .read(true)
