@@ -50,16 +50,25 @@ pub struct ExportArgs {
     /// Write through a symbolic link at --out (refused otherwise).
     #[arg(long)]
     pub force: bool,
+    /// Head the CSV's answer columns with the questions' labels (per form, in the form's
+    /// order) and fill them with the choices as shown; without it they are `field:<key>`
+    /// with Meta's raw values.
+    #[arg(long)]
+    pub labels: bool,
 }
 
 /// The fixed columns before the form fields.
-pub const FIXED_COLUMNS: [&str; 5] = [
+pub const FIXED_COLUMNS: [&str; 6] = [
     "lead_id",
     "created_time",
     "page_id",
     "form_id",
+    "form_name",
     "is_organic",
 ];
+/// Prefix of the normalised contact's columns (`contact_email`, `contact_phone`, ...: core's
+/// `readable::Contact::PARTS`), after the optional attributes.
+pub const CONTACT_PREFIX: &str = "contact_";
 /// The columns after the form fields.
 pub const TRAILING_COLUMNS: [&str; 4] = [
     "custom_disclaimer_responses",
@@ -126,11 +135,43 @@ pub fn decode_values(cell: &str) -> Vec<String> {
     }
 }
 
+/// The answer columns: `(key, header)` each, and whether cells show the choices' text.
+#[derive(Debug, Clone, Default)]
+pub struct AnswerColumns {
+    columns: Vec<(String, String)>,
+    labels: bool,
+}
+
+impl AnswerColumns {
+    /// `field:<key>` columns by name, with Meta's raw values.
+    pub fn by_key(keys: BTreeSet<String>) -> Self {
+        Self {
+            columns: keys
+                .into_iter()
+                .map(|k| {
+                    let header = format!("{FIELD_PREFIX}{k}");
+                    (k, header)
+                })
+                .collect(),
+            labels: false,
+        }
+    }
+
+    /// Columns headed by the questions' labels of `forms` (core's rule), with the choices'
+    /// text as the person saw them.
+    pub fn by_label(keys: BTreeSet<String>, forms: &[leadpipe_core::forms::Form]) -> Self {
+        Self {
+            columns: leadpipe_core::readable::labelled_columns(forms, &keys),
+            labels: true,
+        }
+    }
+}
+
 /// Writes rows one at a time in either format; CSV's columns are fixed up front from the
 /// field names, so nothing but the current row is held.
 pub struct RowWriter<W: Write> {
     inner: Inner<W>,
-    fields: Vec<String>,
+    answers: AnswerColumns,
 }
 
 enum Inner<W: Write> {
@@ -139,16 +180,20 @@ enum Inner<W: Write> {
 }
 
 impl<W: Write> RowWriter<W> {
-    /// A writer of `format` with these form field columns (CSV; JSONL ignores them).
-    pub fn new(format: Format, fields: BTreeSet<String>, out: W) -> Result<Self, CliError> {
-        let fields: Vec<String> = fields.into_iter().collect();
+    /// A writer of `format` with these answer columns (CSV; JSONL ignores them).
+    pub fn new(format: Format, answers: AnswerColumns, out: W) -> Result<Self, CliError> {
         let inner = match format {
             Format::Jsonl => Inner::Jsonl(out),
             Format::Csv => {
                 let mut writer = csv::Writer::from_writer(out);
                 let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
                 header.extend(OPTIONAL_COLUMNS.iter().map(|s| s.to_string()));
-                header.extend(fields.iter().map(|f| format!("{FIELD_PREFIX}{f}")));
+                header.extend(
+                    leadpipe_core::readable::Contact::PARTS
+                        .iter()
+                        .map(|p| format!("{CONTACT_PREFIX}{p}")),
+                );
+                header.extend(answers.columns.iter().map(|(_, h)| h.clone()));
                 header.extend(TRAILING_COLUMNS.iter().map(|s| s.to_string()));
                 writer
                     .write_record(header.iter().map(|h| cell(h).into_owned()))
@@ -156,7 +201,7 @@ impl<W: Write> RowWriter<W> {
                 Inner::Csv(Box::new(writer))
             }
         };
-        Ok(Self { inner, fields })
+        Ok(Self { inner, answers })
     }
 
     /// Writes one lead.
@@ -169,6 +214,7 @@ impl<W: Write> RowWriter<W> {
                     row.created_time.clone(),
                     row.page_id.clone(),
                     row.form_id.clone().unwrap_or_default(),
+                    row.readable.form_name.clone().unwrap_or_default(),
                     row.is_organic.to_string(),
                 ];
                 record.extend(
@@ -176,9 +222,20 @@ impl<W: Write> RowWriter<W> {
                         .iter()
                         .map(|c| row.optional.get(c).cloned().unwrap_or_default()),
                 );
-                record.extend(self.fields.iter().map(|f| {
-                    row.fields
-                        .get(f)
+                let contact = &row.readable.contact;
+                record.extend(
+                    leadpipe_core::readable::Contact::PARTS
+                        .iter()
+                        .map(|p| contact.part(p).unwrap_or_default().to_owned()),
+                );
+                let labels = self.answers.labels;
+                record.extend(self.answers.columns.iter().map(|(key, _)| {
+                    let shown = labels
+                        .then(|| row.readable.answers.iter().find(|a| &a.key == key))
+                        .flatten()
+                        .map(|a| &a.values);
+                    shown
+                        .or_else(|| row.fields.get(key))
                         .map(|v| encode_values(v))
                         .unwrap_or_default()
                 }));
@@ -205,7 +262,7 @@ impl<W: Write> RowWriter<W> {
 /// Writes `rows` as CSV.
 pub fn write_csv<W: Write>(rows: &[LeadRow], out: W) -> Result<(), CliError> {
     let fields: BTreeSet<String> = rows.iter().flat_map(|r| r.fields.keys().cloned()).collect();
-    let mut writer = RowWriter::new(Format::Csv, fields, out)?;
+    let mut writer = RowWriter::new(Format::Csv, AnswerColumns::by_key(fields), out)?;
     for row in rows {
         writer.write(row)?;
     }
@@ -250,6 +307,16 @@ pub fn row_json(row: &LeadRow) -> serde_json::Value {
     });
     for (k, v) in &row.optional {
         object[*k] = serde_json::json!(v);
+    }
+    let readable = &row.readable;
+    if let Some(name) = &readable.form_name {
+        object["form_name"] = serde_json::json!(name);
+    }
+    if !readable.answers.is_empty() {
+        object["answers"] = serde_json::json!(readable.answers);
+    }
+    if !readable.contact.is_empty() {
+        object["contact"] = serde_json::json!(readable.contact);
     }
     object
 }
@@ -302,16 +369,23 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
     }
     let written = if args.stack.is_some() || args.leads_table.is_some() {
         let config = leadpipe_aws::sdk_config().await;
-        let table = crate::operate::AwsNames {
+        let names = crate::operate::AwsNames {
             leads_table: args.leads_table.clone(),
             ..Default::default()
         }
         .over_stack(&config, args.stack.as_deref())
         .await
-        .map_err(|e| CliError::Unreachable(e.to_string()))?
-        .leads_table
-        .ok_or_else(|| CliError::Settings("the stack has no LeadsTableName output".into()))?;
-        crate::export_aws::export(&config, &table, &filter, args.format, out, &progress).await?
+        .map_err(|e| CliError::Unreachable(e.to_string()))?;
+        crate::export_aws::export(
+            &config,
+            &names,
+            &filter,
+            args.format,
+            args.labels,
+            out,
+            &progress,
+        )
+        .await?
     } else {
         if !args.db.exists() {
             return Err(CliError::Settings(format!(
@@ -320,7 +394,12 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
             )));
         }
         let db = LocalDb::open_read_only(&args.db)?;
-        let mut writer = RowWriter::new(args.format, db.field_names(&filter)?, out)?;
+        let answers = if args.labels {
+            AnswerColumns::by_label(db.field_names(&filter)?, &db.catalog()?)
+        } else {
+            AnswerColumns::by_key(db.field_names(&filter)?)
+        };
+        let mut writer = RowWriter::new(args.format, answers, out)?;
         let n = db.each_lead(&filter, |row| {
             progress.inc(1);
             writer.write(&row)
@@ -393,6 +472,7 @@ mod tests {
             raw: "{}".into(),
             source: "webhook".into(),
             ingested_at: "2026-01-01T00:00:01Z".into(),
+            readable: Default::default(),
         };
         let mut bytes = Vec::new();
         write_csv(&[row], &mut bytes).unwrap_or_else(|e| panic!("{e}"));

@@ -438,6 +438,7 @@ mod tests {
             form_id: Some("5".into()),
             source: LeadSourceKind::Webhook,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         }
     }
 

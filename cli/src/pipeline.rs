@@ -9,6 +9,7 @@ use leadpipe_core::accept::{WebhookRequest, WebhookSecrets, handle_webhook_reque
 use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillSettings, BackfillSummary, InstantDeadline, run_backfill,
 };
+use leadpipe_core::forms::FormCatalog;
 use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
 use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_core::secrets::AppSecrets;
@@ -59,6 +60,9 @@ pub struct Pipeline {
     tuning: Tuning,
     /// Speed to lead of every lead ingest stored first, for the demo's table.
     latencies: std::sync::Mutex<Vec<leadpipe_core::ingest::LeadLatency>>,
+    /// The forms catalog, in the SQLite file and cached for the process (shared by the
+    /// ingest workers and backfill).
+    forms: FormCatalog<GraphLeadFetcher, LocalDb>,
 }
 
 impl Pipeline {
@@ -87,6 +91,10 @@ impl Pipeline {
         let db = LocalDb::open(db)?;
         let graph = GraphClient::new(graph)?;
         let webhook = WebhookSecrets::try_from(&secrets).ok();
+        let forms = FormCatalog::new(
+            GraphLeadFetcher::new(graph.clone(), secrets.clone()),
+            db.clone(),
+        );
         Ok(Self {
             db,
             secrets,
@@ -94,7 +102,13 @@ impl Pipeline {
             graph,
             tuning,
             latencies: std::sync::Mutex::new(Vec::new()),
+            forms,
         })
+    }
+
+    /// Forms this process read from Graph (one per new form: the catalog keeps them).
+    pub fn forms_read_from_graph(&self) -> u64 {
+        self.forms.graph_reads()
     }
 
     /// The pages the secret has tokens for.
@@ -139,6 +153,7 @@ impl Pipeline {
         let report = ingest_batch(
             fetcher,
             &self.db,
+            &self.forms,
             control,
             &messages,
             time::OffsetDateTime::now_utc(),
@@ -204,6 +219,7 @@ impl Pipeline {
         };
         let ports = BackfillPorts {
             source: &source,
+            forms: &self.forms,
             store: &self.db,
             checkpoints: &self.db,
             dead_letters: &dead_letters,

@@ -111,6 +111,8 @@ impl LeadStore for DynamoLeadStore {
 
 pub use leadpipe_core::record::contract_time;
 
+use leadpipe_core::readable::{Answer, Contact, Readable};
+
 fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
@@ -167,6 +169,35 @@ pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
     item.insert("raw".to_owned(), s(record.raw));
     item.insert("source".to_owned(), s(record.source));
     item.insert("ingested_at".to_owned(), s(record.ingested_at));
+    let readable = record.readable;
+    if let Some(name) = &readable.form_name {
+        item.insert("form_name".to_owned(), s(name));
+    }
+    if !readable.answers.is_empty() {
+        let answers = readable
+            .answers
+            .iter()
+            .map(|a| {
+                AttributeValue::M(HashMap::from([
+                    ("key".to_owned(), s(&a.key)),
+                    ("label".to_owned(), s(&a.label)),
+                    (
+                        "values".to_owned(),
+                        AttributeValue::L(a.values.iter().map(|v| s(v)).collect()),
+                    ),
+                ]))
+            })
+            .collect();
+        item.insert("answers".to_owned(), AttributeValue::L(answers));
+    }
+    if !readable.contact.is_empty() {
+        let parts = readable
+            .contact
+            .parts()
+            .map(|(name, value)| (name.to_owned(), s(value)))
+            .collect();
+        item.insert("contact".to_owned(), AttributeValue::M(parts));
+    }
     item
 }
 
@@ -348,6 +379,73 @@ impl DynamoCheckpointStore {
     }
 }
 
+/// The forms catalog in the state table (core's `forms::FormStore`): `pk` `formdef#<id>`
+/// holds `form` (S, core's `forms::Form` as JSON), `name`, `page_id` and `fetched_at` (N).
+/// Apart from the checkpoints' `form#<id>`, so `status` and the checkpoint code never meet
+/// a catalog item.
+#[derive(Debug, Clone)]
+pub struct DynamoFormStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+/// The catalog item's key prefix.
+pub const FORM_ITEM_PREFIX: &str = "formdef#";
+
+impl DynamoFormStore {
+    /// The catalog on the state table `table`.
+    pub fn from_client(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+}
+
+impl leadpipe_core::forms::FormStore for DynamoFormStore {
+    async fn load_form(
+        &self,
+        form_id: &str,
+    ) -> Result<Option<leadpipe_core::forms::Form>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("{FORM_ITEM_PREFIX}{form_id}")))
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        // An item this code cannot read counts as absent: Graph is asked and it is replaced.
+        Ok(out
+            .item()
+            .and_then(|item| item.get("form"))
+            .and_then(|v| v.as_s().ok())
+            .and_then(|json| serde_json::from_str(json).ok()))
+    }
+
+    async fn save_forms(&self, forms: &[leadpipe_core::forms::Form]) -> Result<(), StoreError> {
+        // A run lists a page's few forms: one put each keeps every failure its own.
+        for form in forms {
+            let json = serde_json::to_string(form).unwrap_or_default();
+            let mut put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(format!("{FORM_ITEM_PREFIX}{}", form.id)))
+                .item("form", s(json))
+                .item("fetched_at", AttributeValue::N(form.fetched_at.to_string()));
+            if let Some(name) = &form.name {
+                put = put.item("name", s(name));
+            }
+            if let Some(page) = &form.page_id {
+                put = put.item("page_id", s(page));
+            }
+            put.send().await.map_err(|e| store_error(&e))?;
+        }
+        Ok(())
+    }
+}
+
 fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -502,7 +600,49 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> Option<LeadRow> 
         raw: s("raw").unwrap_or_default(),
         source: s("source")?,
         ingested_at: s("ingested_at")?,
+        readable: readable_from_item(item),
     })
+}
+
+/// The readable parts [`lead_item`] wrote (`form_name`, `answers`, `contact`); empty for a
+/// lead stored before they existed.
+pub fn readable_from_item(item: &HashMap<String, AttributeValue>) -> Readable {
+    let text = |v: &AttributeValue| match v {
+        AttributeValue::S(s) => Some(s.clone()),
+        _ => None,
+    };
+    let answers = match item.get("answers") {
+        Some(AttributeValue::L(list)) => list
+            .iter()
+            .filter_map(|a| match a {
+                AttributeValue::M(m) => Some(Answer {
+                    key: m.get("key").and_then(text)?,
+                    label: m.get("label").and_then(text)?,
+                    values: match m.get("values") {
+                        Some(AttributeValue::L(values)) => values.iter().filter_map(text).collect(),
+                        _ => Vec::new(),
+                    },
+                }),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let contact = match item.get("contact") {
+        Some(AttributeValue::M(parts)) => {
+            let parts: serde_json::Map<String, serde_json::Value> = parts
+                .iter()
+                .filter_map(|(k, v)| text(v).map(|t| (k.clone(), serde_json::Value::String(t))))
+                .collect();
+            serde_json::from_value(serde_json::Value::Object(parts)).unwrap_or_default()
+        }
+        _ => Contact::default(),
+    };
+    Readable {
+        form_name: item.get("form_name").and_then(text),
+        answers,
+        contact,
+    }
 }
 
 #[cfg(test)]
@@ -524,6 +664,7 @@ mod tests {
             form_id: Some("5".into()),
             source: LeadSourceKind::Backfill,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         };
         let record = stored.record();
         let row = row_from_item(&lead_item(&stored)).unwrap();

@@ -4,8 +4,8 @@
 use crate::describe_sdk_error;
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use leadpipe_core::lead_received::{
-    DETAIL_TYPE, DisclaimerAnswer, EVENT_SOURCE, EventPublisher, LeadReceived, PublishError,
-    StreamChange, VERSION,
+    Answer, Contact, DETAIL_TYPE, DisclaimerAnswer, EVENT_SOURCE, EventPublisher, LeadReceived,
+    PublishError, StreamChange, VERSION,
 };
 use leadpipe_core::ports::LeadSourceKind;
 use serde_json::Value;
@@ -196,7 +196,74 @@ pub fn lead_from_image(image: &Value) -> Result<LeadReceived, String> {
         custom_disclaimer_responses: disclaimers,
         source,
         ingested_at: required("ingested_at")?,
+        form_name: s("form_name"),
+        answers: answers_of_image(image)?,
+        contact: contact_of_image(image)?,
     })
+}
+
+/// `answers`: absent for a lead stored before they existed; present, an L of M
+/// `{key, label, values}`.
+fn answers_of_image(image: &Value) -> Result<Vec<Answer>, String> {
+    let text = |m: &Value, name: &str| -> Result<String, String> {
+        m.get(name)
+            .and_then(|v| v.get("S"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| format!("an answer's {name} is not S"))
+    };
+    match image.get("answers").map(|v| v.get("L")) {
+        None => Ok(Vec::new()),
+        Some(Some(Value::Array(list))) => list
+            .iter()
+            .map(|item| {
+                let m = item
+                    .get("M")
+                    .ok_or_else(|| "an answer is not M".to_owned())?;
+                let values = m
+                    .get("values")
+                    .and_then(|v| v.get("L"))
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| "an answer's values is not L".to_owned())?
+                    .iter()
+                    .map(|v| {
+                        v.get("S")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .ok_or_else(|| "an answer value is not S".to_owned())
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Answer {
+                    key: text(m, "key")?,
+                    label: text(m, "label")?,
+                    values,
+                })
+            })
+            .collect(),
+        Some(_) => Err("answers is not L".into()),
+    }
+}
+
+/// `contact`: absent, or an M of S whose names are the contact's parts.
+fn contact_of_image(image: &Value) -> Result<Contact, String> {
+    match image.get("contact").map(|v| v.get("M")) {
+        None => Ok(Contact::default()),
+        Some(Some(Value::Object(parts))) => {
+            let mut plain = serde_json::Map::new();
+            for (name, value) in parts {
+                if !Contact::PARTS.contains(&name.as_str()) {
+                    continue;
+                }
+                let text = value
+                    .get("S")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("contact.{name} is not S"))?;
+                plain.insert(name.clone(), Value::String(text.to_owned()));
+            }
+            serde_json::from_value(Value::Object(plain)).map_err(|_| "contact is unreadable".into())
+        }
+        Some(_) => Err("contact is not M".into()),
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +316,7 @@ mod tests {
             form_id: Some("55".into()),
             source: LeadSourceKind::Backfill,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         };
         let image = item_json(&crate::dynamo::lead_item(&stored));
         let from_stream = lead_from_image(&image).unwrap();
@@ -272,6 +340,7 @@ mod tests {
             form_id: Some("5".into()),
             source: LeadSourceKind::Webhook,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         };
         let good = item_json(&crate::dynamo::lead_item(&stored));
         for (attribute, odd) in [

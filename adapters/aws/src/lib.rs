@@ -22,7 +22,7 @@ pub mod status;
 pub use aws_sdk_dynamodb::Client as DynamoClient;
 pub use aws_sdk_secretsmanager::Client as SecretsClient;
 pub use aws_sdk_sqs::Client as SqsClient;
-pub use dynamo::{DynamoCheckpointStore, DynamoLeadStore};
+pub use dynamo::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore};
 pub use events::EventBridgePublisher;
 pub use secrets::load_secrets;
 pub use sqs::{SqsEventQueue, SqsQueueControl};

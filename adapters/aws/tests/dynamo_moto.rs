@@ -36,6 +36,7 @@ fn stored(id: &str, answer_bytes: usize, form: Option<&str>) -> StoredLead {
         form_id: form.map(str::to_owned),
         source: LeadSourceKind::Webhook,
         ingested_at: datetime!(2026-11-30 05:00:00 UTC),
+        readable: Default::default(),
     }
 }
 

@@ -120,6 +120,32 @@ impl GraphBackfillSource {
     }
 }
 
+/// The forms catalog's Graph read: `GET /{form-id}` with the page's token.
+impl leadpipe_core::forms::FormReader for GraphLeadFetcher {
+    async fn read_form(
+        &self,
+        page_id: &str,
+        form_id: &str,
+    ) -> Result<leadpipe_graph::LeadgenForm, GraphError> {
+        let token = self
+            .secrets
+            .token_for_page(page_id)
+            .ok_or_else(|| missing_page_token(page_id))?;
+        self.client.form(token, form_id).await
+    }
+}
+
+impl leadpipe_core::forms::FormReader for GraphBackfillSource {
+    async fn read_form(
+        &self,
+        page_id: &str,
+        form_id: &str,
+    ) -> Result<leadpipe_graph::LeadgenForm, GraphError> {
+        let token = self.token(page_id)?;
+        self.client.form(token, form_id).await
+    }
+}
+
 impl leadpipe_core::ports::BackfillSource for GraphBackfillSource {
     async fn lead_access(
         &self,

@@ -13,6 +13,7 @@ use leadpipe_core::ports::{
 use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_core::record::contract_time;
 
+mod forms;
 mod outbox;
 mod privacy;
 mod redrive;
@@ -78,6 +79,15 @@ CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_at);
 CREATE TABLE IF NOT EXISTS erased (
     lead_id TEXT PRIMARY KEY,
     erased_at TEXT NOT NULL
+);
+-- The forms catalog (docs/leads-out.md, Readable parts): one row per form, its latest
+-- version as JSON (core's `forms::Form`).
+CREATE TABLE IF NOT EXISTS forms (
+    form_id TEXT PRIMARY KEY,
+    page_id TEXT,
+    name TEXT,
+    form TEXT NOT NULL,
+    fetched_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (
     pk TEXT PRIMARY KEY,
@@ -259,7 +269,14 @@ fn migrate_form_id_nullable(conn: &Connection) -> rusqlite::Result<()> {
 /// The lookup keys and expiry (`crate::privacy`), added to files made before they existed,
 /// with their partial indexes (only leads that have one are in them).
 fn migrate_privacy_columns(conn: &Connection) -> rusqlite::Result<()> {
-    for column in ["email_key TEXT", "phone_key TEXT", "expires_at INTEGER"] {
+    // `readable`: the lead's form name, answers by label and contact, as JSON (core's
+    // `readable::Readable`), from the release that brought the forms catalog.
+    for column in [
+        "email_key TEXT",
+        "phone_key TEXT",
+        "expires_at INTEGER",
+        "readable TEXT",
+    ] {
         let name = column.split(' ').next().unwrap_or_default();
         let exists: bool = conn
             .query_row(
@@ -277,6 +294,16 @@ fn migrate_privacy_columns(conn: &Connection) -> rusqlite::Result<()> {
          CREATE INDEX IF NOT EXISTS by_phone_key ON leads (phone_key) WHERE phone_key IS NOT NULL;
          CREATE INDEX IF NOT EXISTS by_expiry ON leads (expires_at) WHERE expires_at IS NOT NULL;",
     )
+}
+
+/// Whether `table` has `column` (files opened read-only are not migrated).
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// The class of an outbox dead letter (`refused`, `exhausted`), for `redrive --reason-class`;
@@ -518,15 +545,17 @@ impl LocalDb {
         let mut seen = 0;
         let mut failure: Option<E> = None;
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare(&format!(
                 "SELECT lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id, adset_name, campaign_id,
                         campaign_name, platform, partner_name, retailer_item_id, is_organic, fields,
-                        custom_disclaimer_responses, raw, source, ingested_at
+                        custom_disclaimer_responses, raw, source, ingested_at, {readable}
                  FROM leads
                  WHERE (?1 IS NULL OR form_id = ?1) AND (?2 IS NULL OR created_time >= ?2)
                    AND (?3 IS NULL OR created_time < ?3)
                  ORDER BY form_id, created_time, lead_id",
-            )?;
+                // A file opened read-only before its migration has no such column yet.
+                readable = if has_column(conn, "leads", "readable")? { "readable" } else { "NULL" },
+            ))?;
             let mut rows = stmt.query(params![filter.form_id, filter.since, filter.until])?;
             while let Some(r) = rows.next()? {
                 let mut optional = BTreeMap::new();
@@ -569,6 +598,11 @@ impl LocalDb {
                     raw: r.get(16)?,
                     source: r.get(17)?,
                     ingested_at: r.get(18)?,
+                    // Written by this code only; a row it cannot read is one stored before.
+                    readable: r
+                        .get::<_, Option<String>>(19)?
+                        .and_then(|json| serde_json::from_str(&json).ok())
+                        .unwrap_or_default(),
                 };
                 seen += 1;
                 if let Err(e) = f(row) {
@@ -799,8 +833,9 @@ impl LeadStore for LocalDb {
                 let changed = tx.execute(
                     "INSERT OR IGNORE INTO leads (lead_id, created_time, page_id, form_id, ad_id, ad_name, adset_id,
                         adset_name, campaign_id, campaign_name, platform, partner_name, retailer_item_id, is_organic,
-                        fields, custom_disclaimer_responses, raw, source, ingested_at, email_key, phone_key, expires_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                        fields, custom_disclaimer_responses, raw, source, ingested_at, email_key, phone_key, expires_at,
+                        readable)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
                     params![
                         record.lead_id,
                         record.created_time,
@@ -824,6 +859,7 @@ impl LeadStore for LocalDb {
                         privacy.email_key,
                         privacy.phone_key,
                         privacy.expires_at,
+                        serde_json::to_string(record.readable).ok(),
                     ],
                 )?;
                 // The lead's event, in the same transaction as its first write: a lead stored

@@ -24,6 +24,7 @@ fn stored(id: &str, email: &str, phone: &str) -> StoredLead {
         form_id: Some("5".into()),
         source: LeadSourceKind::Webhook,
         ingested_at: time::OffsetDateTime::now_utc(),
+        readable: Default::default(),
     }
 }
 

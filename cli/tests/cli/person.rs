@@ -603,6 +603,7 @@ async fn a_real_spreadsheet_runs_no_exported_cell_and_keeps_phones_as_given() {
         form_id: Some("5".into()),
         source: LeadSourceKind::Webhook,
         ingested_at: time::OffsetDateTime::now_utc(),
+        readable: Default::default(),
     }])
     .await
     .unwrap();

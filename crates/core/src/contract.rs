@@ -10,9 +10,11 @@ pub fn sample_lead(id: &str, source: LeadSourceKind, ingested_at: OffsetDateTime
     let raw = format!(
         r#"{{"id":"{id}","created_time":"2026-11-30T04:00:00+0000","form_id":"9","field_data":[{{"name":"email","values":["p{id}@example.org"]}}]}}"#
     );
+    // A literal that parses: the contract is about the store, not the parser.
+    let lead = leadpipe_graph::Lead::from_json(&raw).unwrap_or_else(|_| unreachable_lead());
     StoredLead {
-        // A literal that parses: the contract is about the store, not the parser.
-        lead: leadpipe_graph::Lead::from_json(&raw).unwrap_or_else(|_| unreachable_lead()),
+        readable: crate::readable::Readable::of(&lead.field_data, None),
+        lead,
         page_id: "77".into(),
         form_id: Some("9".into()),
         source,

@@ -13,11 +13,13 @@
 //!   with its reason as attributes, then done; if that send fails it is reported failed.
 
 use crate::event::LeadEvent;
+use crate::forms::{FormLookup, FormRef};
 use crate::ids::is_graph_id;
 use crate::ports::{
     DeadLetterClass, DeadLetterReason, LeadFetcher, LeadSourceKind, LeadStore, PutOutcome,
     QueueControl, StoredLead,
 };
+use crate::readable::Readable;
 use leadpipe_graph::{ErrorClass, GraphError, Lead};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -217,16 +219,20 @@ enum Judgement {
 }
 
 /// Ingests one batch. Never fails as a whole: every message gets a [`Disposition`].
-pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl>(
+///
+/// Each stored lead is read against its form (`forms`: the catalog, one Graph read per new
+/// form per process); a form that cannot be read leaves the lead readable by key only.
+pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl, K: FormLookup>(
     fetcher: &F,
     store: &S,
+    forms: &K,
     queue: &C,
     messages: &[QueuedMessage<'_>],
     now: OffsetDateTime,
 ) -> IngestReport {
     let judgements = parse_messages(queue, messages).await;
     let mut fetched = fetch_by_page(fetcher, &judgements).await;
-    let stored = store_read_leads(store, &judgements, &fetched.results, now).await;
+    let stored = store_read_leads(store, forms, &judgements, &fetched.results, now).await;
 
     // 4. Judge each message.
     let mut report = IngestReport::default();
@@ -392,8 +398,9 @@ async fn fetch_by_page<F: LeadFetcher>(fetcher: &F, judgements: &[Judgement]) ->
 
 /// Step 3: every lead that was read, stored once (one store call for the batch). The
 /// store's answer per lead id, or why the whole write failed.
-async fn store_read_leads<S: LeadStore>(
+async fn store_read_leads<S: LeadStore, K: FormLookup>(
     store: &S,
+    forms: &K,
     judgements: &[Judgement],
     results: &HashMap<(String, String), Result<Lead, GraphError>>,
     now: OffsetDateTime,
@@ -411,11 +418,26 @@ async fn store_read_leads<S: LeadStore>(
                 page_id: event.page_id.clone(),
                 source: LeadSourceKind::Webhook,
                 ingested_at: now,
+                readable: Readable::default(),
             });
         }
     }
     if to_store.is_empty() {
         return Ok(HashMap::new());
+    }
+    let wanted: Vec<FormRef> = to_store
+        .iter()
+        .filter_map(|s| {
+            s.form_id.as_ref().map(|form_id| FormRef {
+                page_id: s.page_id.clone(),
+                form_id: form_id.clone(),
+            })
+        })
+        .collect();
+    let known = forms.forms(&wanted).await;
+    for lead in &mut to_store {
+        let form = lead.form_id.as_ref().and_then(|f| known.get(f));
+        lead.readable = Readable::of(&lead.lead.field_data, form.map(|f| &**f));
     }
     match store.put_leads(&to_store).await {
         Ok(outcomes) => Ok(to_store
@@ -499,7 +521,10 @@ async fn dead_letter<C: QueueControl>(
 mod tests {
     //! Every disposition against in-memory ports: no AWS, no HTTP, a few milliseconds.
     use super::*;
-    use crate::memory::{MemoryFetcher, MemoryLeadStore, MemoryQueueControl};
+    use crate::forms::FormCatalog;
+    use crate::memory::{
+        MemoryFetcher, MemoryFormReader, MemoryFormStore, MemoryLeadStore, MemoryQueueControl,
+    };
     use leadpipe_graph::GraphError;
     use time::macros::datetime;
 
@@ -524,7 +549,16 @@ mod tests {
     struct World {
         fetcher: MemoryFetcher,
         store: MemoryLeadStore,
+        forms: FormCatalog<MemoryFormReader, MemoryFormStore>,
         queue: MemoryQueueControl,
+    }
+
+    fn graph_form(id: &str) -> leadpipe_graph::LeadgenForm {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": format!("Form {id}"), "locale": "en_US",
+            "questions": [{"key": "email", "label": "Your e-mail", "type": "EMAIL"}]
+        }))
+        .unwrap()
     }
 
     impl World {
@@ -532,6 +566,10 @@ mod tests {
             Self {
                 fetcher: MemoryFetcher::default(),
                 store: MemoryLeadStore::new(),
+                forms: FormCatalog::new(
+                    MemoryFormReader::with_forms([graph_form("9")]),
+                    MemoryFormStore::default(),
+                ),
                 queue: MemoryQueueControl::default(),
             }
         }
@@ -547,7 +585,15 @@ mod tests {
                     body,
                 })
                 .collect();
-            ingest_batch(&self.fetcher, &self.store, &self.queue, &messages, NOW).await
+            ingest_batch(
+                &self.fetcher,
+                &self.store,
+                &self.forms,
+                &self.queue,
+                &messages,
+                NOW,
+            )
+            .await
         }
 
         fn dead_letter_classes(&self) -> Vec<DeadLetterClass> {
@@ -770,5 +816,43 @@ mod tests {
             .fail_every_call(Some(graph_error(ErrorClass::Transient)));
         let report = world.ingest(&[body("1")]).await;
         assert!(report.fully_failed());
+    }
+
+    #[tokio::test]
+    async fn each_lead_is_stored_readable_and_graph_is_asked_once_per_form() {
+        let world = World::new();
+        let mut bodies = Vec::new();
+        for i in 0..30 {
+            let id = format!("{}", 500 + i);
+            // Form 9 is known to Graph; form 8 is not (its leads keep answers by key).
+            let form = if i % 3 == 0 { "8" } else { "9" };
+            world.fetcher.set(&id, Ok(lead(&id, Some(form))));
+            bodies.push(body(&id));
+            if bodies.len() == 10 {
+                let report = world.ingest(&bodies).await;
+                assert_eq!(report.stored_new(), 10);
+                bodies.clear();
+            }
+        }
+        assert_eq!(
+            world.forms.graph_reads(),
+            2,
+            "one read per new form, however many leads and batches"
+        );
+        let known = world.store.get("501").unwrap();
+        assert_eq!(known.readable.form_name.as_deref(), Some("Form 9"));
+        assert_eq!(known.readable.answers[0].label, "Your e-mail");
+        assert_eq!(
+            known.readable.contact.email.as_deref(),
+            Some("p501@example.org")
+        );
+        let unknown = world.store.get("500").unwrap();
+        assert_eq!(unknown.readable.form_name, None);
+        assert_eq!(unknown.readable.answers[0].label, "email", "by key");
+        assert_eq!(
+            unknown.readable.contact.email.as_deref(),
+            Some("p500@example.org"),
+            "the contact still comes from Meta's standard keys"
+        );
     }
 }

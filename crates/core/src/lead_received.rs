@@ -8,6 +8,7 @@
 //! retries from the first one that could not be published.
 
 use crate::ports::LeadSourceKind;
+pub use crate::readable::{Answer, Contact};
 use crate::record::LeadRecord;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -74,6 +75,17 @@ pub struct LeadReceived {
     pub source: LeadSourceKind,
     /// When it was first stored, RFC 3339 UTC.
     pub ingested_at: String,
+    /// The form's name, when leadpipe knew the form (added in v1: receivers ignore what
+    /// they do not know; docs/leads-out.md, "Compatibility").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form_name: Option<String>,
+    /// Each answer under its question's label, in the form's order, option keys shown as
+    /// the choices' text. `fields` stays as Meta gave it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<Answer>,
+    /// The person, normalised: each part only when the form asked.
+    #[serde(default, skip_serializing_if = "Contact::is_empty")]
+    pub contact: Contact,
 }
 
 impl std::fmt::Debug for LeadReceived {
@@ -128,6 +140,9 @@ impl LeadReceived {
                 _ => LeadSourceKind::Webhook,
             },
             ingested_at: record.ingested_at.clone(),
+            form_name: record.readable.form_name.clone(),
+            answers: record.readable.answers.clone(),
+            contact: record.readable.contact.clone(),
         }
     }
 
@@ -358,7 +373,16 @@ mod tests {
                 "custom_disclaimer_responses":[{{"checkbox_key":"terms","is_checked":"1"}}]}}"#
         ))
         .unwrap();
+        let form: crate::forms::Form = serde_json::from_value(serde_json::json!({
+            "id": "55", "name": "Solar quote", "locale": "en_US", "fetched_at": 0,
+            "questions": [
+                {"key": "services", "label": "Which services?", "type": "CUSTOM",
+                 "options": [{"key": "a", "value": "Solar panels"}, {"key": "b", "value": "Battery"}]},
+                {"key": "email", "label": "Email", "type": "EMAIL"}]
+        }))
+        .unwrap();
         let stored = StoredLead {
+            readable: crate::readable::Readable::of(&lead.field_data, Some(&form)),
             lead,
             page_id: "77".into(),
             form_id: Some("55".into()),
@@ -444,6 +468,25 @@ mod tests {
         bare.fields.clear();
         bare.custom_disclaimer_responses.clear();
         bare.source = LeadSourceKind::Backfill;
+        (bare.form_name, bare.answers) = (None, Vec::new());
+        bare.contact = Default::default();
+        assert_eq!(full.form_name.as_deref(), Some("Solar quote"));
+        assert_eq!(full.answers[0].values, ["Solar panels", "Battery"]);
+        let before_readable_parts = serde_json::json!({
+            "version": "1", "lead_id": "9", "created_time": "2026-11-30T04:00:00Z",
+            "page_id": "77", "is_organic": false, "fields": {}, "custom_disclaimer_responses": [],
+            "source": "webhook", "ingested_at": "2026-11-30T04:00:00Z"});
+        assert!(
+            validator.is_valid(&before_readable_parts),
+            "an event without the new parts is still v1"
+        );
+        let bare_json: serde_json::Value = serde_json::from_str(&bare.to_json()).unwrap();
+        for part in ["form_name", "answers", "contact"] {
+            assert!(
+                bare_json.get(part).is_none(),
+                "{part} is left out when empty"
+            );
+        }
         for e in [full, bare] {
             let json: serde_json::Value = serde_json::from_str(&e.to_json()).unwrap();
             let errors: Vec<String> = validator
@@ -460,6 +503,13 @@ mod tests {
             serde_json::from_str(&event("4").to_json()).unwrap();
         empty_form["form_id"] = serde_json::json!("");
         assert!(!validator.is_valid(&empty_form));
+        let mut both: serde_json::Value = serde_json::from_str(&event("5").to_json()).unwrap();
+        both["contact"]["phone"] = serde_json::json!("+12125550123");
+        both["contact"]["phone_as_given"] = serde_json::json!("212 555");
+        assert!(
+            !validator.is_valid(&both),
+            "a phone is read or kept as given, not both"
+        );
     }
 
     #[tokio::test]

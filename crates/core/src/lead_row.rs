@@ -29,6 +29,8 @@ pub struct LeadRow {
     pub source: String,
     /// When it was first written, RFC 3339 UTC.
     pub ingested_at: String,
+    /// The form's name, the answers by label, the contact (empty for leads stored before).
+    pub readable: crate::readable::Readable,
 }
 
 /// Which leads an export reads: one form, and `created_time` in `[since, until)` (RFC 3339

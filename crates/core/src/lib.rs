@@ -14,6 +14,8 @@
 //! [`accept::WebhookResponse`]) with their counts; the edges turn those into metrics. No
 //! adapter is a dependency here: no HTTP client, AWS SDK, SQLite or log subscriber
 //! (docs/architecture.md, "Layers").
+//! * [`forms`] and [`readable`]: the forms catalog, and a lead read by its questions' labels
+//!   with a normalised [`contact`].
 //! * [`privacy`]: lookup keys (HMAC of email and phone) and retention, for `forget` and TTL.
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
@@ -23,9 +25,11 @@
 
 pub mod accept;
 pub mod backfill;
+pub mod contact;
 pub mod contract;
 pub mod erasure;
 pub mod event;
+pub mod forms;
 pub mod ids;
 pub mod ingest;
 pub mod json_error;
@@ -34,6 +38,7 @@ pub mod lead_row;
 pub mod memory;
 pub mod ports;
 pub mod privacy;
+pub mod readable;
 pub mod record;
 pub mod secrets;
 pub mod settings;

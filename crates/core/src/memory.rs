@@ -377,3 +377,82 @@ impl crate::ports::BackfillSource for MemoryBackfillSource {
         })
     }
 }
+
+/// Graph's forms, by id; a form it does not hold is "does not exist" (code 100).
+#[derive(Debug, Default)]
+pub struct MemoryFormReader {
+    forms: std::collections::HashMap<String, leadpipe_graph::LeadgenForm>,
+    reads: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryFormReader {
+    /// A reader that knows these forms.
+    pub fn with_forms(forms: impl IntoIterator<Item = leadpipe_graph::LeadgenForm>) -> Self {
+        Self {
+            forms: forms.into_iter().map(|f| (f.id.clone(), f)).collect(),
+            reads: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Reads asked of it.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl crate::forms::FormReader for MemoryFormReader {
+    async fn read_form(
+        &self,
+        _page_id: &str,
+        form_id: &str,
+    ) -> Result<leadpipe_graph::LeadgenForm, leadpipe_graph::GraphError> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.forms.get(form_id).cloned().ok_or_else(|| {
+            leadpipe_graph::GraphError::local(
+                format!("GET /{form_id}"),
+                leadpipe_graph::ErrorClass::NotFound,
+                "Unsupported get request. Object does not exist",
+            )
+        })
+    }
+}
+
+/// A catalog store in memory; clones share it (a second "process" over the same state).
+#[derive(Debug, Clone, Default)]
+pub struct MemoryFormStore {
+    forms: std::sync::Arc<Mutex<std::collections::HashMap<String, crate::forms::Form>>>,
+}
+
+impl MemoryFormStore {
+    /// Forms kept.
+    pub fn len(&self) -> usize {
+        self.forms.lock().map(|f| f.len()).unwrap_or(0)
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl crate::forms::FormStore for MemoryFormStore {
+    async fn load_form(
+        &self,
+        form_id: &str,
+    ) -> Result<Option<crate::forms::Form>, crate::ports::StoreError> {
+        Ok(self.forms.lock().ok().and_then(|f| f.get(form_id).cloned()))
+    }
+
+    async fn save_forms(
+        &self,
+        forms: &[crate::forms::Form],
+    ) -> Result<(), crate::ports::StoreError> {
+        if let Ok(mut kept) = self.forms.lock() {
+            for form in forms {
+                kept.insert(form.id.clone(), form.clone());
+            }
+        }
+        Ok(())
+    }
+}

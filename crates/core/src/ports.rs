@@ -131,6 +131,8 @@ pub struct StoredLead {
     pub source: LeadSourceKind,
     /// When it was first written.
     pub ingested_at: time::OffsetDateTime,
+    /// The lead read against its form's version at this time (`crate::readable`).
+    pub readable: crate::readable::Readable,
 }
 
 /// What writing one lead did.

@@ -87,6 +87,8 @@ impl LeadPolicy {
 
     /// The attributes of one lead: hashes of its first email and phone, and its expiry
     /// (`created_time` plus the retention).
+    /// The contact's email and phone are the ones hashed: the phone in E.164 when it could be
+    /// read (`crate::contact`), as given otherwise.
     pub fn attributes(&self, stored: &StoredLead) -> PrivacyAttributes {
         let first = |name: &str| {
             stored
@@ -95,9 +97,16 @@ impl LeadPolicy {
                 .and_then(|values| values.first())
                 .map(String::as_str)
         };
+        let contact = &stored.readable.contact;
+        let email = contact.email.as_deref().or_else(|| first(EMAIL_FIELD));
+        let phone_key = match (&contact.phone, &contact.phone_as_given) {
+            (Some(e164), _) => self.keyed(e164),
+            (None, Some(given)) => self.phone_key(given),
+            (None, None) => first(PHONE_FIELD).and_then(|p| self.phone_key(p)),
+        };
         PrivacyAttributes {
-            email_key: first(EMAIL_FIELD).and_then(|e| self.email_key(e)),
-            phone_key: first(PHONE_FIELD).and_then(|p| self.phone_key(p)),
+            email_key: email.and_then(|e| self.email_key(e)),
+            phone_key,
             expires_at: (self.retention_days > 0).then(|| {
                 stored.lead.created_time.unix_timestamp() + i64::from(self.retention_days) * 86_400
             }),
@@ -134,9 +143,33 @@ impl LeadPolicy {
         keys
     }
 
-    /// The lookup key of a phone number, as `forget --phone` asks for it.
+    /// The lookup key of a phone number that could not be read as a number (digits only, a
+    /// leading `+` kept), and of every phone stored before phones were read by country.
     pub fn phone_key(&self, phone: &str) -> Option<String> {
         self.keyed(&normalise_phone(phone)?)
+    }
+
+    /// Every key a number may be stored under, as `forget --phone` asks for it: its E.164
+    /// form read as international and with each country in `regions` (the forms' countries),
+    /// and the digits-only key of numbers stored before, or not readable as numbers.
+    pub fn phone_keys(&self, phone: &str, regions: &[crate::contact::Region]) -> Vec<String> {
+        use crate::contact::{Phone, normalise_phone as read};
+        let mut keys = Vec::new();
+        let mut add = |key: Option<String>| {
+            if let Some(key) = key
+                && !keys.contains(&key)
+            {
+                keys.push(key);
+            }
+        };
+        let readings = std::iter::once(None).chain(regions.iter().copied().map(Some));
+        for region in readings {
+            if let Some(Phone::E164(number)) = read(phone, region) {
+                add(self.keyed(&number));
+            }
+        }
+        add(self.phone_key(phone));
+        keys
     }
 
     fn keyed(&self, value: &str) -> Option<String> {
@@ -148,41 +181,12 @@ impl LeadPolicy {
     }
 }
 
-/// One address, one form, whoever typed it and however it was stored: trimmed; Unicode
-/// NFC (a decomposed `jose\u{301}` is the composed `josé`); the local part lower-cased
-/// with Unicode's default mapping after the dotted capital `İ` is taken as `i` (so
-/// `İlker` is `ilker`, not `i̇lker`); the domain through IDNA (UTS 46) to its ASCII
-/// form (`bücher.de` and `xn--bcher-kva.de` are one domain, lower-case). A domain IDNA
-/// refuses is kept lower-cased as it is. `None` when nothing is left.
-pub fn normalise_email(email: &str) -> Option<String> {
-    use unicode_normalization::UnicodeNormalization;
-    let composed: String = email.trim().nfc().collect();
-    if composed.is_empty() {
-        return None;
-    }
-    let lower =
-        |text: &str| -> String { text.replace('\u{130}', "i").to_lowercase().nfc().collect() };
-    Some(match composed.rsplit_once('@') {
-        Some((local, domain)) => {
-            let domain = idna::domain_to_ascii(domain).unwrap_or_else(|_| lower(domain));
-            format!("{}@{domain}", lower(local))
-        }
-        None => lower(&composed),
-    })
-}
+pub use crate::contact::normalise_email;
 
-/// Digits only, a leading `+` kept; `None` without a digit.
+/// Digits only, a leading `+` kept: the rule of lookup keys before phones were read by
+/// country ([`crate::contact::legacy_phone_digits`]).
 pub fn normalise_phone(phone: &str) -> Option<String> {
-    let trimmed = phone.trim();
-    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
-    if digits.is_empty() {
-        return None;
-    }
-    Some(if trimmed.starts_with('+') {
-        format!("+{digits}")
-    } else {
-        digits
-    })
+    crate::contact::legacy_phone_digits(phone)
 }
 
 #[cfg(test)]
@@ -202,6 +206,7 @@ mod tests {
             form_id: Some("5".into()),
             source: LeadSourceKind::Webhook,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         }
     }
 
@@ -275,6 +280,39 @@ mod tests {
             policy.email_keys("ada@example.org").len(),
             1,
             "ASCII: one key"
+        );
+    }
+
+    #[test]
+    fn one_number_written_other_ways_is_found_by_one_key() {
+        use crate::contact::Region;
+        let policy = LeadPolicy::new(Some(SecretString::from("k")), 0);
+        let us = Region::parse("US").unwrap();
+        let stored = policy.keyed("+15551234567").unwrap();
+        for asked in ["+1 (555) 123-4567", "15551234567", "555-123-4567"] {
+            assert!(
+                policy.phone_keys(asked, &[us]).contains(&stored),
+                "{asked} on a US form"
+            );
+        }
+        assert!(
+            !policy.phone_keys("555-123-4567", &[]).contains(&stored),
+            "a national number needs the form's country"
+        );
+        // A lead stored under the earlier rule is still found.
+        let old = policy.keyed("5551234567").unwrap();
+        assert!(policy.phone_keys("555-123-4567", &[us]).contains(&old));
+    }
+
+    #[test]
+    fn the_stored_key_is_the_contacts_e164_phone() {
+        let policy = LeadPolicy::new(Some(SecretString::from("k")), 0);
+        let mut lead = stored();
+        lead.readable = crate::readable::Readable::of(&lead.lead.field_data, None);
+        assert_eq!(lead.readable.contact.phone.as_deref(), Some("+15550109999"));
+        assert_eq!(
+            policy.attributes(&lead).phone_key,
+            policy.keyed("+15550109999")
         );
     }
 

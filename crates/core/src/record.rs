@@ -56,6 +56,8 @@ pub struct LeadRecord<'a> {
     pub source: &'static str,
     /// [`contract_time`] of the first ingest.
     pub ingested_at: String,
+    /// The form's name, the answers by label and the contact (`crate::readable`).
+    pub readable: &'a crate::readable::Readable,
 }
 
 impl StoredLead {
@@ -101,6 +103,7 @@ impl StoredLead {
             raw: &lead.raw,
             source: self.source.as_str(),
             ingested_at: contract_time(self.ingested_at),
+            readable: &self.readable,
         }
     }
 }
@@ -126,6 +129,7 @@ mod tests {
             form_id: Some(String::new()),
             source: LeadSourceKind::Backfill,
             ingested_at: datetime!(2026-11-30 05:00:00.75 UTC),
+            readable: Default::default(),
         };
         let record = stored.record();
         assert_eq!(record.created_time, "2026-11-30T03:00:00Z");

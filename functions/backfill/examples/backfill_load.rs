@@ -178,6 +178,7 @@ async fn main() {
     let dead_letters = leadpipe_core::memory::MemoryQueueControl::default();
     let ports = BackfillPorts {
         source: &source,
+        forms: &leadpipe_core::forms::NoForms,
         store: &store,
         checkpoints: &checkpoints,
         dead_letters: &dead_letters,

@@ -4,11 +4,12 @@
 #![warn(missing_docs)]
 use lambda_runtime::LambdaEvent;
 use leadpipe_aws::sqs::SqsQueueControl;
-use leadpipe_aws::{DynamoCheckpointStore, DynamoLeadStore};
+use leadpipe_aws::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore};
 use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillRequest, BackfillSettings, BackfillSummary, Deadline,
     InstantDeadline, RequestError, run_backfill,
 };
+use leadpipe_core::forms::{FormCatalog, FormLookup, NoForms};
 use leadpipe_core::ports::{BackfillSource, CheckpointStore, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
@@ -96,9 +97,14 @@ pub fn plan_for(
     BackfillPlan::from_request(request, configured_pages, OffsetDateTime::now_utc())
 }
 
+/// The forms catalog as backfill runs it on AWS: refreshed from each page's listing into
+/// the state table.
+pub type Catalog = FormCatalog<GraphBackfillSource, DynamoFormStore>;
+
 /// Clients, secrets and settings, built once per container.
-pub struct BackfillApp<S, L, C, Q> {
+pub struct BackfillApp<S, L, C, Q, K = NoForms> {
     source: S,
+    forms: K,
     store: L,
     checkpoints: C,
     dead_letters: Q,
@@ -107,7 +113,15 @@ pub struct BackfillApp<S, L, C, Q> {
     deadline_margin: Duration,
 }
 
-impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, SqsQueueControl> {
+impl
+    BackfillApp<
+        GraphBackfillSource,
+        DynamoLeadStore,
+        DynamoCheckpointStore,
+        SqsQueueControl,
+        Catalog,
+    >
+{
     /// Reads settings and secrets and builds every client.
     pub async fn from_env() -> Result<Self, StartError> {
         let env = Env::process();
@@ -122,8 +136,16 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, Sq
         if pages.is_empty() {
             tracing::warn!("the secret has no page_tokens: scheduled runs have no page to cover");
         }
-        Ok(Self::new(
-            GraphBackfillSource::new(graph, secrets),
+        let source = GraphBackfillSource::new(graph, secrets);
+        let forms = FormCatalog::new(
+            source.clone(),
+            DynamoFormStore::from_client(
+                leadpipe_aws::DynamoClient::new(&config),
+                settings.state_table.clone(),
+            ),
+        );
+        Ok(BackfillApp::new(
+            source,
             DynamoLeadStore::new(&config, settings.leads_table).with_policy(policy),
             DynamoCheckpointStore::new(&config, settings.state_table),
             SqsQueueControl::dead_letters_only(
@@ -133,7 +155,8 @@ impl BackfillApp<GraphBackfillSource, DynamoLeadStore, DynamoCheckpointStore, Sq
             pages,
             settings.backfill,
             settings.deadline_margin,
-        ))
+        )
+        .with_forms(forms))
     }
 }
 
@@ -150,6 +173,7 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
     ) -> Self {
         Self {
             source,
+            forms: NoForms,
             store,
             checkpoints,
             dead_letters,
@@ -159,6 +183,29 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
         }
     }
 
+    /// The same function keeping the forms catalog through `forms`.
+    pub fn with_forms<K: FormLookup>(self, forms: K) -> BackfillApp<S, L, C, Q, K> {
+        BackfillApp {
+            source: self.source,
+            forms,
+            store: self.store,
+            checkpoints: self.checkpoints,
+            dead_letters: self.dead_letters,
+            pages: self.pages,
+            settings: self.settings,
+            deadline_margin: self.deadline_margin,
+        }
+    }
+}
+
+impl<S, L, C, Q, K> BackfillApp<S, L, C, Q, K>
+where
+    S: BackfillSource,
+    L: LeadStore,
+    C: CheckpointStore,
+    Q: QueueControl,
+    K: FormLookup,
+{
     /// Runs one backfill with an explicit deadline.
     pub async fn run<D: Deadline>(
         &self,
@@ -168,6 +215,7 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
         let plan = plan_for(payload, &self.pages)?;
         let ports = BackfillPorts {
             source: &self.source,
+            forms: &self.forms,
             store: &self.store,
             checkpoints: &self.checkpoints,
             dead_letters: &self.dead_letters,

@@ -193,8 +193,13 @@ async fn a_lead_in_the_checkpoint_second_is_not_lost() {
     let store = DynamoLeadStore::from_client(moto.ddb.clone(), &moto.leads_table);
     let checkpoints = DynamoCheckpointStore::from_client(moto.ddb.clone(), &moto.state_table);
     let dead_letters = moto.dead_letters();
+    let forms = leadpipe_core::forms::FormCatalog::new(
+        source.clone(),
+        leadpipe_aws::DynamoFormStore::from_client(moto.ddb.clone(), &moto.state_table),
+    );
     let ports = BackfillPorts {
         source: &source,
+        forms: &forms,
         store: &store,
         checkpoints: &checkpoints,
         dead_letters: &dead_letters,
@@ -206,6 +211,14 @@ async fn a_lead_in_the_checkpoint_second_is_not_lost() {
     let first = run_backfill(&ports, &Never, &plan, &settings(0), run_at).await;
     assert_eq!(first.new, 5);
     assert_eq!(moto.checkpoint("form#503").await, Some(now));
+    // The run kept the page's forms in the state table, beside (not as) checkpoints.
+    use leadpipe_core::forms::FormStore;
+    let kept = leadpipe_aws::DynamoFormStore::from_client(moto.ddb.clone(), &moto.state_table)
+        .load_form("503")
+        .await
+        .unwrap();
+    assert_eq!(kept.map(|f| f.id).as_deref(), Some("503"));
+    assert_eq!(forms.graph_reads(), 0, "the listing had every form");
 
     // A lead created in the checkpoint's own second becomes visible after the run.
     data.lock().unwrap().leads.push(FakeLead {

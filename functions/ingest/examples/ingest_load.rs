@@ -111,6 +111,7 @@ async fn main() {
             let report = ingest_batch(
                 &*fetcher,
                 &*store,
+                &leadpipe_core::forms::NoForms,
                 &*queue,
                 &messages,
                 time::OffsetDateTime::now_utc(),

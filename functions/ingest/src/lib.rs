@@ -4,7 +4,8 @@
 #![warn(missing_docs)]
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
-use leadpipe_aws::{DynamoLeadStore, SqsQueueControl};
+use leadpipe_aws::{DynamoFormStore, DynamoLeadStore, SqsQueueControl};
+use leadpipe_core::forms::{FormCatalog, FormLookup, NoForms};
 use leadpipe_core::ingest::{IngestReport, QueuedMessage, ingest_batch};
 use leadpipe_core::ports::{LeadFetcher, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
@@ -23,6 +24,8 @@ pub struct IngestSettings {
     pub dead_letter_queue_url: String,
     /// `LEADS_TABLE`.
     pub leads_table: String,
+    /// `STATE_TABLE`: where the forms catalog is kept (`formdef#<id>` items).
+    pub state_table: String,
     /// Where the secret comes from.
     pub secret_source: SecretSource,
 }
@@ -40,6 +43,10 @@ impl IngestSettings {
                 "the URL of the dead-letter queue permanent failures go to",
             )?,
             leads_table: env.required("LEADS_TABLE", "the DynamoDB table leads are written to")?,
+            state_table: env.required(
+                "STATE_TABLE",
+                "the DynamoDB table the forms catalog is kept in (the backfill state table)",
+            )?,
             secret_source: env.secret_source()?,
         })
     }
@@ -59,14 +66,19 @@ pub enum StartError {
     Graph(#[from] GraphError),
 }
 
+/// The forms catalog as ingest runs it on AWS: the state table, then Graph, cached for the
+/// warm container.
+pub type Catalog = FormCatalog<GraphLeadFetcher, DynamoFormStore>;
+
 /// Clients and secrets, built once per container.
-pub struct IngestApp<F, S, C> {
+pub struct IngestApp<F, S, C, K = NoForms> {
     fetcher: F,
     store: S,
     queue: C,
+    forms: K,
 }
 
-impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl> {
+impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog> {
     /// Reads settings and secrets and builds every client.
     pub async fn from_env() -> Result<Self, StartError> {
         let env = Env::process();
@@ -78,22 +90,49 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl> {
         let policy =
             leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
         let sqs = aws_sdk_sqs::Client::new(&config);
-        Ok(Self::new(
-            GraphLeadFetcher::new(graph, secrets),
+        let fetcher = GraphLeadFetcher::new(graph, secrets);
+        let forms = FormCatalog::new(
+            fetcher.clone(),
+            DynamoFormStore::from_client(
+                leadpipe_aws::DynamoClient::new(&config),
+                settings.state_table,
+            ),
+        );
+        Ok(IngestApp::new(
+            fetcher,
             DynamoLeadStore::new(&config, settings.leads_table).with_policy(policy),
             SqsQueueControl::new(sqs, settings.queue_url, settings.dead_letter_queue_url),
-        ))
+        )
+        .with_forms(forms))
     }
 }
 
 impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
-    /// The function over these ports.
+    /// The function over these ports, reading no form (its leads readable by key only).
     pub fn new(fetcher: F, store: S, queue: C) -> Self {
         Self {
             fetcher,
             store,
             queue,
+            forms: NoForms,
         }
+    }
+
+    /// The same function reading each lead against its form through `forms`.
+    pub fn with_forms<K: FormLookup>(self, forms: K) -> IngestApp<F, S, C, K> {
+        IngestApp {
+            fetcher: self.fetcher,
+            store: self.store,
+            queue: self.queue,
+            forms,
+        }
+    }
+}
+
+impl<F: LeadFetcher, S: LeadStore, C: QueueControl, K: FormLookup> IngestApp<F, S, C, K> {
+    /// The catalog (for the figure of forms read per warm container).
+    pub fn forms(&self) -> &K {
+        &self.forms
     }
 
     /// Ingests one SQS batch.
@@ -110,6 +149,7 @@ impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
         let report = ingest_batch(
             &self.fetcher,
             &self.store,
+            &self.forms,
             &self.queue,
             &messages,
             OffsetDateTime::now_utc(),

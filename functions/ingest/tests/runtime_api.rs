@@ -25,6 +25,7 @@ async fn the_binary_ingests_an_sqs_event_through_the_runtime_api() {
             ("QUEUE_URL", moto.queue_url.clone()),
             ("DLQ_URL", moto.dlq_url.clone()),
             ("LEADS_TABLE", moto.table.clone()),
+            ("STATE_TABLE", moto.state_table.clone()),
             ("APP_SECRET", APP_SECRET.to_owned()),
             ("ACCESS_TOKEN", ACCESS_TOKEN.to_owned()),
             ("GRAPH_API_BASE", graph.uri()),

@@ -384,9 +384,14 @@ impl Bench {
         leadpipe_aws::dynamo::create_leads_table(&self.ddb, &table)
             .await
             .unwrap();
+        let state = unique_name("bench-state");
+        leadpipe_aws::dynamo::create_state_table(&self.ddb, &state)
+            .await
+            .unwrap();
         let mut env = aws_env();
         env.extend([
             ("LEADS_TABLE".to_owned(), table.clone()),
+            ("STATE_TABLE".to_owned(), state),
             (
                 "QUEUE_URL".to_owned(),
                 "http://127.0.0.1:9/unused".to_owned(),

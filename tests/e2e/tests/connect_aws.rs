@@ -166,6 +166,10 @@ async fn connect_on_a_fresh_stack_sees_its_test_lead_in_dynamodb() {
     leadpipe_aws::dynamo::create_leads_table(&ddb, &leads_table)
         .await
         .unwrap();
+    let state_table = unique_name("connect-state");
+    leadpipe_aws::dynamo::create_state_table(&ddb, &state_table)
+        .await
+        .unwrap();
     // The secret as the template's GenerateSecretString leaves it after `sam deploy`.
     let generated_verify = "Gx7q2PLk9WmZ4c8RtY1b3NvH6sJdQ0aEfU5oKiVz";
     let secret_arn = secrets
@@ -188,6 +192,7 @@ async fn connect_on_a_fresh_stack_sees_its_test_lead_in_dynamodb() {
             ("QUEUE_URL", queue_url.clone()),
             ("DLQ_URL", dlq_url.clone()),
             ("LEADS_TABLE", leads_table.clone()),
+            ("STATE_TABLE", state_table.clone()),
             ("GRAPH_API_BASE", sandbox.base_url()),
         ]
         .map(|(k, v)| (k.to_owned(), v)),

@@ -28,6 +28,7 @@ fn stored(i: usize, email: &str) -> StoredLead {
         form_id: Some("5".into()),
         source: LeadSourceKind::Backfill,
         ingested_at: time::OffsetDateTime::now_utc(),
+        readable: Default::default(),
     }
 }
 
@@ -330,6 +331,7 @@ async fn export_reads_the_stacks_table_by_form_or_by_parallel_scan() {
             form_id: Some(if i % 2 == 0 { "71" } else { "72" }.into()),
             source: LeadSourceKind::Webhook,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         })
         .collect();
     for chunk in leads.chunks(50) {
@@ -445,6 +447,7 @@ async fn status_reads_the_stack_by_its_outputs() {
             form_id: Some("71".into()),
             source: LeadSourceKind::Webhook,
             ingested_at: time::OffsetDateTime::now_utc(),
+            readable: Default::default(),
         })
         .collect();
     store.put_leads(&leads).await.unwrap();

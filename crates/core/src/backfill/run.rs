@@ -7,10 +7,12 @@ use super::{
     PageStatus, PageSummary, ProblemLead,
 };
 use crate::event::LeadEvent;
+use crate::forms::{Form, FormLookup, FormRef, NoForms};
 use crate::ports::{
     BackfillSource, CheckpointStore, DeadLetterClass, DeadLetterReason, LeadPage, LeadSourceKind,
     LeadStore, PutOutcome, QueueControl, RunFacts, StoredLead, TimeWindow,
 };
+use crate::readable::Readable;
 use leadpipe_graph::{ErrorClass, GraphError, LeadgenForm};
 use time::OffsetDateTime;
 
@@ -23,9 +25,12 @@ enum NodeEnd {
 
 /// The ports a backfill run uses.
 #[derive(Debug, Clone, Copy)]
-pub struct BackfillPorts<'a, S, L, C, Q> {
+pub struct BackfillPorts<'a, S, L, C, Q, K = NoForms> {
     /// Graph, per page.
     pub source: &'a S,
+    /// The forms catalog: refreshed from each page's forms, and what the leads are read
+    /// against.
+    pub forms: &'a K,
     /// The leads table.
     pub store: &'a L,
     /// The state table.
@@ -35,14 +40,15 @@ pub struct BackfillPorts<'a, S, L, C, Q> {
 }
 
 /// Runs the plan. Never fails as a whole; what could not be done is in the summary.
-pub async fn run_backfill<S, L, C, Q, D>(
-    ports: &BackfillPorts<'_, S, L, C, Q>,
+pub async fn run_backfill<S, L, C, Q, D, K>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K>,
     deadline: &D,
     plan: &BackfillPlan,
     settings: &BackfillSettings,
     now: OffsetDateTime,
 ) -> BackfillSummary
 where
+    K: FormLookup,
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
@@ -75,8 +81,8 @@ where
 type Target = (NodeKind, String, Option<i64>);
 
 /// One page: its lead access, its targets, each target read in turn.
-async fn backfill_page<S, L, C, Q, D>(
-    ports: &BackfillPorts<'_, S, L, C, Q>,
+async fn backfill_page<S, L, C, Q, D, K>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K>,
     deadline: &D,
     plan: &BackfillPlan,
     settings: &BackfillSettings,
@@ -85,6 +91,7 @@ async fn backfill_page<S, L, C, Q, D>(
     summary: &mut BackfillSummary,
 ) -> PageSummary
 where
+    K: FormLookup,
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
@@ -102,7 +109,13 @@ where
         return page;
     }
     let targets = match page_targets(ports.source, plan, page_id).await {
-        Ok(Ok(targets)) => targets,
+        Ok(Ok((targets, forms))) => {
+            // Each run's listing is the catalog's current version of the page's forms.
+            if !plan.dry_run {
+                ports.forms.refresh(forms).await;
+            }
+            targets
+        }
         Ok(Err(denied)) => {
             tracing::warn!(diagnosis = %denied, "page skipped: no lead access");
             page.status = PageStatus::Skipped;
@@ -180,13 +193,13 @@ where
 
 /// What to read on a page: its forms (when the plan covers the page; only the planned forms
 /// when it names some) and the planned ads, after checking the token may read the page's
-/// leads. `Ok(Err(diagnosis))` when access is denied, in Meta's words; `Err` with what was
-/// being done when Graph failed.
+/// leads; with every form listed, for the catalog. `Ok(Err(diagnosis))` when access is
+/// denied, in Meta's words; `Err` with what was being done when Graph failed.
 async fn page_targets<S: BackfillSource>(
     source: &S,
     plan: &BackfillPlan,
     page_id: &str,
-) -> Result<Result<Vec<Target>, String>, (GraphError, &'static str)> {
+) -> Result<Result<(Vec<Target>, Vec<Form>), String>, (GraphError, &'static str)> {
     let access = source
         .lead_access(page_id)
         .await
@@ -195,11 +208,17 @@ async fn page_targets<S: BackfillSource>(
         return Ok(Err(access.diagnosis()));
     }
     let mut targets: Vec<Target> = Vec::new();
+    let mut catalog = Vec::new();
     if plan.pages.iter().any(|p| p == page_id) {
         let forms = source
             .forms(page_id)
             .await
             .map_err(|e| (e, "listing forms"))?;
+        let fetched_at = time::OffsetDateTime::now_utc().unix_timestamp();
+        catalog = forms
+            .iter()
+            .map(|f| Form::from_graph(f, Some(page_id), fetched_at))
+            .collect();
         targets.extend(
             forms
                 .into_iter()
@@ -216,7 +235,7 @@ async fn page_targets<S: BackfillSource>(
             .filter(|(p, _)| p == page_id)
             .map(|(_, ad)| (NodeKind::Ad, ad.clone(), None)),
     );
-    Ok(Ok(targets))
+    Ok(Ok((targets, catalog)))
 }
 
 /// How a page-level Graph failure is reported.
@@ -256,13 +275,14 @@ struct NodeRun<'a> {
     created: Option<i64>,
 }
 
-async fn read_node<S, L, C, Q, D>(
-    ports: &BackfillPorts<'_, S, L, C, Q>,
+async fn read_node<S, L, C, Q, D, K>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K>,
     deadline: &D,
     run: &NodeRun<'_>,
     node: &mut NodeSummary,
 ) -> NodeEnd
 where
+    K: FormLookup,
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
@@ -403,14 +423,15 @@ fn read_failure(key: &str, err: &GraphError) -> NodeEnd {
 /// One page of a node's leads: the unreadable items recorded, the leads written (unless a
 /// dry run), what the store did counted, a lead too large for it recorded. `Err` when the
 /// node must stop here, before its checkpoint moves.
-async fn store_page<S, L, C, Q>(
-    ports: &BackfillPorts<'_, S, L, C, Q>,
+async fn store_page<S, L, C, Q, K>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K>,
     run: &NodeRun<'_>,
     node: &mut NodeSummary,
     page: &LeadPage,
     slice_facts: &mut RunFacts,
 ) -> Result<(), NodeEnd>
 where
+    K: FormLookup,
     L: LeadStore,
     Q: QueueControl,
 {
@@ -429,7 +450,7 @@ where
         return Ok(());
     }
     let ingested_at = OffsetDateTime::now_utc();
-    let leads: Vec<StoredLead> = page
+    let mut leads: Vec<StoredLead> = page
         .leads
         .iter()
         .map(|lead| StoredLead {
@@ -442,8 +463,23 @@ where
             page_id: run.page_id.to_owned(),
             source: LeadSourceKind::Backfill,
             ingested_at,
+            readable: Readable::default(),
         })
         .collect();
+    let wanted: Vec<FormRef> = leads
+        .iter()
+        .filter_map(|l| {
+            l.form_id.as_ref().map(|form_id| FormRef {
+                page_id: l.page_id.clone(),
+                form_id: form_id.clone(),
+            })
+        })
+        .collect();
+    let known = ports.forms.forms(&wanted).await;
+    for lead in &mut leads {
+        let form = lead.form_id.as_ref().and_then(|f| known.get(f));
+        lead.readable = Readable::of(&lead.lead.field_data, form.map(|f| &**f));
+    }
     let outcomes = ports
         .store
         .put_leads(&leads)
@@ -480,13 +516,14 @@ where
 /// dry run, and when it has an id) as a queue-shaped dead letter with its class, so it is
 /// replayed by a redrive once fixed. If that send fails the node stops before its
 /// checkpoint moves, so the next run reads the lead again: nothing is skipped unrecorded.
-async fn record_problem<S, L, C, Q>(
-    ports: &BackfillPorts<'_, S, L, C, Q>,
+async fn record_problem<S, L, C, Q, K>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K>,
     run: &NodeRun<'_>,
     node: &mut NodeSummary,
     problem: ProblemLead,
 ) -> Result<(), NodeEnd>
 where
+    K: FormLookup,
     Q: QueueControl,
 {
     tracing::warn!(

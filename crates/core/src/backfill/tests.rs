@@ -1,7 +1,11 @@
 //! Every end of a backfill run against in-memory ports: no AWS, no HTTP.
 use super::*;
 use crate::event::LeadEvent;
-use crate::memory::{MemoryBackfillSource, MemoryCheckpoints, MemoryLeadStore, MemoryQueueControl};
+use crate::forms::FormCatalog;
+use crate::memory::{
+    MemoryBackfillSource, MemoryCheckpoints, MemoryFormReader, MemoryFormStore, MemoryLeadStore,
+    MemoryQueueControl,
+};
 use crate::ports::DeadLetterClass;
 use leadpipe_graph::{ErrorClass, GraphError};
 use leadpipe_graph::{HasLeadAccess, Lead};
@@ -53,6 +57,7 @@ fn access(ok: bool) -> HasLeadAccess {
 
 fn form(id: &str) -> leadpipe_graph::LeadgenForm {
     serde_json::from_value(serde_json::json!({"id": id, "status": "ACTIVE",
+        "name": format!("Form {id}"), "locale": "en_US",
         "created_time": "2026-10-01T00:00:00+0000"}))
     .unwrap()
 }
@@ -65,6 +70,8 @@ fn unreadable(id: &str) -> leadpipe_graph::ParseError {
 
 struct World {
     source: MemoryBackfillSource,
+    /// Graph knows no form by id: whatever the run's leads are read against, it listed.
+    forms: FormCatalog<MemoryFormReader, MemoryFormStore>,
     store: MemoryLeadStore,
     checkpoints: MemoryCheckpoints,
     dlq: MemoryQueueControl,
@@ -88,6 +95,7 @@ impl World {
         }
         Self {
             source,
+            forms: FormCatalog::new(MemoryFormReader::with_forms([]), MemoryFormStore::default()),
             store: MemoryLeadStore::new(),
             checkpoints: MemoryCheckpoints::default(),
             dlq: MemoryQueueControl::default(),
@@ -97,6 +105,7 @@ impl World {
     async fn run<D: Deadline>(&self, plan: &BackfillPlan, deadline: &D) -> BackfillSummary {
         let ports = BackfillPorts {
             source: &self.source,
+            forms: &self.forms,
             store: &self.store,
             checkpoints: &self.checkpoints,
             dead_letters: &self.dlq,
@@ -420,4 +429,27 @@ fn a_window_outside_2015_to_tomorrow_is_refused_clearly() {
         )
         .is_ok()
     );
+}
+
+#[tokio::test]
+async fn each_run_refreshes_the_catalog_once_and_reads_its_leads_against_it() {
+    let world = World::new();
+    let summary = world
+        .run(&BackfillPlan::scheduled(&["1".to_owned()]), &Never)
+        .await;
+    assert_eq!(summary.new, 6);
+    assert_eq!(world.forms.store().len(), 2, "both forms kept");
+    assert_eq!(
+        world.forms.graph_reads(),
+        0,
+        "no form read by id: the listing had them"
+    );
+    let stored = world.store.get("101").unwrap();
+    assert_eq!(stored.readable.form_name.as_deref(), Some("Form 10"));
+    // A dry run writes nothing, the catalog included.
+    let dry = World::new();
+    let mut plan = BackfillPlan::scheduled(&["1".to_owned()]);
+    plan.dry_run = true;
+    dry.run(&plan, &Never).await;
+    assert!(dry.forms.store().is_empty());
 }

@@ -59,6 +59,32 @@ impl GraphClient {
         }
     }
 
+    /// `GET /{form-id}` with the form fields (name, status, locale, page, questions, ...):
+    /// one form, for the catalog when a lead names a form it does not hold.
+    pub async fn form(
+        &self,
+        token: &SecretString,
+        form_id: &str,
+    ) -> Result<crate::models::LeadgenForm, GraphError> {
+        let operation = format!("GET /{form_id}");
+        let url = self.node_url(&[form_id], &operation)?;
+        let params = vec![("fields".to_owned(), crate::models::FORM_FIELDS.to_owned())];
+        let body = self
+            .execute(
+                &operation,
+                Method::GET,
+                url,
+                Payload::Query(params),
+                token,
+                &[],
+            )
+            .await?;
+        let mut form: crate::models::LeadgenForm = serde_json::from_str(&body)
+            .map_err(|e| parse_failure(operation, ParseError::new("leadgen form", &e)))?;
+        form.raw = body;
+        Ok(form)
+    }
+
     /// `GET /debug_token?input_token=...`, asked with `app_token` (`app_id|app_secret` or
     /// any token of the app).
     pub async fn debug_token(

@@ -16,6 +16,7 @@ pub struct Moto {
     pub queue_url: String,
     pub dlq_url: String,
     pub table: String,
+    pub state_table: String,
 }
 
 impl Moto {
@@ -48,12 +49,17 @@ impl Moto {
         leadpipe_aws::dynamo::create_leads_table(&ddb, &table)
             .await
             .unwrap();
+        let state_table = unique_name("state");
+        leadpipe_aws::dynamo::create_state_table(&ddb, &state_table)
+            .await
+            .unwrap();
         Self {
             sqs,
             ddb,
             queue_url,
             dlq_url,
             table,
+            state_table,
         }
     }
 
