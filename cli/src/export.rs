@@ -118,10 +118,11 @@ pub fn uncell(cell: &str) -> &str {
 }
 
 /// A field's values in one CSV cell: the value itself when there is exactly one, else a
-/// JSON array (so several values, and none, survive the trip).
+/// JSON array (so several values, none, and one empty answer, survive the trip: an empty
+/// cell is a question not asked).
 pub fn encode_values(values: &[String]) -> String {
     match values {
-        [one] if !one.starts_with('[') => one.clone(),
+        [one] if !one.is_empty() && !one.starts_with('[') => one.clone(),
         _ => serde_json::to_string(values).unwrap_or_default(),
     }
 }

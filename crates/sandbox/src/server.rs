@@ -40,6 +40,8 @@ struct SandboxState {
     faults: RwLock<Faults>,
     rng: Mutex<fastrand::Rng>,
     requests: AtomicU64,
+    /// `GET /{form-id}` reads answered.
+    form_reads: AtomicU64,
     next_test_lead: AtomicU64,
     registry: RwLock<Registry>,
     http: reqwest::Client,
@@ -100,6 +102,7 @@ impl Sandbox {
             faults: RwLock::new(faults),
             rng: Mutex::new(fastrand::Rng::with_seed(11)),
             requests: AtomicU64::new(0),
+            form_reads: AtomicU64::new(0),
             next_test_lead: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
             http: reqwest::Client::builder()
@@ -124,6 +127,11 @@ impl Sandbox {
     /// `http://127.0.0.1:port`, the value for `GRAPH_API_BASE`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// How many single forms (`GET /{form-id}`) it has served: the catalog's Graph reads.
+    pub fn form_reads(&self) -> u64 {
+        self.state.form_reads.load(Ordering::Relaxed)
     }
 
     /// How many HTTP requests it has answered.
@@ -354,7 +362,8 @@ async fn handle(
         {
             has_lead_access(node, &page_of_token, &denied)
         }
-        ("GET", [lead_id]) => read_lead(&state, data, lead_id, &page_of_token),
+        ("GET", [node]) => read_form(&state, data, node, &page_of_token)
+            .unwrap_or_else(|| read_lead(&state, data, node, &page_of_token)),
         ("GET", [page, "leadgen_forms"]) => leadgen_forms(data, page),
         ("GET", [page, "subscribed_apps"]) => subscribed_apps(&state, page),
         ("POST", [page, "subscribed_apps"]) => {
@@ -823,16 +832,39 @@ fn read_lead(state: &SandboxState, data: &Dataset, lead_id: &str, page_of_token:
     }
 }
 
+/// A form of the dataset as Graph serves it, in its page's locale.
+fn form_of(data: &Dataset, page: &str, id: &str, created: i64) -> Value {
+    let page_index = data.pages.iter().position(|(p, _)| p == page).unwrap_or(0);
+    crate::data::form_json(id, page, crate::data::form_locale(page_index), created)
+}
+
+/// `GET /{form-id}`: one form, to a token of its page; another page's token is refused as
+/// Meta refuses it.
+fn read_form(
+    state: &SandboxState,
+    data: &Dataset,
+    form_id: &str,
+    page_of_token: &str,
+) -> Option<Response> {
+    let (page, id, created) = data.forms.iter().find(|(_, f, _)| f == form_id)?;
+    state.form_reads.fetch_add(1, Ordering::Relaxed);
+    Some(if page != page_of_token {
+        graph_error(403, 200, None, "Permissions error", false)
+    } else {
+        ok(form_of(data, page, id, *created))
+    })
+}
+
 /// `GET /{page}/leadgen_forms`: every form of the page, with its lead count.
 fn leadgen_forms(data: &Dataset, page: &str) -> Response {
     let forms: Vec<Value> = data
         .forms
         .iter()
         .filter(|(p, _, _)| p == page)
-        .map(|(_, id, created)| {
-            json!({"id": id, "name": format!("Form {id}"), "status": "ACTIVE",
-            "locale": "en_US", "created_time": graph_time(*created),
-            "leads_count": data.leads.iter().filter(|l| &l.form_id == id).count()})
+        .map(|(page, id, created)| {
+            let mut form = form_of(data, page, id, *created);
+            form["leads_count"] = json!(data.leads.iter().filter(|l| &l.form_id == id).count());
+            form
         })
         .collect();
     ok(json!({"data": forms}))
