@@ -105,9 +105,14 @@ pub struct ForgetArgs {
     /// Every lead whose first email is this (as normalised: trimmed, lower case).
     #[arg(long)]
     pub email: Option<String>,
-    /// Every lead whose first phone number is this (digits, a leading + kept).
+    /// Every lead whose first phone number is this, however written: `+1 (555) 123-4567`,
+    /// or `555-123-4567` read in the country of each form the catalog knows.
     #[arg(long)]
     pub phone: Option<String>,
+    /// Also read a --phone written without + as a number of this country (ISO 3166 code,
+    /// e.g. US; repeatable).
+    #[arg(long, requires = "phone", value_name = "CC")]
+    pub country: Vec<String>,
     /// Where the lookup key is.
     #[command(flatten)]
     pub secret: SecretArgs,
@@ -172,7 +177,10 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
     let who = match (&args.lead, &args.email, &args.phone) {
         (Some(id), _, _) => Who::Lead(id.clone()),
         (None, Some(email), _) => Who::Email(email.clone()),
-        (None, None, Some(phone)) => Who::Phone(phone.clone()),
+        (None, None, Some(phone)) => Who::Phone {
+            number: phone.clone(),
+            countries: args.country.clone(),
+        },
         (None, None, None) => {
             return Err(CliError::Settings("give --lead, --email or --phone".into()));
         }
@@ -206,6 +214,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
                 sqs: leadpipe_aws::SqsClient::new(&config),
                 table: table.to_owned(),
                 dlq_url: names.dlq_url.clone(),
+                state_table: names.state_table.clone(),
             };
             (
                 erasure::forget(&stack, &policy, &who, args.dry_run)

@@ -431,9 +431,22 @@ pub struct StackEraser {
     pub table: String,
     /// The DLQ, when known.
     pub dlq_url: Option<String>,
+    /// The state table (the forms catalog's countries), when known.
+    pub state_table: Option<String>,
 }
 
 impl leadpipe_core::erasure::Eraser for StackEraser {
+    async fn form_locales(&self) -> Result<Vec<String>, StoreError> {
+        let Some(table) = &self.state_table else {
+            return Ok(Vec::new());
+        };
+        Ok(crate::export::catalog(&self.ddb, table)
+            .await?
+            .into_iter()
+            .filter_map(|f| f.locale)
+            .collect())
+    }
+
     async fn find(
         &self,
         by: leadpipe_core::erasure::FoundBy,

@@ -249,6 +249,15 @@ impl LocalDb {
 }
 
 impl leadpipe_core::erasure::Eraser for LocalDb {
+    async fn form_locales(&self) -> Result<Vec<String>, leadpipe_core::ports::StoreError> {
+        Ok(self
+            .catalog()
+            .map_err(store_error)?
+            .into_iter()
+            .filter_map(|f| f.locale)
+            .collect())
+    }
+
     async fn find(
         &self,
         by: leadpipe_core::erasure::FoundBy,

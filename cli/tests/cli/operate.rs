@@ -391,5 +391,34 @@ fn forget_by_email_works_on_the_demos_data() {
     );
     assert!(!said.contains("forgot 0 lead(s)"), "{said}");
     assert!(!lead_ids(&db).contains(&row.lead_id));
+
+    // A phone typed as `212.555.0123` on a US form is found when asked as
+    // `+1 2125550123`: one E.164 key, read in the form's country.
+    let rows = LocalDb::open_read_only(&db).unwrap().leads().unwrap();
+    let national = rows
+        .iter()
+        .find(|r| {
+            !r.fields["phone_number"][0].starts_with('+')
+                && r.readable
+                    .form_name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("Service quote"))
+        })
+        .expect("a lead of a US form with a national number");
+    let digits: String = national.fields["phone_number"][0]
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let digits = &digits[digits.len() - 10..];
+    let out = std::process::Command::new(BINARY)
+        .args(["forget", "--phone", &format!("+1 {digits}"), "--db"])
+        .arg(&db)
+        .env("LOOKUP_KEY", leadpipe::demo::DEMO_LOOKUP_KEY)
+        .env_remove("LEADPIPE_SECRET_FILE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}");
+    assert!(!lead_ids(&db).contains(&national.lead_id), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }

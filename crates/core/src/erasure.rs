@@ -4,6 +4,7 @@
 //! the earlier rule's), which leads that finds, and whether the answer can be trusted
 //! (leads stored without a key cannot be found). The stores erase through [`Eraser`].
 
+use crate::contact::Region;
 use crate::ports::StoreError;
 use crate::privacy::LeadPolicy;
 use serde::Serialize;
@@ -38,8 +39,14 @@ pub enum Who {
     Lead(String),
     /// Every lead whose first email is this address (as normalised).
     Email(String),
-    /// Every lead whose first phone is this number (as normalised).
-    Phone(String),
+    /// Every lead whose first phone is this number: read as international, and in the
+    /// national format of each country given and of each form's country in the catalog.
+    Phone {
+        /// The number as the person gave it.
+        number: String,
+        /// ISO 3166 codes to read a national number with, besides the forms' own.
+        countries: Vec<String>,
+    },
 }
 
 /// What one store erased (or, on a dry run, would erase).
@@ -76,6 +83,11 @@ pub trait Eraser {
         &self,
         by: FoundBy,
     ) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
+    /// The locales of the forms the store's catalog holds (`en_US`, ...): the countries a
+    /// phone written without `+` is read in. None known: international numbers only.
+    fn form_locales(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 }
 
 /// What `forget` did: ids and counts, never the address or number asked for.
@@ -116,6 +128,9 @@ pub enum ForgetError {
     /// The address or number normalises to nothing.
     #[error("the {0} given is empty once normalised")]
     Empty(&'static str),
+    /// A `--country` is not an ISO 3166 two-letter code.
+    #[error("--country must be a two-letter ISO 3166 code, such as US or BR")]
+    NotACountry,
     /// An address or number needs the secret's `lookup_key`.
     #[error(
         "no lookup_key: --email and --phone need the secret's lookup_key; leads stored without one can be forgotten by --lead only"
@@ -158,14 +173,28 @@ pub async fn forget<E: Eraser>(
                 eraser.find(FoundBy::EmailKey, &keys).await?,
             )
         }
-        Who::Phone(phone) => {
+        Who::Phone { number, countries } => {
             if !policy.has_lookup_key() {
                 return Err(ForgetError::NoLookupKey);
             }
-            let key = policy.phone_key(phone).ok_or(ForgetError::Empty("phone"))?;
+            let mut regions: Vec<Region> = Vec::new();
+            for code in countries {
+                regions.push(Region::parse(code).ok_or(ForgetError::NotACountry)?);
+            }
+            for locale in eraser.form_locales().await? {
+                if let Some(region) = Region::from_locale(&locale)
+                    && !regions.contains(&region)
+                {
+                    regions.push(region);
+                }
+            }
+            let keys = policy.phone_keys(number, &regions);
+            if keys.is_empty() {
+                return Err(ForgetError::Empty("phone"));
+            }
             (
                 FoundBy::PhoneKey,
-                eraser.find(FoundBy::PhoneKey, &[key]).await?,
+                eraser.find(FoundBy::PhoneKey, &keys).await?,
             )
         }
     };
@@ -205,9 +234,13 @@ mod tests {
         leads: Mutex<BTreeMap<String, Keys>>,
         erased: Mutex<BTreeSet<String>>,
         without_keys: u64,
+        locales: Vec<String>,
     }
 
     impl Eraser for Store {
+        async fn form_locales(&self) -> Result<Vec<String>, StoreError> {
+            Ok(self.locales.clone())
+        }
         async fn find(&self, by: FoundBy, keys: &[String]) -> Result<Vec<String>, StoreError> {
             let leads = self.leads.lock().unwrap();
             Ok(leads
@@ -287,9 +320,17 @@ mod tests {
             store.leads.lock().unwrap().keys().collect::<Vec<_>>(),
             ["3"]
         );
-        let by_phone = forget(&store, &policy(), &Who::Phone("+1 555 0101".into()), false)
-            .await
-            .unwrap();
+        let by_phone = forget(
+            &store,
+            &policy(),
+            &Who::Phone {
+                number: "+1 555 0101".into(),
+                countries: Vec::new(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             (by_phone.found_by, by_phone.lead_ids),
             (FoundBy::PhoneKey, vec!["3".into()])
@@ -334,8 +375,62 @@ mod tests {
             Err(ForgetError::NoLookupKey)
         ));
         assert!(matches!(
-            forget(&store(0), &policy(), &Who::Phone("n/a".into()), false).await,
+            forget(
+                &store(0),
+                &policy(),
+                &Who::Phone {
+                    number: "n/a".into(),
+                    countries: Vec::new(),
+                },
+                false
+            )
+            .await,
             Err(ForgetError::Empty("phone"))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_number_written_the_national_way_finds_the_lead_through_the_forms_country() {
+        let p = policy();
+        let mut store = Store::default();
+        // Stored as ingest stores it now: the E.164 number's key.
+        store
+            .leads
+            .lock()
+            .unwrap()
+            .insert("7".into(), (None, p.phone_key("+15551234567")));
+        let ask = |number: &str, countries: &[&str]| Who::Phone {
+            number: number.into(),
+            countries: countries.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        let national = forget(&store, &p, &ask("555-123-4567", &[]), true)
+            .await
+            .unwrap();
+        assert!(
+            national.lead_ids.is_empty(),
+            "no form known: no country to read it in"
+        );
+        store.locales = vec!["en_US".into()];
+        for written in ["555-123-4567", "+1 (555) 123-4567", "15551234567"] {
+            let found = forget(&store, &p, &ask(written, &[]), true).await.unwrap();
+            assert_eq!(found.lead_ids, ["7"], "{written}");
+        }
+        let by_flag = Store {
+            locales: Vec::new(),
+            ..Store::default()
+        };
+        by_flag
+            .leads
+            .lock()
+            .unwrap()
+            .insert("7".into(), (None, p.phone_key("+15551234567")));
+        let found = forget(&by_flag, &p, &ask("(555) 123-4567", &["us"]), true)
+            .await
+            .unwrap();
+        assert_eq!(found.lead_ids, ["7"], "--country US");
+        assert!(matches!(
+            forget(&by_flag, &p, &ask("555", &["USA"]), true).await,
+            Err(ForgetError::NotACountry)
         ));
     }
 }
