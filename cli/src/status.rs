@@ -178,6 +178,9 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
         let _ = writeln!(t, "checkpoints    {}", checkpoints.len());
         for c in checkpoints {
             let _ = writeln!(t, "  {:<28} read to {}", line(&c.key), c.read_to);
+            if let Some(name) = &c.name {
+                let _ = writeln!(t, "  {:<28} \"{}\"", "", line(&clip(name, 46)));
+            }
             let _ = writeln!(
                 t,
                 "  {:<28} last run {}: read {}, new {}, already there {}",
@@ -188,12 +191,15 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
     if let Some(forms) = &status.leads_per_form {
         let _ = writeln!(t, "created, per form       24 h      7 d");
         for f in forms {
-            let name = f
+            let id = f
                 .form_id
                 .as_deref()
                 .map(line)
                 .unwrap_or_else(|| "(no form)".into());
-            let _ = writeln!(t, "  {name:<20} {:>6} {:>8}", f.last_24h, f.last_7d);
+            let _ = writeln!(t, "  {id:<20} {:>6} {:>8}", f.last_24h, f.last_7d);
+            if let Some(name) = &f.name {
+                let _ = writeln!(t, "    {}", line(&clip(name, 60)));
+            }
         }
     }
     if let Some(f) = status
@@ -222,4 +228,14 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
         let _ = writeln!(t, "needs a person: {}", line(&advice(*need, status, fix)));
     }
     t
+}
+
+/// `text` cut to `max` characters with an ellipsis: a table line stays within 80 columns.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }

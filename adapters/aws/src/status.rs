@@ -159,6 +159,7 @@ impl StatusSource for StackStatus {
                         new: n("last_run_new").max(0) as u64,
                         already_present: n("last_run_already_present").max(0) as u64,
                     },
+                    name: None,
                 });
             }
             start = page.last_evaluated_key().cloned();
@@ -212,12 +213,24 @@ impl StatusSource for StackStatus {
             if counts[1] > 0 {
                 all.push(FormLeads {
                     form_id: Some(form.clone()),
+                    name: None,
                     last_24h: counts[0],
                     last_7d: counts[1],
                 });
             }
         }
         Ok(Some(all))
+    }
+
+    async fn form_names(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        let Some(table) = &self.state_table else {
+            return Ok(Default::default());
+        };
+        Ok(crate::export::catalog(&self.ddb, table)
+            .await?
+            .into_iter()
+            .filter_map(|f| f.name.map(|n| (f.id, n)))
+            .collect())
     }
 
     async fn forwarding(&self) -> Result<Option<ForwardingFacts>, StoreError> {

@@ -73,6 +73,7 @@ impl StatusSource for LocalDb {
                                     new: new as u64,
                                     already_present: present as u64,
                                 },
+                                name: None,
                             },
                         )
                         .collect(),
@@ -95,6 +96,7 @@ impl StatusSource for LocalDb {
             stmt.query_map(params![day, week], |r| {
                 Ok(FormLeads {
                     form_id: r.get(0)?,
+                    name: None,
                     last_24h: r.get::<_, i64>(1)? as u64,
                     last_7d: r.get::<_, i64>(2)? as u64,
                 })
@@ -103,6 +105,15 @@ impl StatusSource for LocalDb {
         })
         .map(Some)
         .map_err(unavailable)
+    }
+
+    async fn form_names(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        Ok(self
+            .catalog()
+            .map_err(unavailable)?
+            .into_iter()
+            .filter_map(|f| f.name.map(|n| (f.id, n)))
+            .collect())
     }
 
     async fn forwarding(&self) -> Result<Option<ForwardingFacts>, StoreError> {

@@ -376,6 +376,21 @@ fn forget_by_email_works_on_the_demos_data() {
         .unwrap()
         .remove(0);
     let email = row.fields["email"][0].clone();
+    // Status names each form beside its id, in text and JSON (the forms catalog).
+    let status = std::process::Command::new(BINARY)
+        .args(["status", "--json", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let names: Vec<&str> = json["leads_per_form"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert!(names.contains(&"Service quote 555000000000000"), "{json}");
+    assert!(json["checkpoints"][0]["name"].is_string(), "{json}");
     let out = std::process::Command::new(BINARY)
         .args(["forget", "--email", &email, "--db"])
         .arg(&db)

@@ -49,6 +49,8 @@ pub struct CheckpointFacts {
     pub updated_at: String,
     /// The last run's counts.
     pub last_run: LastRun,
+    /// The form's name from the catalog, for a `form#` key; `null` when not known.
+    pub name: Option<String>,
 }
 
 /// A run's counts.
@@ -67,6 +69,8 @@ pub struct LastRun {
 pub struct FormLeads {
     /// The form.
     pub form_id: Option<String>,
+    /// Its name from the catalog; `null` when not known.
+    pub name: Option<String>,
     /// Created in the last 24 hours.
     pub last_24h: u64,
     /// Created in the last 7 days.
@@ -157,6 +161,13 @@ pub trait StatusSource {
     fn forwarding(
         &self,
     ) -> impl Future<Output = Result<Option<ForwardingFacts>, StoreError>> + Send;
+    /// The forms catalog's names, by form id (status shows names beside ids).
+    fn form_names(
+        &self,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, String>, StoreError>> + Send
+    {
+        async { Ok(std::collections::BTreeMap::new()) }
+    }
 }
 
 /// Reads every part and gives the verdict.
@@ -184,9 +195,21 @@ pub async fn pipeline_status<S: StatusSource>(
         .filter_map(|c| c.key.strip_prefix("form#").map(str::to_owned))
         .collect();
     let since = |back: u64| crate::record::contract_time(now - Duration::from_secs(back));
-    let leads_per_form = source
+    let mut leads_per_form = source
         .leads_per_form(&since(86_400), &since(7 * 86_400), &forms)
         .await?;
+    // Names beside ids; a catalog that cannot be read leaves them null, never fails status.
+    let names = source.form_names().await.unwrap_or_default();
+    for c in checkpoints.iter_mut().flatten() {
+        c.name = c
+            .key
+            .strip_prefix("form#")
+            .and_then(|id| names.get(id))
+            .cloned();
+    }
+    for f in leads_per_form.iter_mut().flatten() {
+        f.name = f.form_id.as_ref().and_then(|id| names.get(id)).cloned();
+    }
     let forwarding = source.forwarding().await?;
 
     let stuck = |age: Option<u64>| age.is_some_and(|a| a > STUCK_AFTER.as_secs());
@@ -323,12 +346,14 @@ mod tests {
                     read_to: "x".into(),
                     updated_at: "x".into(),
                     last_run: LastRun::default(),
+                    name: None,
                 },
                 CheckpointFacts {
                     key: "ad#1".into(),
                     read_to: "x".into(),
                     updated_at: "x".into(),
                     last_run: LastRun::default(),
+                    name: None,
                 },
             ]),
             ..Facts::default()
