@@ -91,6 +91,7 @@ impl Pipeline {
         let db = LocalDb::open(db)?;
         let graph = GraphClient::new(graph)?;
         let webhook = WebhookSecrets::try_from(&secrets).ok();
+        leadpipe_core::contact::prepare();
         let forms = FormCatalog::new(
             GraphLeadFetcher::new(graph.clone(), secrets.clone()),
             db.clone(),

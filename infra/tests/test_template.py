@@ -102,7 +102,13 @@ class TemplateContracts(unittest.TestCase):
         auth = self.resources["LeadWebhookConnection"]["Properties"]["AuthParameters"]["ApiKeyAuthParameters"]
         self.assertEqual(auth["ApiKeyValue"], "set-after-deploy", "the key is never a parameter")
         short = self.resources["NotifyRule"]["Properties"]["Targets"][0]["InputTransformer"]
-        self.assertNotIn("fields", short["InputPathsMap"], "answers only when NotifyIncludesAnswers is true")
+        for part in ["fields", "answers", "contact"]:
+            self.assertNotIn(part, short["InputPathsMap"], "answers only when NotifyIncludesAnswers is true")
+        # The email names the form (the catalog's name), not only its id.
+        self.assertEqual(short["InputPathsMap"]["formname"], "$.detail.form_name")
+        self.assertIn("Form: <formname>", short["InputTemplate"])
+        full = self.resources["NotifyWithAnswersRule"]["Properties"]["Targets"][0]["InputTransformer"]
+        self.assertEqual(full["InputPathsMap"]["answers"], "$.detail.answers")
         for alarm in ["DeliverErrorsAlarm", "DeliverFailuresAlarm", "DeliverLagAlarm", "LeadWebhookDeadLettersAlarm"]:
             self.assertEqual(self.resources[alarm]["Type"], "AWS::CloudWatch::Alarm")
 

@@ -183,7 +183,7 @@ pub fn lead_item(stored: &StoredLead) -> HashMap<String, AttributeValue> {
                     ("label".to_owned(), s(&a.label)),
                     (
                         "values".to_owned(),
-                        AttributeValue::L(a.values.iter().map(|v| s(v)).collect()),
+                        AttributeValue::L(a.values.iter().map(s).collect()),
                     ),
                 ]))
             })

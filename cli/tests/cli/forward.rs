@@ -272,10 +272,13 @@ async fn every_lead_is_forwarded_across_a_sigkill_and_a_flaky_receiver() {
             panic!("{why}");
         }
     }
+    // One Graph read per form: the two ingest workers share it, and the second process
+    // finds the forms in the file's catalog.
     assert!(
-        sandbox.form_reads() <= 4 * 2,
-        "at most one Graph read per form per process (4 forms, two serve processes): {}",
-        sandbox.form_reads()
+        sandbox.form_reads() <= data.forms.len() as u64,
+        "{} form reads for {} forms",
+        sandbox.form_reads(),
+        data.forms.len()
     );
     let failed = seen.calls - seen.keys.values().sum::<usize>();
     assert!(

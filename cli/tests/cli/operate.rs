@@ -437,3 +437,93 @@ fn forget_by_email_works_on_the_demos_data() {
     assert!(!lead_ids(&db).contains(&national.lead_id), "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn export_heads_answers_by_label_and_carries_the_contact() {
+    let dir = std::env::temp_dir().join(format!("leadpipe-labels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("demo.db");
+    let out = std::process::Command::new(BINARY)
+        .args(["demo", "--quiet", "--leads", "30", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let export = |args: &[&str]| {
+        let out = std::process::Command::new(BINARY)
+            .arg("export")
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+
+    // --labels: the questions' labels, the US form's first (forms by id, each in its order),
+    // and the choices as shown.
+    let csv_bytes = export(&["--labels", "--form", "555000000000000"]);
+    let mut reader = csv::Reader::from_reader(csv_bytes.as_slice());
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| h == name)
+            .unwrap_or_else(|| panic!("no {name} column in {header:?}"))
+    };
+    assert!(at("Full name") < at("Email") && at("Email") < at("Which services do you need?"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert!(!rows.is_empty());
+    for row in &rows {
+        assert_eq!(&row[at("form_name")], "Service quote 555000000000000");
+        let services = leadpipe::export::decode_values(&row[at("Which services do you need?")]);
+        for shown in &services {
+            assert!(
+                ["Oil change", "Tyres", "Brakes", "Inspection"].contains(&shown.as_str()),
+                "{shown} is a choice as shown"
+            );
+        }
+        let phone = &row[at("contact_phone")];
+        assert!(
+            phone.starts_with("+1") && phone.len() == 12,
+            "{phone} is E.164"
+        );
+        assert_eq!(
+            &row[at("contact_email")],
+            &row[at("contact_email")].to_lowercase()
+        );
+    }
+
+    // Without --labels the columns are Meta's keys with raw values, plus the contact.
+    let plain = export(&[]);
+    let mut reader = csv::Reader::from_reader(plain.as_slice());
+    let header = reader.headers().unwrap().clone();
+    assert!(header.iter().any(|h| h == "field:services"));
+    assert!(header.iter().any(|h| h == "contact_phone"));
+
+    // JSON lines carry answers and contact.
+    let lines = export(&["--format", "jsonl"]);
+    let first: serde_json::Value =
+        serde_json::from_slice(lines.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert!(
+        first["answers"].as_array().is_some_and(|a| !a.is_empty()),
+        "{first}"
+    );
+    assert!(first["contact"]["email"].is_string(), "{first}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

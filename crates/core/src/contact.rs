@@ -39,6 +39,13 @@ impl Region {
     }
 }
 
+/// Loads the phone-number metadata now (about 56 ms of deserialising on a laptop core,
+/// BENCHMARKS.md) so the first lead of a process does not wait for it: the functions and
+/// `serve` call it while they start.
+pub fn prepare() {
+    let _ = phonenumber::metadata::DATABASE.by_id("US");
+}
+
 /// What reading a phone answer gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phone {

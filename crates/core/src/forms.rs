@@ -356,6 +356,9 @@ pub struct FormCatalog<R, S> {
     store: S,
     cache: Mutex<FormMap>,
     missed: Mutex<HashMap<String, Instant>>,
+    /// One read per form at a time: concurrent callers (serve's ingest workers) wait for
+    /// the first one's answer instead of asking Graph again.
+    reading: Mutex<HashMap<String, Arc<futures::lock::Mutex<()>>>>,
     graph_reads: std::sync::atomic::AtomicU64,
     now: fn() -> i64,
 }
@@ -383,6 +386,7 @@ impl<R: FormReader, S: FormStore> FormCatalog<R, S> {
             store,
             cache: Mutex::new(FormMap::new()),
             missed: Mutex::new(HashMap::new()),
+            reading: Mutex::new(HashMap::new()),
             graph_reads: std::sync::atomic::AtomicU64::new(0),
             now: unix_now,
         }
@@ -425,6 +429,19 @@ impl<R: FormReader, S: FormStore> FormCatalog<R, S> {
     }
 
     async fn one(&self, wanted: &FormRef) -> Option<Arc<Form>> {
+        if let Some(form) = self.cached(&wanted.form_id) {
+            return Some(form);
+        }
+        let gate = self
+            .reading
+            .lock()
+            .ok()
+            .map(|mut reading| reading.entry(wanted.form_id.clone()).or_default().clone());
+        let _turn = match &gate {
+            Some(gate) => Some(gate.lock().await),
+            None => None,
+        };
+        // Whoever held the turn before may have read it.
         if let Some(form) = self.cached(&wanted.form_id) {
             return Some(form);
         }
@@ -568,6 +585,39 @@ mod tests {
         let next = FormCatalog::new(reader, catalog.store().clone());
         assert_eq!(next.forms(&[want("5")]).await.len(), 1);
         assert_eq!(next.graph_reads(), 0);
+    }
+
+    /// Graph taking its time, so concurrent callers overlap.
+    struct SlowReader(MemoryFormReader);
+
+    impl FormReader for SlowReader {
+        async fn read_form(&self, page_id: &str, form_id: &str) -> Result<LeadgenForm, GraphError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.0.read_form(page_id, form_id).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_share_one_read() {
+        let catalog = Arc::new(FormCatalog::new(
+            SlowReader(MemoryFormReader::with_forms([graph_form("5")])),
+            MemoryFormStore::default(),
+        ));
+        let want = [FormRef {
+            page_id: "77".into(),
+            form_id: "5".into(),
+        }];
+        let callers: Vec<_> = (0..8)
+            .map(|_| {
+                let catalog = catalog.clone();
+                let want = want.clone();
+                tokio::spawn(async move { catalog.forms(&want).await.len() })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), 1);
+        }
+        assert_eq!(catalog.graph_reads(), 1);
     }
 
     #[tokio::test]

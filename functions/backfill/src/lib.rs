@@ -136,6 +136,8 @@ impl
         if pages.is_empty() {
             tracing::warn!("the secret has no page_tokens: scheduled runs have no page to cover");
         }
+        // The phone-number data, loaded during init rather than on the first lead.
+        leadpipe_core::contact::prepare();
         let source = GraphBackfillSource::new(graph, secrets);
         let forms = FormCatalog::new(
             source.clone(),

@@ -89,6 +89,8 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog> {
         // Lookup keys for `forget` and the retention expiry (docs/operate.md).
         let policy =
             leadpipe_core::privacy::LeadPolicy::from_env(&env, secrets.lookup_key.clone())?;
+        // The phone-number data, loaded during init rather than on the first lead.
+        leadpipe_core::contact::prepare();
         let sqs = aws_sdk_sqs::Client::new(&config);
         let fetcher = GraphLeadFetcher::new(graph, secrets);
         let forms = FormCatalog::new(
