@@ -446,6 +446,45 @@ impl leadpipe_core::forms::FormStore for DynamoFormStore {
     }
 }
 
+/// The forms catalog of the state table (`formdef#<id>` items, `crate::dynamo`'s
+/// `DynamoFormStore`): the labels `export --labels` heads columns with. A small table: one
+/// scan, its pages followed.
+pub async fn catalog(
+    client: &aws_sdk_dynamodb::Client,
+    state_table: &str,
+) -> Result<Vec<leadpipe_core::forms::Form>, StoreError> {
+    let mut forms = Vec::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(state_table)
+            .filter_expression("begins_with(pk, :p)")
+            .expression_attribute_values(":p", AttributeValue::S(FORM_ITEM_PREFIX.to_owned()))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(Cause::from(format!(
+                    "the state table: {}",
+                    describe_sdk_error(&e)
+                )))
+            })?;
+        forms.extend(
+            out.items()
+                .iter()
+                .filter_map(|item| match item.get("form") {
+                    Some(AttributeValue::S(json)) => serde_json::from_str(json).ok(),
+                    _ => None,
+                }),
+        );
+        match out.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => return Ok(forms),
+        }
+    }
+}
+
 fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -653,18 +692,26 @@ mod tests {
 
     #[test]
     fn an_item_reads_back_as_the_lead_it_encodes() {
+        let lead = leadpipe_graph::Lead::from_json(
+            r#"{"id":"41","created_time":"2026-11-30T04:00:00+0000","form_id":"5","ad_id":"6","ad_name":"Spring",
+                "field_data":[{"name":"email","values":["a@b.c"]},{"name":"services","values":["x","y"]},
+                              {"name":"phone_number","values":["+1 (212) 555-0123"]}],
+                "custom_disclaimer_responses":[{"checkbox_key":"terms","is_checked":"1"}],"is_organic":false,"platform":"ig"}"#,
+        )
+        .unwrap();
+        let form: leadpipe_core::forms::Form = serde_json::from_value(serde_json::json!({
+            "id": "5", "name": "Spring offer", "locale": "en_US", "fetched_at": 0,
+            "questions": [{"key": "services", "label": "Services", "type": "CUSTOM",
+                           "options": [{"key": "x", "value": "X-ray"}]}]
+        }))
+        .unwrap();
         let stored = StoredLead {
-            lead: leadpipe_graph::Lead::from_json(
-                r#"{"id":"41","created_time":"2026-11-30T04:00:00+0000","form_id":"5","ad_id":"6","ad_name":"Spring",
-                    "field_data":[{"name":"email","values":["a@b.c"]},{"name":"services","values":["x","y"]}],
-                    "custom_disclaimer_responses":[{"checkbox_key":"terms","is_checked":"1"}],"is_organic":false,"platform":"ig"}"#,
-            )
-            .unwrap(),
+            readable: Readable::of(&lead.field_data, Some(&form)),
+            lead,
             page_id: "7".into(),
             form_id: Some("5".into()),
             source: LeadSourceKind::Backfill,
             ingested_at: time::OffsetDateTime::now_utc(),
-            readable: Default::default(),
         };
         let record = stored.record();
         let row = row_from_item(&lead_item(&stored)).unwrap();
@@ -682,6 +729,12 @@ mod tests {
             .collect();
         assert_eq!(row.optional, optional);
         assert_eq!(row.fields["services"], ["x", "y"]);
+        assert_eq!(
+            row.readable, stored.readable,
+            "the readable parts round-trip"
+        );
+        assert_eq!(row.readable.answers[0].values, ["X-ray", "y"]);
+        assert_eq!(row.readable.contact.phone.as_deref(), Some("+12125550123"));
         assert_eq!(
             row.custom_disclaimer_responses,
             serde_json::json!([{"checkbox_key": "terms", "is_checked": true}])

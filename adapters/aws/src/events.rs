@@ -301,26 +301,48 @@ mod tests {
         )
     }
 
+    /// A form that labels `services` and `email`, with the choices' text.
+    fn readable_of(lead: &leadpipe_graph::Lead) -> leadpipe_core::readable::Readable {
+        let form: leadpipe_core::forms::Form = serde_json::from_value(serde_json::json!({
+            "id": "55", "name": "Solar quote", "locale": "en_US", "fetched_at": 0,
+            "questions": [
+                {"key": "services", "label": "Which services?", "type": "CUSTOM",
+                 "options": [{"key": "a", "value": "Solar"}, {"key": "x", "value": "Battery"}]},
+                {"key": "email", "label": "Email", "type": "EMAIL"},
+                {"key": "phone_number", "label": "Phone", "type": "PHONE"}]
+        }))
+        .unwrap();
+        leadpipe_core::readable::Readable::of(&lead.field_data, Some(&form))
+    }
+
     #[test]
     fn the_stream_image_of_a_stored_item_is_the_same_event_as_the_record() {
         let lead = leadpipe_graph::Lead::from_json(
             r#"{"id":"9","created_time":"2026-11-30T04:00:00+0000","form_id":"55","ad_id":"6","ad_name":"Ad",
                 "campaign_name":"Q4","platform":"ig","is_organic":false,
-                "field_data":[{"name":"email","values":["p@example.org"]},{"name":"services","values":["a","b"]}],
+                "field_data":[{"name":"email","values":["P@Example.org"]},{"name":"services","values":["a","b"]},
+                              {"name":"phone_number","values":["call me"]}],
                 "custom_disclaimer_responses":[{"checkbox_key":"terms","is_checked":"1"},{"checkbox_key":"news","is_checked":""}]}"#,
         )
         .unwrap();
         let stored = StoredLead {
+            readable: readable_of(&lead),
             lead,
             page_id: "77".into(),
             form_id: Some("55".into()),
             source: LeadSourceKind::Backfill,
             ingested_at: time::OffsetDateTime::now_utc(),
-            readable: Default::default(),
         };
         let image = item_json(&crate::dynamo::lead_item(&stored));
         let from_stream = lead_from_image(&image).unwrap();
         assert_eq!(from_stream, LeadReceived::from_record(&stored.record()));
+        assert_eq!(from_stream.form_name.as_deref(), Some("Solar quote"));
+        assert_eq!(from_stream.answers[0].values, ["Solar", "b"]);
+        assert_eq!(from_stream.contact.email.as_deref(), Some("p@example.org"));
+        assert_eq!(
+            from_stream.contact.phone_as_given.as_deref(),
+            Some("call me")
+        );
         assert!(matches!(
             stream_change("INSERT", Some(&image)),
             StreamChange::Insert(_)

@@ -31,47 +31,7 @@ pub async fn field_names(
     Ok(names)
 }
 
-/// The forms catalog of the state table (`formdef#<id>` items, `crate::dynamo`'s
-/// `DynamoFormStore`): the labels `export --labels` heads columns with. A small table: one
-/// scan, its pages followed.
-pub async fn catalog(
-    client: &aws_sdk_dynamodb::Client,
-    state_table: &str,
-) -> Result<Vec<leadpipe_core::forms::Form>, StoreError> {
-    let mut forms = Vec::new();
-    let mut start: Option<Item> = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(state_table)
-            .filter_expression("begins_with(pk, :p)")
-            .expression_attribute_values(
-                ":p",
-                AttributeValue::S(crate::dynamo::FORM_ITEM_PREFIX.to_owned()),
-            )
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|e| {
-                StoreError::Unavailable(Cause::from(format!(
-                    "the state table: {}",
-                    describe_sdk_error(&e)
-                )))
-            })?;
-        forms.extend(
-            out.items()
-                .iter()
-                .filter_map(|item| match item.get("form") {
-                    Some(AttributeValue::S(json)) => serde_json::from_str(json).ok(),
-                    _ => None,
-                }),
-        );
-        match out.last_evaluated_key() {
-            Some(key) if !key.is_empty() => start = Some(key.clone()),
-            _ => return Ok(forms),
-        }
-    }
-}
+pub use crate::dynamo::catalog;
 
 /// Hands every lead `filter` selects to `each`, as the pages arrive; returns how many. An
 /// item that is not a lead as leadpipe writes it is an error naming the lead, never its

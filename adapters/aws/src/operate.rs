@@ -345,7 +345,7 @@ pub async fn add_lookup_keys(
         let page = match client
             .scan()
             .table_name(table)
-            .projection_expression("lead_id, #f, email_key, phone_key, erased_at")
+            .projection_expression("lead_id, #f, contact, email_key, phone_key, erased_at")
             .expression_attribute_names("#f", "fields")
             .set_exclusive_start_key(start.take())
             .send()
@@ -365,7 +365,16 @@ pub async fn add_lookup_keys(
             }
             let email = first(item, leadpipe_core::privacy::EMAIL_FIELD)
                 .filter(|_| !item.contains_key("email_key"));
-            let phone = first(item, leadpipe_core::privacy::PHONE_FIELD)
+            // The contact's E.164 phone when the lead has one (the key ingest writes now).
+            let e164 = match item.get("contact") {
+                Some(AttributeValue::M(contact)) => match contact.get("phone") {
+                    Some(AttributeValue::S(phone)) => Some(phone.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let phone = e164
+                .or_else(|| first(item, leadpipe_core::privacy::PHONE_FIELD))
                 .filter(|_| !item.contains_key("phone_key"));
             let keys = policy.keys_of(email.as_deref(), phone.as_deref());
             if keys.email_key.is_none() && keys.phone_key.is_none() {
@@ -440,7 +449,7 @@ impl leadpipe_core::erasure::Eraser for StackEraser {
         let Some(table) = &self.state_table else {
             return Ok(Vec::new());
         };
-        Ok(crate::export::catalog(&self.ddb, table)
+        Ok(crate::dynamo::catalog(&self.ddb, table)
             .await?
             .into_iter()
             .filter_map(|f| f.locale)

@@ -226,7 +226,7 @@ impl StatusSource for StackStatus {
         let Some(table) = &self.state_table else {
             return Ok(Default::default());
         };
-        Ok(crate::export::catalog(&self.ddb, table)
+        Ok(crate::dynamo::catalog(&self.ddb, table)
             .await?
             .into_iter()
             .filter_map(|f| f.name.map(|n| (f.id, n)))

@@ -117,7 +117,9 @@ impl LocalDb {
         loop {
             let rows: Vec<(String, Option<String>, Option<String>)> = self.with(|conn| {
                 let mut stmt = conn.prepare(&format!(
-                    "SELECT lead_id, json_extract(fields, '$.email[0]'), json_extract(fields, '$.phone_number[0]')
+                    // The contact's E.164 phone when the lead has one (the key ingest writes now).
+                    "SELECT lead_id, json_extract(fields, '$.email[0]'),
+                            COALESCE(json_extract(readable, '$.contact.phone'), json_extract(fields, '$.phone_number[0]'))
                      FROM leads
                      WHERE lead_id > ?1 AND {}
                      ORDER BY lead_id LIMIT ?2",
