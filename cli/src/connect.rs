@@ -58,9 +58,14 @@ pub struct ConnectArgs {
     /// Create a test lead on an active form, wait until it is stored, then delete it at Meta.
     #[arg(long)]
     pub test_lead: bool,
-    /// With --test-lead: the local SQLite file `serve` stores leads in.
-    #[arg(long, requires = "test_lead", conflicts_with = "leads_table")]
+    /// The local SQLite file `serve` stores leads in: where --test-lead waits for its lead,
+    /// and where the fixed pages' `token` and `permission` dead letters are brought back.
+    #[arg(long, conflicts_with_all = ["leads_table", "stack"])]
     pub db: Option<PathBuf>,
+    /// The deployed stack: the fixed pages' `token` and `permission` dead letters in its DLQ
+    /// are sent back to its queue.
+    #[arg(long)]
+    pub stack: Option<String>,
     /// With --test-lead: the stack's DynamoDB leads table.
     #[arg(long, requires = "test_lead")]
     pub leads_table: Option<String>,
@@ -577,7 +582,17 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         }
     }
 
-    // 7. A test lead.
+    // 7. Heal: what waited for these pages' token or access goes back to the queue.
+    let fixed: std::collections::BTreeSet<String> = rows
+        .iter()
+        .filter(|r| r.lead_access == Some(true))
+        .map(|r| r.id.clone())
+        .collect();
+    if !fixed.is_empty() && !heal(&args, &fixed).await {
+        problems += 1;
+    }
+
+    // 8. A test lead.
     if args.test_lead {
         if args.dry_run {
             ok("would create a test lead and wait for it");
@@ -603,6 +618,86 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             "verdict: {problems} thing(s) need a person's action (✘ above); fix them and run connect again"
         )))
     }
+}
+
+/// Step 7: the `token` and `permission` dead letters of the pages just fixed go back to the
+/// pipeline's queue (core's rule, `leadpipe_core::tokens::healed_by_connect`), locally with
+/// `--db` and on the stack with `--stack`; a dry run counts them. False when it failed.
+async fn heal(args: &ConnectArgs, fixed: &std::collections::BTreeSet<String>) -> bool {
+    use leadpipe_core::ports::DeadLetterClass;
+    let wanted = |class: &str, body: &str| {
+        DeadLetterClass::parse(class)
+            .is_some_and(|c| leadpipe_core::tokens::healed_by_connect(c, body, fixed))
+    };
+    let said = |n: usize| {
+        if args.dry_run {
+            ok(format!(
+                "would bring back {n} lead(s) of these pages that waited as token or permission dead letters"
+            ));
+        } else {
+            ok(format!(
+                "brought back {n} lead(s) of these pages that waited as token or permission dead letters; other pages' and classes' stay"
+            ));
+        }
+    };
+    if let Some(path) = &args.db {
+        if !path.exists() {
+            note(format!(
+                "{} does not exist yet: no dead letter to bring back",
+                path.display()
+            ));
+            return true;
+        }
+        let db = if args.dry_run {
+            leadpipe_local::LocalDb::open_existing_read_only(path)
+        } else {
+            leadpipe_local::LocalDb::open_existing(path)
+        };
+        match db.map_err(CliError::from).and_then(|db| {
+            db.redrive_where(wanted, args.dry_run)
+                .map_err(CliError::from)
+        }) {
+            Ok(n) => said(n),
+            Err(e) => {
+                fail(format!(
+                    "the dead letters in {} could not be brought back: {e}",
+                    path.display()
+                ));
+                return false;
+            }
+        }
+    } else if let Some(stack) = &args.stack {
+        let config = leadpipe_aws::sdk_config().await;
+        let names = match crate::operate::AwsNames::default()
+            .over_stack(&config, Some(stack))
+            .await
+        {
+            Ok(names) => names,
+            Err(e) => {
+                fail(format!("the stack's queues could not be found: {e}"));
+                return false;
+            }
+        };
+        let (Some(dlq), Some(queue)) = (&names.dlq_url, &names.queue_url) else {
+            fail("the stack has no queue or DLQ output: nothing could be brought back");
+            return false;
+        };
+        let sqs = leadpipe_aws::SqsClient::new(&config);
+        match leadpipe_aws::operate::redrive_where(&sqs, dlq, queue, wanted, args.dry_run).await {
+            Ok(done) => said(done.moved),
+            Err(e) => {
+                fail(format!(
+                    "the stack's dead letters could not be brought back: {e}"
+                ));
+                return false;
+            }
+        }
+    } else {
+        note(
+            "leads that waited as token or permission dead letters come back with `leadpipe redrive --reason-class token` (or give connect --db/--stack to do it)",
+        );
+    }
+    true
 }
 
 /// Step 1's verdict: true when the token can be used at all (and, given `app_id`, is that

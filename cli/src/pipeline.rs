@@ -14,6 +14,7 @@ use leadpipe_core::ingest::{QueuedMessage, ingest_batch};
 use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::settings::Env;
+use leadpipe_core::tokens::{SecretsRefresher, TokenBook};
 use leadpipe_graph::{GraphClient, GraphConfig};
 use leadpipe_graph_source::{GraphBackfillSource, GraphLeadFetcher, graph_config};
 use leadpipe_local::{LocalDb, LocalQueueControl};
@@ -50,11 +51,56 @@ impl Default for Tuning {
     }
 }
 
+/// The secret read again for the token re-read: the secret file when there is one (what
+/// `connect --secret-file` writes), else the environment's stand-ins as they were.
+pub struct LocalSecrets {
+    file: Option<PathBuf>,
+    inline: AppSecrets,
+    /// The file's modification time at the last read: a newer one means `connect` wrote it.
+    seen: std::sync::Mutex<Option<std::time::SystemTime>>,
+}
+
+impl LocalSecrets {
+    fn modified(&self) -> Option<std::time::SystemTime> {
+        let path = self.file.as_ref()?;
+        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    }
+}
+
+impl leadpipe_core::tokens::SecretsLoader for LocalSecrets {
+    async fn load(&self) -> Result<AppSecrets, leadpipe_core::secrets::SecretsError> {
+        match &self.file {
+            Some(path) => {
+                let modified = self.modified();
+                let secrets = crate::load_secrets(Some(path))
+                    .map_err(|e| leadpipe_core::secrets::SecretsError::Fetch(e.to_string()))?;
+                if let Ok(mut seen) = self.seen.lock() {
+                    *seen = modified;
+                }
+                Ok(secrets)
+            }
+            None => Ok(self.inline.clone()),
+        }
+    }
+
+    fn changed(&self) -> bool {
+        let Some(now) = self.modified() else {
+            return false;
+        };
+        self.seen
+            .lock()
+            .is_ok_and(|seen| seen.is_some_and(|at| now > at))
+    }
+}
+
 /// Everything the local pipeline needs, built once.
 pub struct Pipeline {
     /// The SQLite file.
     pub db: LocalDb,
     secrets: AppSecrets,
+    /// The tokens the Graph readers use, replaced when the secret is read again.
+    book: TokenBook,
+    tokens: SecretsRefresher<LocalSecrets>,
     webhook: Option<WebhookSecrets>,
     graph: GraphClient,
     tuning: Tuning,
@@ -92,19 +138,46 @@ impl Pipeline {
         let graph = GraphClient::new(graph)?;
         let webhook = WebhookSecrets::try_from(&secrets).ok();
         leadpipe_core::contact::prepare();
+        let book = TokenBook::new(secrets.clone());
         let forms = FormCatalog::new(
-            GraphLeadFetcher::new(graph.clone(), secrets.clone()),
+            GraphLeadFetcher::with_book(graph.clone(), book.clone()),
             db.clone(),
+        );
+        let tokens = SecretsRefresher::new(
+            LocalSecrets {
+                file: None,
+                inline: secrets.clone(),
+                seen: std::sync::Mutex::new(None),
+            },
+            book.clone(),
         );
         Ok(Self {
             db,
             secrets,
+            book,
+            tokens,
             webhook,
             graph,
             tuning,
             latencies: std::sync::Mutex::new(Vec::new()),
             forms,
         })
+    }
+
+    /// Reads the secret file again when a page's token is refused (at most once a minute),
+    /// so a page `connect` adds or fixes while serve runs works without a restart.
+    pub fn reread_secret_file(mut self, path: PathBuf) -> Self {
+        self.tokens = SecretsRefresher::new(
+            LocalSecrets {
+                seen: std::sync::Mutex::new(
+                    std::fs::metadata(&path).and_then(|m| m.modified()).ok(),
+                ),
+                file: Some(path),
+                inline: self.secrets.clone(),
+            },
+            self.book.clone(),
+        );
+        self
     }
 
     /// Forms this process read from Graph (one per new form: the catalog keeps them).
@@ -114,7 +187,7 @@ impl Pipeline {
 
     /// The pages the secret has tokens for.
     pub fn configured_pages(&self) -> Vec<String> {
-        self.secrets.page_tokens.keys().cloned().collect()
+        self.book.current().page_tokens.keys().cloned().collect()
     }
 
     /// Speed to lead so far, in milliseconds: `(since created, since received)` per new lead.
@@ -155,6 +228,7 @@ impl Pipeline {
             fetcher,
             &self.db,
             &self.forms,
+            &self.tokens,
             control,
             &messages,
             time::OffsetDateTime::now_utc(),
@@ -187,7 +261,7 @@ impl Pipeline {
                 let stop = stop.clone();
                 tokio::spawn(async move {
                     let fetcher =
-                        GraphLeadFetcher::new(pipeline.graph.clone(), pipeline.secrets.clone());
+                        GraphLeadFetcher::with_book(pipeline.graph.clone(), pipeline.book.clone());
                     let control = LocalQueueControl {
                         db: pipeline.db.clone(),
                         max_delay: pipeline.tuning.max_delay,
@@ -209,7 +283,7 @@ impl Pipeline {
 
     /// One backfill run of `plan`, with `budget` before it stops starting pages.
     pub async fn backfill_within(&self, plan: &BackfillPlan, budget: Duration) -> BackfillSummary {
-        let source = GraphBackfillSource::new(self.graph.clone(), self.secrets.clone());
+        let source = GraphBackfillSource::with_book(self.graph.clone(), self.book.clone());
         let deadline = InstantDeadline {
             at: Instant::now() + budget,
             margin: Duration::ZERO,
@@ -220,6 +294,7 @@ impl Pipeline {
         };
         let ports = BackfillPorts {
             source: &source,
+            tokens: &self.tokens,
             forms: &self.forms,
             store: &self.db,
             checkpoints: &self.db,
@@ -687,7 +762,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         ..Tuning::default()
     };
     let lookup_key = secrets.lookup_key.clone();
-    let pipeline = Arc::new(Pipeline::open(&args.db, secrets, tuning)?);
+    let mut pipeline = Pipeline::open(&args.db, secrets, tuning)?;
+    if let Some(path) = &args.secret_file {
+        pipeline = pipeline.reread_secret_file(path.clone());
+    }
+    let pipeline = Arc::new(pipeline);
     let mut policy = LeadPolicy::from_env(&Env::process(), lookup_key.clone())?;
     if let Some(days) = args.retention_days {
         policy = LeadPolicy::new(lookup_key, days);

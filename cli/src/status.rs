@@ -132,6 +132,19 @@ fn advice(need: Need, status: &PipelineStatus, fix: &str) -> String {
                 .map(|s| duration_ms(s * 1000))
                 .unwrap_or_default()
         ),
+        Need::PageTokens => {
+            let pages: Vec<&str> = status
+                .page_tokens
+                .iter()
+                .flatten()
+                .filter(|t| t.health.state.needs_a_person())
+                .map(|t| t.health.page_id.as_str())
+                .collect();
+            format!(
+                "the token of page(s) {} needs a new one or access (page tokens, above): run `leadpipe connect --app-id <APP_ID> --page <PAGE_ID> {fix}` with a new token",
+                pages.join(", ")
+            )
+        }
     }
 }
 
@@ -220,6 +233,27 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
                 .map(|r| format!(": newest reason {}", line(r)))
                 .unwrap_or_default()
         );
+    }
+    if let Some(tokens) = status.page_tokens.as_ref().filter(|t| !t.is_empty()) {
+        let _ = writeln!(t, "page tokens    (as the last backfill run found them)");
+        for token in tokens {
+            let h = &token.health;
+            let expiry = h
+                .expires_at
+                .and_then(|at| time::OffsetDateTime::from_unix_timestamp(at).ok())
+                .map(|at| format!(", expires {}", leadpipe_core::record::contract_time(at)))
+                .unwrap_or_default();
+            let _ = writeln!(
+                t,
+                "  {:<20} {}{expiry} (checked {})",
+                line(&h.page_id),
+                h.state.as_str(),
+                h.checked_at
+            );
+            if let Some(reason) = &h.reason {
+                let _ = writeln!(t, "  {:<20} {}", "", line(&clip(reason, 56)));
+            }
+        }
     }
     if status.needs_a_person.is_empty() {
         let _ = writeln!(t, "verdict: ok");

@@ -212,6 +212,14 @@ class TemplateContracts(unittest.TestCase):
         for needle in ('"LeadLatency"', '"Since", "received"', '"Since", "created"', '"p99"', '"p50"'):
             self.assertIn(needle, body)
 
+    def test_backfill_alarms_on_a_page_token_a_person_must_fix(self):
+        alarms = [v["Properties"] for v in self.resources.values() if v["Type"] == "AWS::CloudWatch::Alarm"]
+        for metric in ("PageTokensInvalid", "PageTokensExpiringSoon"):
+            (alarm,) = [a for a in alarms if a["MetricName"] == metric]
+            self.assertEqual(alarm["Namespace"], "leadpipe")
+            self.assertEqual(ref_target(alarm["Dimensions"][0]["Value"]), "BackfillFunction")
+            self.assertEqual(alarm["Threshold"], 0)
+
     def test_ingest_alarms_on_a_batch_where_every_message_failed(self):
         alarms = [v["Properties"] for v in self.resources.values() if v["Type"] == "AWS::CloudWatch::Alarm"]
         (alarm,) = [a for a in alarms if a["MetricName"] == "BatchesFullyFailed"]

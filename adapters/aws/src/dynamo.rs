@@ -485,6 +485,40 @@ pub async fn catalog(
     }
 }
 
+/// Each page token's health the last backfill run kept in the state table (`status`).
+pub async fn token_health(
+    client: &aws_sdk_dynamodb::Client,
+    state_table: &str,
+) -> Result<Vec<leadpipe_core::tokens::PageTokenHealth>, StoreError> {
+    let mut all = Vec::new();
+    let mut start: Option<HashMap<String, AttributeValue>> = None;
+    loop {
+        let out = client
+            .scan()
+            .table_name(state_table)
+            .filter_expression("begins_with(pk, :p)")
+            .expression_attribute_values(":p", AttributeValue::S(TOKEN_ITEM_PREFIX.to_owned()))
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        all.extend(
+            out.items()
+                .iter()
+                .filter_map(|item| match item.get("health") {
+                    Some(AttributeValue::S(json)) => serde_json::from_str(json).ok(),
+                    _ => None,
+                }),
+        );
+        match out.last_evaluated_key() {
+            Some(key) if !key.is_empty() => start = Some(key.clone()),
+            _ => break,
+        }
+    }
+    all.sort_by(|a: &leadpipe_core::tokens::PageTokenHealth, b| a.page_id.cmp(&b.page_id));
+    Ok(all)
+}
+
 fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
@@ -499,7 +533,30 @@ where
     }
 }
 
+/// The token health item's key prefix in the state table: `token#<page id>` holds `health`
+/// (S, core's `tokens::PageTokenHealth` as JSON), `state` and `checked_at`.
+pub const TOKEN_ITEM_PREFIX: &str = "token#";
+
 impl leadpipe_core::ports::CheckpointStore for DynamoCheckpointStore {
+    async fn save_token_health(
+        &self,
+        health: &[leadpipe_core::tokens::PageTokenHealth],
+    ) -> Result<(), StoreError> {
+        for page in health {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(format!("{TOKEN_ITEM_PREFIX}{}", page.page_id)))
+                .item("health", s(serde_json::to_string(page).unwrap_or_default()))
+                .item("state", s(page.state.as_str()))
+                .item("checked_at", s(page.checked_at.as_str()))
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+        }
+        Ok(())
+    }
+
     async fn checkpoint(&self, key: &str) -> Result<Option<i64>, StoreError> {
         let out = self
             .client

@@ -24,7 +24,7 @@ pub use aws_sdk_secretsmanager::Client as SecretsClient;
 pub use aws_sdk_sqs::Client as SqsClient;
 pub use dynamo::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore};
 pub use events::EventBridgePublisher;
-pub use secrets::load_secrets;
+pub use secrets::{SecretReloader, load_secrets};
 pub use sqs::{SqsEventQueue, SqsQueueControl};
 
 /// The SDK configuration from the environment, loaded once per process.

@@ -260,16 +260,35 @@ pub async fn redrive(
     reason_class: Option<&str>,
     dry_run: bool,
 ) -> Result<Redriven, QueueError> {
+    redrive_where(
+        sqs,
+        dlq_url,
+        queue_url,
+        |class, _| reason_class.is_none_or(|c| class == c),
+        dry_run,
+    )
+    .await
+}
+
+/// Moves the DLQ's messages `wanted` picks (by class and body) back to the queue, each
+/// deleted only after its copy was sent; `dry_run` only counts. A message without our
+/// class attribute is one SQS moved after `maxReceiveCount` (`exhausted`).
+pub async fn redrive_where(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    queue_url: &str,
+    wanted: impl Fn(&str, &str) -> bool,
+    dry_run: bool,
+) -> Result<Redriven, QueueError> {
     let taken = take_all(sqs, dlq_url, 300).await?;
     let mut result = Redriven::default();
     let mut keep = Vec::new();
     for m in taken {
-        // A message without our attribute is one SQS moved after maxReceiveCount.
         let class = m
             .reason_class
             .as_deref()
             .unwrap_or(leadpipe_core::ports::DeadLetterClass::Exhausted.as_str());
-        let wanted = reason_class.is_none_or(|c| class == c);
+        let wanted = wanted(class, &m.body);
         if !wanted || dry_run {
             if wanted {
                 result.moved += 1;

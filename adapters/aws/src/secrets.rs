@@ -79,3 +79,25 @@ pub async fn put_secret_string(
         .map(|_| ())
         .map_err(|e| SecretsError::Fetch(describe_sdk_error(&e)))
 }
+
+/// The secret read again where it lives, for core's token re-read
+/// (`leadpipe_core::tokens`): Secrets Manager's current version, or the inline stand-ins as
+/// they were.
+#[derive(Debug, Clone)]
+pub struct SecretReloader {
+    config: aws_config::SdkConfig,
+    source: SecretSource,
+}
+
+impl SecretReloader {
+    /// Reads `source` with clients from `config`.
+    pub fn new(config: aws_config::SdkConfig, source: SecretSource) -> Self {
+        Self { config, source }
+    }
+}
+
+impl leadpipe_core::tokens::SecretsLoader for SecretReloader {
+    async fn load(&self) -> Result<AppSecrets, SecretsError> {
+        load_secrets(&self.config, &self.source).await
+    }
+}

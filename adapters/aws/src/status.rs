@@ -222,6 +222,17 @@ impl StatusSource for StackStatus {
         Ok(Some(all))
     }
 
+    async fn page_tokens(
+        &self,
+    ) -> Result<Option<Vec<leadpipe_core::tokens::PageTokenHealth>>, StoreError> {
+        let Some(table) = &self.state_table else {
+            return Ok(None);
+        };
+        crate::dynamo::token_health(&self.ddb, table)
+            .await
+            .map(Some)
+    }
+
     async fn form_names(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         let Some(table) = &self.state_table else {
             return Ok(Default::default());

@@ -12,6 +12,7 @@ use leadpipe_core::ports::LeadFetcher;
 use leadpipe_core::ports::{FetchedLead, LeadPage, PageCursor, TimeWindow};
 use leadpipe_core::secrets::AppSecrets;
 use leadpipe_core::settings::{Env, SettingsError};
+use leadpipe_core::tokens::TokenBook;
 use leadpipe_graph::{
     BatchItem, ErrorClass, GraphClient, GraphConfig, GraphError, Lead, LeadQuery, Page,
     TimeOperator,
@@ -30,13 +31,27 @@ fn missing_page_token(page_id: &str) -> GraphError {
 #[derive(Debug, Clone)]
 pub struct GraphLeadFetcher {
     client: GraphClient,
-    secrets: AppSecrets,
+    secrets: TokenBook,
 }
 
 impl GraphLeadFetcher {
     /// A fetcher reading with `client`, each page with its token from `secrets`.
     pub fn new(client: GraphClient, secrets: AppSecrets) -> Self {
-        Self { client, secrets }
+        Self::with_book(client, TokenBook::new(secrets))
+    }
+
+    /// A fetcher taking each page's token from `book` at every read, so a secret read again
+    /// (`leadpipe_core::tokens`) is used at once.
+    pub fn with_book(client: GraphClient, book: TokenBook) -> Self {
+        Self {
+            client,
+            secrets: book,
+        }
+    }
+
+    /// The tokens it reads with.
+    pub fn book(&self) -> &TokenBook {
+        &self.secrets
     }
 
     /// The client it reads with.
@@ -51,11 +66,8 @@ impl LeadFetcher for GraphLeadFetcher {
         page_id: &str,
         lead_ids: &[String],
     ) -> Result<Vec<FetchedLead>, GraphError> {
-        let token = self
-            .secrets
-            .token_for_page(page_id)
-            .ok_or_else(|| missing_page_token(page_id))?;
-        let items: Vec<BatchItem> = self.client.leads(token, lead_ids).await?;
+        let token = token_of(&self.secrets, page_id)?;
+        let items: Vec<BatchItem> = self.client.leads(&token, lead_ids).await?;
         Ok(items
             .into_iter()
             .map(|item| FetchedLead {
@@ -104,20 +116,39 @@ pub fn graph_config<F: Fn(&str) -> Option<String>>(
 #[derive(Debug, Clone)]
 pub struct GraphBackfillSource {
     client: GraphClient,
-    secrets: AppSecrets,
+    secrets: TokenBook,
 }
 
 impl GraphBackfillSource {
     /// A source reading with `client`, each page with its token from `secrets`.
     pub fn new(client: GraphClient, secrets: AppSecrets) -> Self {
-        Self { client, secrets }
+        Self::with_book(client, TokenBook::new(secrets))
     }
 
-    fn token(&self, page_id: &str) -> Result<&secrecy::SecretString, GraphError> {
-        self.secrets
-            .token_for_page(page_id)
-            .ok_or_else(|| missing_page_token(page_id))
+    /// A source taking each page's token from `book` at every read.
+    pub fn with_book(client: GraphClient, book: TokenBook) -> Self {
+        Self {
+            client,
+            secrets: book,
+        }
     }
+
+    /// The tokens it reads with.
+    pub fn book(&self) -> &TokenBook {
+        &self.secrets
+    }
+
+    fn token(&self, page_id: &str) -> Result<secrecy::SecretString, GraphError> {
+        token_of(&self.secrets, page_id)
+    }
+}
+
+/// The page's token as the book holds it now.
+fn token_of(book: &TokenBook, page_id: &str) -> Result<secrecy::SecretString, GraphError> {
+    book.current()
+        .token_for_page(page_id)
+        .cloned()
+        .ok_or_else(|| missing_page_token(page_id))
 }
 
 /// The forms catalog's Graph read: `GET /{form-id}` with the page's token.
@@ -127,11 +158,8 @@ impl leadpipe_core::forms::FormReader for GraphLeadFetcher {
         page_id: &str,
         form_id: &str,
     ) -> Result<leadpipe_graph::LeadgenForm, GraphError> {
-        let token = self
-            .secrets
-            .token_for_page(page_id)
-            .ok_or_else(|| missing_page_token(page_id))?;
-        self.client.form(token, form_id).await
+        let token = token_of(&self.secrets, page_id)?;
+        self.client.form(&token, form_id).await
     }
 }
 
@@ -142,21 +170,27 @@ impl leadpipe_core::forms::FormReader for GraphBackfillSource {
         form_id: &str,
     ) -> Result<leadpipe_graph::LeadgenForm, GraphError> {
         let token = self.token(page_id)?;
-        self.client.form(token, form_id).await
+        self.client.form(&token, form_id).await
     }
 }
 
 impl leadpipe_core::ports::BackfillSource for GraphBackfillSource {
+    async fn token_info(&self, page_id: &str) -> Result<leadpipe_graph::TokenInfo, GraphError> {
+        let token = self.token(page_id)?;
+        // The page token checks itself: debug_token accepts any token of the app.
+        self.client.debug_token(&token, &token).await
+    }
+
     async fn lead_access(
         &self,
         page_id: &str,
     ) -> Result<leadpipe_graph::HasLeadAccess, GraphError> {
         let token = self.token(page_id)?;
         // has_lead_access asks about a user; the token's own user is the one that matters.
-        let info = self.client.debug_token(token, token).await?;
+        let info = self.client.debug_token(&token, &token).await?;
         let user_id = info.user_id.clone().unwrap_or_default();
         self.client
-            .has_lead_access(token, page_id, &user_id, info.app_id.as_deref())
+            .has_lead_access(&token, page_id, &user_id, info.app_id.as_deref())
             .await
     }
 
@@ -165,7 +199,7 @@ impl leadpipe_core::ports::BackfillSource for GraphBackfillSource {
         let token = self.token(page_id)?;
         let pages: Vec<_> = self
             .client
-            .leadgen_forms(token, page_id)
+            .leadgen_forms(&token, page_id)
             .try_collect()
             .await?;
         Ok(pages.into_iter().flat_map(|p| p.items).collect())
@@ -184,7 +218,7 @@ impl leadpipe_core::ports::BackfillSource for GraphBackfillSource {
             .with_limit(window.page_size);
         let page = self
             .client
-            .lead_page(self.token(page_id)?, node_id, &query)
+            .lead_page(&self.token(page_id)?, node_id, &query)
             .await?;
         Ok(lead_page(page))
     }
@@ -197,7 +231,7 @@ impl leadpipe_core::ports::BackfillSource for GraphBackfillSource {
         let next = self.client.next_page_from(next.as_str())?;
         let page = self
             .client
-            .lead_page_after(self.token(page_id)?, &next)
+            .lead_page_after(&self.token(page_id)?, &next)
             .await?;
         Ok(lead_page(page))
     }

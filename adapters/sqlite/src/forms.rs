@@ -62,6 +62,29 @@ impl LocalDb {
     }
 }
 
+impl LocalDb {
+    /// Each page token's health as the last backfill run kept it (`status`). Empty for a
+    /// file from before.
+    pub fn token_health(
+        &self,
+    ) -> Result<Vec<leadpipe_core::tokens::PageTokenHealth>, crate::LocalError> {
+        self.with(|conn| {
+            if !has_column(conn, "token_health", "health")? {
+                return Ok(Vec::new());
+            }
+            let mut stmt = conn.prepare("SELECT health FROM token_health ORDER BY page_id")?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut all = Vec::new();
+            for json in rows {
+                if let Ok(health) = serde_json::from_str(&json?) {
+                    all.push(health);
+                }
+            }
+            Ok(all)
+        })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -89,6 +89,12 @@ CREATE TABLE IF NOT EXISTS forms (
     form TEXT NOT NULL,
     fetched_at INTEGER NOT NULL
 );
+-- Each page token's health as the last backfill run found it (core's tokens::PageTokenHealth
+-- as JSON): ids, states and Meta's reasons, never a token.
+CREATE TABLE IF NOT EXISTS token_health (
+    page_id TEXT PRIMARY KEY,
+    health TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS state (
     pk TEXT PRIMARY KEY,
     checkpoint INTEGER NOT NULL,
@@ -880,6 +886,27 @@ impl LeadStore for LocalDb {
 }
 
 impl CheckpointStore for LocalDb {
+    async fn save_token_health(
+        &self,
+        health: &[leadpipe_core::tokens::PageTokenHealth],
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            for page in health {
+                tx.execute(
+                    "INSERT INTO token_health (page_id, health) VALUES (?1, ?2)
+                     ON CONFLICT (page_id) DO UPDATE SET health = excluded.health",
+                    params![
+                        page.page_id,
+                        serde_json::to_string(page).unwrap_or_default()
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+        .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))
+    }
+
     async fn checkpoint(&self, key: &str) -> Result<Option<i64>, StoreError> {
         self.with(|conn| {
             conn.query_row(

@@ -41,4 +41,50 @@ impl LocalDb {
             Ok(rows.len())
         })
     }
+
+    /// Moves the dead letters `wanted` picks (by class and body) back to the queue, in one
+    /// transaction; with `dry_run`, only counts them. Returns how many.
+    pub fn redrive_where(
+        &self,
+        wanted: impl Fn(&str, &str) -> bool,
+        dry_run: bool,
+    ) -> Result<usize, LocalError> {
+        let now = now_unix_ms();
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(if dry_run {
+                rusqlite::TransactionBehavior::Deferred
+            } else {
+                rusqlite::TransactionBehavior::Immediate
+            })?;
+            let rows: Vec<(i64, String)> = {
+                let mut stmt =
+                    tx.prepare("SELECT id, reason_class, body FROM dead_letters ORDER BY id")?;
+                stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                })?
+                .filter_map(|row| match row {
+                    Ok((id, class, body)) if wanted(&class, &body) => Some(Ok((id, body))),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<rusqlite::Result<_>>()?
+            };
+            if dry_run {
+                return Ok(rows.len());
+            }
+            for (id, body) in &rows {
+                tx.execute(
+                    "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
+                    params![body, now],
+                )?;
+                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
+            }
+            tx.commit()?;
+            Ok(rows.len())
+        })
+    }
 }

@@ -107,6 +107,12 @@ impl StatusSource for LocalDb {
         .map_err(unavailable)
     }
 
+    async fn page_tokens(
+        &self,
+    ) -> Result<Option<Vec<leadpipe_core::tokens::PageTokenHealth>>, StoreError> {
+        self.token_health().map(Some).map_err(unavailable)
+    }
+
     async fn form_names(&self) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
         Ok(self
             .catalog()

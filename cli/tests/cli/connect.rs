@@ -516,3 +516,229 @@ async fn two_connects_at_once_both_keep_their_pages() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn connect_brings_back_only_the_fixed_pages_token_and_permission_dead_letters() {
+    use leadpipe_core::ports::{DeadLetterClass, DeadLetterReason, QueueControl};
+    let data = world();
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![UserToken::new(DEFAULT_USER_TOKEN, TokenKind::ShortLived)],
+    )
+    .await;
+    let dir = scratch("heal");
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    let db_path = dir.join("serve.db");
+    let (fixed, other) = (data.pages[0].0.clone(), data.pages[1].0.clone());
+    {
+        let db = leadpipe_local::LocalDb::open(&db_path).unwrap();
+        let control = leadpipe_local::LocalQueueControl {
+            db,
+            max_delay: Duration::from_secs(60),
+        };
+        let body = |page: &str, lead: &str| {
+            format!(
+                r#"{{"leadgen_id":"{lead}","page_id":"{page}","received_at":"2026-12-01T00:00:00Z"}}"#
+            )
+        };
+        for (page, lead, class) in [
+            (&fixed, "11", DeadLetterClass::Token),
+            (&fixed, "12", DeadLetterClass::Permission),
+            (&fixed, "13", DeadLetterClass::NotFound),
+            (&other, "21", DeadLetterClass::Token),
+        ] {
+            let reason = DeadLetterReason {
+                class,
+                detail: "as Meta said".into(),
+            };
+            control
+                .dead_letter(&body(page, lead), &reason)
+                .await
+                .unwrap();
+        }
+    }
+    let args = |dry: bool| {
+        let mut args = vec![
+            "--secret-file".to_owned(),
+            secret_file.to_str().unwrap().to_owned(),
+            "--page".to_owned(),
+            fixed.clone(),
+            "--db".to_owned(),
+            db_path.to_str().unwrap().to_owned(),
+        ];
+        if dry {
+            args.push("--dry-run".into());
+        }
+        args
+    };
+    let dry = args(true);
+    let dry: Vec<&str> = dry.iter().map(String::as_str).collect();
+    let run = connect(&sandbox, DEFAULT_USER_TOKEN, &dry).await;
+    assert!(
+        run.text.contains("would bring back 2 lead(s)"),
+        "{}",
+        run.text
+    );
+    let db = leadpipe_local::LocalDb::open_read_only(&db_path).unwrap();
+    assert_eq!(
+        db.dead_letters().unwrap().len(),
+        4,
+        "a dry run moves nothing"
+    );
+
+    let real = args(false);
+    let real: Vec<&str> = real.iter().map(String::as_str).collect();
+    let run = connect(&sandbox, DEFAULT_USER_TOKEN, &real).await;
+    assert!(run.text.contains("brought back 2 lead(s)"), "{}", run.text);
+    let left: Vec<(String, String)> = db
+        .dead_letters()
+        .unwrap()
+        .into_iter()
+        .map(|(body, class, _)| (body, class))
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().any(|(b, c)| b.contains(&other) && c == "token"),
+        "another page's stays"
+    );
+    assert!(
+        left.iter()
+            .any(|(b, c)| b.contains(&fixed) && c == "not_found"),
+        "another class stays"
+    );
+    assert_no_secrets(&run.text, &data, &[]);
+}
+
+/// Posts each lead's webhook to `webhook`, signed as Meta signs it.
+async fn post_leads(webhook: &str, leads: &[leadpipe_sandbox::SandboxLead]) {
+    let client = reqwest::Client::new();
+    for lead in leads {
+        let body = leadpipe_sandbox::sender::post_body(
+            &[lead],
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        );
+        let signature =
+            leadpipe_core::signature::sign(demo_app_secret().as_bytes(), body.as_bytes()).unwrap();
+        let response = client
+            .post(webhook)
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+}
+
+/// Waits while `done` is false and `progress` keeps moving; fails after 90 s without it.
+async fn wait_for(mut progress: impl FnMut() -> (bool, usize)) {
+    let mut last = (Instant::now(), usize::MAX);
+    loop {
+        let (done, count) = progress();
+        if done {
+            return;
+        }
+        if count != last.1 {
+            last = (Instant::now(), count);
+        }
+        assert!(
+            last.0.elapsed() < Duration::from_secs(90),
+            "no progress (at {count})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead_is_lost() {
+    let data = Dataset::generate(&DatasetSpec {
+        pages: 2,
+        forms_per_page: 1,
+        leads: 24,
+        ..DatasetSpec::default()
+    });
+    let sandbox = sandbox_with(
+        &data,
+        Faults::default(),
+        vec![UserToken::new(DEFAULT_USER_TOKEN, TokenKind::ShortLived)],
+    )
+    .await;
+    let dir = scratch("rotate");
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    let secret_arg = ["--secret-file", secret_file.to_str().unwrap()];
+    let first = connect(&sandbox, DEFAULT_USER_TOKEN, &secret_arg).await;
+    assert!(first.text.contains("wrote the secret"), "{}", first.text);
+    let db_path = dir.join("serve.db");
+    let (mut server, webhook) = serve(&db_path, &secret_file, &sandbox.base_url()).await;
+    let db = leadpipe_local::LocalDb::open_read_only(&db_path).unwrap();
+    let (before, after) = data.leads.split_at(data.leads.len() / 2);
+    post_leads(&webhook, before).await;
+    wait_for(|| {
+        let n = db.leads().unwrap().len();
+        (n == before.len(), n)
+    })
+    .await;
+
+    // The second page's person changes their password: Meta invalidates its token.
+    let page = data.pages[1].0.clone();
+    assert!(sandbox.rotate_page_token(&page).is_some());
+    post_leads(&webhook, after).await;
+    let waiting = after.iter().filter(|l| l.page_id == page).count();
+    wait_for(|| {
+        let stored = db.leads().unwrap().len();
+        let dead = db.dead_letters().unwrap().len();
+        (
+            stored == data.leads.len() - waiting && dead == waiting,
+            stored + dead,
+        )
+    })
+    .await;
+    assert!(
+        db.dead_letters()
+            .unwrap()
+            .iter()
+            .all(|(_, class, _)| class == "token"),
+        "the page's leads wait as token dead letters; the other page's are stored"
+    );
+
+    // A new token through connect: written, and what waited comes home. The running serve
+    // reads the rewritten file at once, without a restart.
+    let db_arg = db_path.to_str().unwrap();
+    let args = [
+        "--secret-file",
+        secret_file.to_str().unwrap(),
+        "--page",
+        page.as_str(),
+        "--db",
+        db_arg,
+    ];
+    let healed = connect(&sandbox, DEFAULT_USER_TOKEN, &args).await;
+    assert!(
+        healed
+            .text
+            .contains(&format!("brought back {waiting} lead(s)")),
+        "{}",
+        healed.text
+    );
+    wait_for(|| {
+        let n = db.leads().unwrap().len();
+        (n == data.leads.len(), n)
+    })
+    .await;
+    assert!(db.dead_letters().unwrap().is_empty());
+    let ids: BTreeSet<String> = db.leads().unwrap().into_iter().map(|r| r.lead_id).collect();
+    assert_eq!(ids.len(), data.leads.len(), "each lead once");
+    assert_no_secrets(&healed.text, &data, &[]);
+    let _ = server.kill().await;
+}

@@ -368,3 +368,62 @@ async fn a_refusing_receiver_makes_a_dead_letter_that_status_shows_without_lead_
     assert_eq!((summary.pending, summary.dead), (3, 0));
     let _ = std::fs::remove_dir_all(&setup.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_connect_adds_while_serve_runs_is_read_without_a_dead_letter() {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let data = Dataset::generate(&DatasetSpec {
+        leads: 8,
+        newest: now - 60,
+        ..DatasetSpec::default()
+    });
+    let sandbox = Sandbox::start(data.clone(), Faults::default())
+        .await
+        .unwrap();
+    let receiver = receiver(Mode::Flaky).await;
+    let setup = setup("heal", &data);
+    // serve starts knowing the first page only.
+    let (first_page, first_token) = data.pages[0].clone();
+    let secret = |pages: &[(String, String)]| {
+        let tokens: serde_json::Map<String, serde_json::Value> = pages
+            .iter()
+            .map(|(p, t)| (p.clone(), serde_json::json!(t)))
+            .collect();
+        serde_json::json!({"app_secret": SECRET, "verify_token": "vt", "page_tokens": tokens})
+            .to_string()
+    };
+    leadpipe::write_private(
+        &setup.secret_file,
+        secret(&[(first_page.clone(), first_token)]),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut server = serve(&setup, port, &sandbox.base_url(), &receiver.url).await;
+    let (known, added): (Vec<_>, Vec<_>) = data
+        .leads
+        .iter()
+        .cloned()
+        .partition(|l| l.page_id == first_page);
+    post_leads(port, &known, now).await;
+    let db = leadpipe_local::LocalDb::open_read_only(&setup.db).unwrap();
+    wait_on_progress(|| {
+        let n = db.leads().unwrap().len();
+        (n == known.len(), n)
+    })
+    .await;
+
+    // `connect` adds the second page to the secret file while serve runs.
+    leadpipe::write_private(&setup.secret_file, secret(&data.pages)).unwrap();
+    post_leads(port, &added, now).await;
+    wait_on_progress(|| {
+        let n = db.leads().unwrap().len();
+        (n == data.leads.len(), n)
+    })
+    .await;
+    assert!(
+        db.dead_letters().unwrap().is_empty(),
+        "the new page's first lead waited for no one"
+    );
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&setup.dir);
+}

@@ -20,6 +20,7 @@ use crate::ports::{
     QueueControl, StoredLead,
 };
 use crate::readable::Readable;
+use crate::tokens::TokenRefresh;
 use leadpipe_graph::{ErrorClass, GraphError, Lead};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -222,16 +223,46 @@ enum Judgement {
 ///
 /// Each stored lead is read against its form (`forms`: the catalog, one Graph read per new
 /// form per process); a form that cannot be read leaves the lead readable by key only.
-pub async fn ingest_batch<F: LeadFetcher, S: LeadStore, C: QueueControl, K: FormLookup>(
+///
+/// A page whose reads are refused for a token or permission reason makes `tokens` read the
+/// secret again (`crate::tokens`: at most once a minute, shared); when it did, that page's
+/// leads are read once more with what the secret now holds, and only what still fails is
+/// dead-lettered.
+pub async fn ingest_batch<F, S, C, K, T>(
     fetcher: &F,
     store: &S,
     forms: &K,
+    tokens: &T,
     queue: &C,
     messages: &[QueuedMessage<'_>],
     now: OffsetDateTime,
-) -> IngestReport {
+) -> IngestReport
+where
+    F: LeadFetcher,
+    S: LeadStore,
+    C: QueueControl,
+    K: FormLookup,
+    T: TokenRefresh,
+{
     let judgements = parse_messages(queue, messages).await;
-    let mut fetched = fetch_by_page(fetcher, &judgements).await;
+    let mut fetched = fetch_by_page(fetcher, &judgements, None).await;
+    let refused = refused_pages(&fetched);
+    if !refused.is_empty() && tokens.refresh().await {
+        let again = fetch_by_page(fetcher, &judgements, Some(&refused)).await;
+        for page in &refused {
+            fetched.page_failures.remove(page);
+            fetched.results.retain(|(p, _), _| p != page);
+        }
+        fetched.results.extend(again.results);
+        fetched.page_failures.extend(again.page_failures);
+    }
+    for (page_id, err) in &fetched.page_failures {
+        if err.class() == ErrorClass::Token {
+            tracing::error!(page_id = %page_id, code = ?err.code, subcode = ?err.subcode, error = %err,
+                "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
+            fetched.token_pages_logged.insert(page_id.clone());
+        }
+    }
     let stored = store_read_leads(store, forms, &judgements, &fetched.results, now).await;
 
     // 4. Judge each message.
@@ -353,12 +384,38 @@ struct Fetched {
     token_pages_logged: BTreeSet<String>,
 }
 
+/// The pages whose reads were refused for a reason a new token or a grant can fix.
+fn refused_pages(fetched: &Fetched) -> BTreeSet<String> {
+    let heals =
+        |err: &GraphError| matches!(err.class(), ErrorClass::Token | ErrorClass::Permission);
+    let mut pages: BTreeSet<String> = fetched
+        .page_failures
+        .iter()
+        .filter(|(_, err)| heals(err))
+        .map(|(page, _)| page.clone())
+        .collect();
+    pages.extend(
+        fetched
+            .results
+            .iter()
+            .filter(|(_, result)| result.as_ref().is_err_and(heals))
+            .map(|((page, _), _)| page.clone()),
+    );
+    pages
+}
+
 /// Step 2: the leads read per page (the page decides the token), each distinct lead once,
-/// the pages at once.
-async fn fetch_by_page<F: LeadFetcher>(fetcher: &F, judgements: &[Judgement]) -> Fetched {
+/// the pages at once; `only` these pages when given (the retry after a re-read).
+async fn fetch_by_page<F: LeadFetcher>(
+    fetcher: &F,
+    judgements: &[Judgement],
+    only: Option<&BTreeSet<String>>,
+) -> Fetched {
     let mut by_page: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for judgement in judgements {
-        if let Judgement::Pending(event) = judgement {
+        if let Judgement::Pending(event) = judgement
+            && only.is_none_or(|pages| pages.contains(&event.page_id))
+        {
             by_page
                 .entry(&event.page_id)
                 .or_default()
@@ -384,11 +441,6 @@ async fn fetch_by_page<F: LeadFetcher>(fetcher: &F, judgements: &[Judgement]) ->
                 }
             }
             Err(err) => {
-                if err.class() == ErrorClass::Token {
-                    tracing::error!(page_id = %page_id, code = ?err.code, subcode = ?err.subcode, error = %err,
-                        "ACCESS TOKEN REFUSED for this page: leads cannot be read until a new token is put in the secret");
-                    fetched.token_pages_logged.insert(page_id.to_owned());
-                }
                 fetched.page_failures.insert(page_id.to_owned(), err);
             }
         }
@@ -589,6 +641,7 @@ mod tests {
                 &self.fetcher,
                 &self.store,
                 &self.forms,
+                &crate::tokens::NoRefresh,
                 &self.queue,
                 &messages,
                 NOW,
@@ -854,5 +907,130 @@ mod tests {
             Some("p500@example.org"),
             "the contact still comes from Meta's standard keys"
         );
+    }
+
+    /// Graph as the book's token for page 77 makes it: `old` is refused (190/460, the
+    /// password changed), any other reads the leads.
+    struct TokenGraph {
+        book: crate::tokens::TokenBook,
+        inner: MemoryFetcher,
+    }
+
+    impl LeadFetcher for TokenGraph {
+        async fn fetch(
+            &self,
+            page_id: &str,
+            lead_ids: &[String],
+        ) -> Result<Vec<crate::ports::FetchedLead>, GraphError> {
+            use secrecy::ExposeSecret;
+            let secrets = self.book.current();
+            let token = secrets
+                .page_tokens
+                .get(page_id)
+                .map(|t| t.expose_secret().to_owned());
+            if token.as_deref() != Some("new") {
+                return Err(GraphError::local(
+                    format!("POST / (page {page_id})"),
+                    ErrorClass::Token,
+                    "Error validating access token: The session has been invalidated because the user changed their password",
+                ));
+            }
+            self.inner.fetch(page_id, lead_ids).await
+        }
+    }
+
+    /// The secret's store: what `connect` last wrote there.
+    struct SecretStore(std::sync::Mutex<&'static str>);
+
+    impl crate::tokens::SecretsLoader for std::sync::Arc<SecretStore> {
+        async fn load(&self) -> Result<crate::secrets::AppSecrets, crate::secrets::SecretsError> {
+            Ok(secrets_with(*self.0.lock().unwrap()))
+        }
+    }
+
+    fn secrets_with(token: &str) -> crate::secrets::AppSecrets {
+        crate::secrets::AppSecrets {
+            app_secret: secrecy::SecretString::from("s"),
+            verify_token: None,
+            access_token: None,
+            page_tokens: [("77".to_owned(), secrecy::SecretString::from(token))].into(),
+            lookup_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_makes_the_secret_read_again_before_anything_is_dead_lettered() {
+        use crate::tokens::{SecretsRefresher, TokenBook};
+        let book = TokenBook::new(secrets_with("old"));
+        let graph = TokenGraph {
+            book: book.clone(),
+            inner: MemoryFetcher::default(),
+        };
+        for id in ["801", "802", "803"] {
+            graph.inner.set(id, Ok(lead(id, Some("9"))));
+        }
+        // `connect` has put a new token in the secret; this warm process still holds the old.
+        let store = std::sync::Arc::new(SecretStore(std::sync::Mutex::new("new")));
+        let refresher = SecretsRefresher::new(store.clone(), book.clone());
+        let world = World::new();
+        let run = |bodies: Vec<String>| {
+            let ids: Vec<String> = (0..bodies.len()).map(|i| format!("m{i}")).collect();
+            (bodies, ids)
+        };
+        let (bodies, ids) = run(vec![body("801"), body("802")]);
+        let messages: Vec<QueuedMessage<'_>> = bodies
+            .iter()
+            .zip(&ids)
+            .map(|(body, id)| QueuedMessage {
+                message_id: id,
+                receipt_handle: Some(id),
+                body,
+            })
+            .collect();
+        let report = ingest_batch(
+            &graph,
+            &world.store,
+            &world.forms,
+            &refresher,
+            &world.queue,
+            &messages,
+            NOW,
+        )
+        .await;
+        assert_eq!(
+            report.stored_new(),
+            2,
+            "healed without a restart: {report:?}"
+        );
+        assert_eq!(report.dead_lettered(), 0);
+        assert_eq!(refresher.reads(), 1);
+
+        // The token dies again and nobody has fixed it: within the minute the secret is not
+        // read again, and the lead is dead-lettered `token` at once.
+        book.replace(secrets_with("old"));
+        *store.0.lock().unwrap() = "old";
+        let (bodies, ids) = run(vec![body("803")]);
+        let messages: Vec<QueuedMessage<'_>> = bodies
+            .iter()
+            .zip(&ids)
+            .map(|(body, id)| QueuedMessage {
+                message_id: id,
+                receipt_handle: Some(id),
+                body,
+            })
+            .collect();
+        let report = ingest_batch(
+            &graph,
+            &world.store,
+            &world.forms,
+            &refresher,
+            &world.queue,
+            &messages,
+            NOW,
+        )
+        .await;
+        assert_eq!(report.dead_lettered(), 1);
+        assert_eq!(world.dead_letter_classes(), [DeadLetterClass::Token]);
+        assert_eq!(refresher.reads(), 1, "at most one read a minute");
     }
 }

@@ -16,6 +16,8 @@
 //! (docs/architecture.md, "Layers").
 //! * [`forms`] and [`readable`]: the forms catalog, and a lead read by its questions' labels
 //!   with a normalised [`contact`].
+//! * [`tokens`]: the page tokens a process holds, and the re-read before a token failure
+//!   dead-letters a page's leads.
 //! * [`privacy`]: lookup keys (HMAC of email and phone) and retention, for `forget` and TTL.
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
@@ -44,5 +46,6 @@ pub mod secrets;
 pub mod settings;
 pub mod signature;
 pub mod status;
+pub mod tokens;
 pub mod webhook;
 pub mod when;

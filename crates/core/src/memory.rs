@@ -295,9 +295,27 @@ pub struct MemoryBackfillSource {
     pub looping: std::collections::BTreeSet<String>,
     /// Pages read after a first one.
     pub pages_after: std::sync::atomic::AtomicUsize,
+    /// page id -> what `debug_token` says of its token (absent: valid, never expires).
+    pub token_infos: std::collections::BTreeMap<
+        String,
+        Result<leadpipe_graph::TokenInfo, leadpipe_graph::GraphError>,
+    >,
 }
 
 impl crate::ports::BackfillSource for MemoryBackfillSource {
+    async fn token_info(
+        &self,
+        page_id: &str,
+    ) -> Result<leadpipe_graph::TokenInfo, leadpipe_graph::GraphError> {
+        match self.token_infos.get(page_id) {
+            Some(info) => info.clone(),
+            None => Ok(leadpipe_graph::TokenInfo {
+                is_valid: true,
+                ..Default::default()
+            }),
+        }
+    }
+
     async fn lead_access(
         &self,
         page_id: &str,

@@ -345,6 +345,12 @@ pub trait BackfillSource: Send + Sync {
         page_id: &str,
     ) -> impl Future<Output = Result<leadpipe_graph::HasLeadAccess, leadpipe_graph::GraphError>> + Send;
 
+    /// `debug_token` of the page's token (valid, expiry, scopes), for the token's health.
+    fn token_info(
+        &self,
+        page_id: &str,
+    ) -> impl Future<Output = Result<leadpipe_graph::TokenInfo, leadpipe_graph::GraphError>> + Send;
+
     /// Every lead form of the page.
     fn forms(
         &self,
@@ -391,6 +397,15 @@ pub trait CheckpointStore: Send + Sync {
         checkpoint: i64,
         facts: &RunFacts,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Keeps each page token's health as the run found it (`status` shows it).
+    fn save_token_health(
+        &self,
+        health: &[crate::tokens::PageTokenHealth],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = health;
+        async { Ok(()) }
+    }
 }
 
 #[cfg(test)]

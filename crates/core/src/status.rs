@@ -90,6 +90,16 @@ pub struct ForwardingFacts {
     pub newest_dead_reason: Option<String>,
 }
 
+/// A page token's health with the command that fixes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PageTokenStatus {
+    /// What the last backfill run found.
+    #[serde(flatten)]
+    pub health: crate::tokens::PageTokenHealth,
+    /// What to do about it.
+    pub fix: &'static str,
+}
+
 /// What a person must do something about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -102,6 +112,8 @@ pub enum Need {
     ForwardingDead,
     /// The oldest waiting lead event is older than [`STUCK_AFTER`].
     ForwardingStuck,
+    /// A page's token is invalid, expiring soon, or may not read the page's leads.
+    PageTokens,
 }
 
 /// The verdict.
@@ -130,6 +142,8 @@ pub struct PipelineStatus {
     pub leads_per_form: Option<Vec<FormLeads>>,
     /// The forwarding outbox.
     pub forwarding: Option<ForwardingFacts>,
+    /// Each page token's health as the last backfill run found it, with what fixes it.
+    pub page_tokens: Option<Vec<PageTokenStatus>>,
     /// What a person must act on; empty when all is well.
     pub needs_a_person: Vec<Need>,
     /// `ok` or `needs_a_person`.
@@ -161,6 +175,13 @@ pub trait StatusSource {
     fn forwarding(
         &self,
     ) -> impl Future<Output = Result<Option<ForwardingFacts>, StoreError>> + Send;
+    /// Each page token's health as the last backfill run kept it.
+    fn page_tokens(
+        &self,
+    ) -> impl Future<Output = Result<Option<Vec<crate::tokens::PageTokenHealth>>, StoreError>> + Send
+    {
+        async { Ok(None) }
+    }
     /// The forms catalog's names, by form id (status shows names beside ids).
     fn form_names(
         &self,
@@ -211,6 +232,14 @@ pub async fn pipeline_status<S: StatusSource>(
         f.name = f.form_id.as_ref().and_then(|id| names.get(id)).cloned();
     }
     let forwarding = source.forwarding().await?;
+    let page_tokens: Option<Vec<PageTokenStatus>> = source.page_tokens().await?.map(|all| {
+        all.into_iter()
+            .map(|health| PageTokenStatus {
+                fix: health.state.fix(),
+                health,
+            })
+            .collect()
+    });
 
     let stuck = |age: Option<u64>| age.is_some_and(|a| a > STUCK_AFTER.as_secs());
     let mut needs = Vec::new();
@@ -229,6 +258,13 @@ pub async fn pipeline_status<S: StatusSource>(
     {
         needs.push(Need::ForwardingStuck);
     }
+    if page_tokens
+        .iter()
+        .flatten()
+        .any(|t| t.health.state.needs_a_person())
+    {
+        needs.push(Need::PageTokens);
+    }
     Ok(PipelineStatus {
         target,
         queue,
@@ -236,6 +272,7 @@ pub async fn pipeline_status<S: StatusSource>(
         checkpoints,
         leads_per_form,
         forwarding,
+        page_tokens,
         verdict: if needs.is_empty() {
             Verdict::Ok
         } else {
@@ -316,6 +353,7 @@ mod tests {
                 "forwarding",
                 "leads_per_form",
                 "needs_a_person",
+                "page_tokens",
                 "queue",
                 "target",
                 "verdict"

@@ -448,7 +448,7 @@ impl HasLeadAccess {
 // ---- debug_token ---------------------------------------------------------------------------
 
 /// `GET /debug_token?input_token=...`: what a token is and until when it works.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct TokenInfo {
     /// The app the token belongs to.
     #[serde(default, deserialize_with = "opt_id")]

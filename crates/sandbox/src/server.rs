@@ -42,6 +42,9 @@ struct SandboxState {
     requests: AtomicU64,
     /// `GET /{form-id}` reads answered.
     form_reads: AtomicU64,
+    /// Page tokens Meta invalidated (the page's person changed their password): answered
+    /// 190/460 from then on.
+    revoked: RwLock<std::collections::HashSet<String>>,
     next_test_lead: AtomicU64,
     registry: RwLock<Registry>,
     http: reqwest::Client,
@@ -103,6 +106,7 @@ impl Sandbox {
             rng: Mutex::new(fastrand::Rng::with_seed(11)),
             requests: AtomicU64::new(0),
             form_reads: AtomicU64::new(0),
+            revoked: RwLock::new(Default::default()),
             next_test_lead: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
             http: reqwest::Client::builder()
@@ -127,6 +131,22 @@ impl Sandbox {
     /// `http://127.0.0.1:port`, the value for `GRAPH_API_BASE`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Invalidates a page's token as Meta does when the page's person changes their password
+    /// (190/460 from now on, `debug_token` says so too) and gives the page a new one, which
+    /// `/me/accounts` hands out. Returns the new token.
+    pub fn rotate_page_token(&self, page_id: &str) -> Option<String> {
+        let mut data = self.state.data.write().ok()?;
+        let entry = data.pages.iter_mut().find(|(p, _)| p == page_id)?;
+        let old = std::mem::replace(
+            &mut entry.1,
+            format!("{}-rotated-{}", page_token(page_id), now()),
+        );
+        if let Ok(mut revoked) = self.state.revoked.write() {
+            revoked.insert(old);
+        }
+        Some(entry.1.clone())
     }
 
     /// How many single forms (`GET /{form-id}`) it has served: the catalog's Graph reads.
@@ -344,6 +364,11 @@ async fn handle(
     if segments.first() == Some(&"debug_token") {
         return debug_token(&state, data, &params, &expired);
     }
+    if let Some(token) = params.get("access_token")
+        && state.revoked.read().is_ok_and(|r| r.contains(token))
+    {
+        return graph_error(400, 190, Some(460), PASSWORD_CHANGED, false);
+    }
     let page_of_token = match authorize(data, &params, &expired) {
         Ok(page) => page,
         Err(refused) => return refused,
@@ -431,6 +456,12 @@ fn debug_token(
         return graph_error(500, 1, None, "sandbox poisoned", true);
     };
     let app_id = registry.accounts.app_id.clone();
+    if state.revoked.read().is_ok_and(|r| r.contains(&input)) {
+        return ok(
+            json!({"data": {"app_id": app_id, "type": "PAGE", "is_valid": false, "scopes": [],
+            "error": {"code": 190, "subcode": 460, "message": PASSWORD_CHANGED}}}),
+        );
+    }
     if let Some(page) = data.page_of_token(&input).map(str::to_owned) {
         let valid = !expired.contains(&page);
         return ok(
@@ -563,7 +594,12 @@ fn my_accounts(state: &SandboxState, uri: &Uri, params: &HashMap<String, String>
         .skip(offset)
         .take(size)
         .map(|p| {
-            json!({"id": p, "name": format!("Page {p}"), "access_token": page_token(p),
+            let token = data
+                .pages
+                .iter()
+                .find(|(id, _)| id == *p)
+                .map_or_else(|| page_token(p), |(_, t)| t.clone());
+            json!({"id": p, "name": format!("Page {p}"), "access_token": token,
                 "category": "Automotive Repair Shop", "tasks": ["ADVERTISE", "ANALYZE", "CREATE_CONTENT", "MESSAGING", "MODERATE", "MANAGE"]})
         })
         .collect();
@@ -854,6 +890,9 @@ fn read_form(
         ok(form_of(data, page, id, *created))
     })
 }
+
+/// Meta's words for a token invalidated by a password change (190/460).
+const PASSWORD_CHANGED: &str = "Error validating access token: The session has been invalidated because the user changed their password or Facebook has changed the session for security reasons.";
 
 /// `GET /{page}/leadgen_forms`: every form of the page, with its lead count.
 fn leadgen_forms(data: &Dataset, page: &str) -> Response {

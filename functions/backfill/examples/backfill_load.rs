@@ -178,6 +178,7 @@ async fn main() {
     let dead_letters = leadpipe_core::memory::MemoryQueueControl::default();
     let ports = BackfillPorts {
         source: &source,
+        tokens: &leadpipe_core::tokens::NoRefresh,
         forms: &leadpipe_core::forms::NoForms,
         store: &store,
         checkpoints: &checkpoints,

@@ -4,7 +4,7 @@
 #![warn(missing_docs)]
 use lambda_runtime::LambdaEvent;
 use leadpipe_aws::sqs::SqsQueueControl;
-use leadpipe_aws::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore};
+use leadpipe_aws::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore, SecretReloader};
 use leadpipe_core::backfill::{
     BackfillPlan, BackfillPorts, BackfillRequest, BackfillSettings, BackfillSummary, Deadline,
     InstantDeadline, RequestError, run_backfill,
@@ -13,6 +13,7 @@ use leadpipe_core::forms::{FormCatalog, FormLookup, NoForms};
 use leadpipe_core::ports::{BackfillSource, CheckpointStore, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
+use leadpipe_core::tokens::{NoRefresh, SecretsRefresher, TokenRefresh};
 use leadpipe_graph::{GraphClient, GraphError};
 use leadpipe_graph_source::{GraphBackfillSource, graph_config};
 use serde_json::Value;
@@ -101,10 +102,14 @@ pub fn plan_for(
 /// the state table.
 pub type Catalog = FormCatalog<GraphBackfillSource, DynamoFormStore>;
 
+/// The secret read again when a page's token is refused (`leadpipe_core::tokens`).
+pub type Refresher = SecretsRefresher<SecretReloader>;
+
 /// Clients, secrets and settings, built once per container.
-pub struct BackfillApp<S, L, C, Q, K = NoForms> {
+pub struct BackfillApp<S, L, C, Q, K = NoForms, T = NoRefresh> {
     source: S,
     forms: K,
+    tokens: T,
     store: L,
     checkpoints: C,
     dead_letters: Q,
@@ -120,6 +125,7 @@ impl
         DynamoCheckpointStore,
         SqsQueueControl,
         Catalog,
+        Refresher,
     >
 {
     /// Reads settings and secrets and builds every client.
@@ -139,6 +145,10 @@ impl
         // The phone-number data, loaded during init rather than on the first lead.
         leadpipe_core::contact::prepare();
         let source = GraphBackfillSource::new(graph, secrets);
+        let tokens = SecretsRefresher::new(
+            SecretReloader::new(config.clone(), settings.secret_source.clone()),
+            source.book().clone(),
+        );
         let forms = FormCatalog::new(
             source.clone(),
             DynamoFormStore::from_client(
@@ -158,7 +168,8 @@ impl
             settings.backfill,
             settings.deadline_margin,
         )
-        .with_forms(forms))
+        .with_forms(forms)
+        .with_tokens(tokens))
     }
 }
 
@@ -176,6 +187,7 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
         Self {
             source,
             forms: NoForms,
+            tokens: NoRefresh,
             store,
             checkpoints,
             dead_letters,
@@ -184,12 +196,30 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
             deadline_margin,
         }
     }
+}
 
+impl<S, L, C, Q, K, T> BackfillApp<S, L, C, Q, K, T> {
     /// The same function keeping the forms catalog through `forms`.
-    pub fn with_forms<K: FormLookup>(self, forms: K) -> BackfillApp<S, L, C, Q, K> {
+    pub fn with_forms<K2: FormLookup>(self, forms: K2) -> BackfillApp<S, L, C, Q, K2, T> {
         BackfillApp {
             source: self.source,
             forms,
+            tokens: self.tokens,
+            store: self.store,
+            checkpoints: self.checkpoints,
+            dead_letters: self.dead_letters,
+            pages: self.pages,
+            settings: self.settings,
+            deadline_margin: self.deadline_margin,
+        }
+    }
+
+    /// The same function reading the secret again through `tokens` when a token is refused.
+    pub fn with_tokens<T2: TokenRefresh>(self, tokens: T2) -> BackfillApp<S, L, C, Q, K, T2> {
+        BackfillApp {
+            source: self.source,
+            forms: self.forms,
+            tokens,
             store: self.store,
             checkpoints: self.checkpoints,
             dead_letters: self.dead_letters,
@@ -200,13 +230,14 @@ impl<S: BackfillSource, L: LeadStore, C: CheckpointStore, Q: QueueControl> Backf
     }
 }
 
-impl<S, L, C, Q, K> BackfillApp<S, L, C, Q, K>
+impl<S, L, C, Q, K, T> BackfillApp<S, L, C, Q, K, T>
 where
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
     Q: QueueControl,
     K: FormLookup,
+    T: TokenRefresh,
 {
     /// Runs one backfill with an explicit deadline.
     pub async fn run<D: Deadline>(
@@ -217,6 +248,7 @@ where
         let plan = plan_for(payload, &self.pages)?;
         let ports = BackfillPorts {
             source: &self.source,
+            tokens: &self.tokens,
             forms: &self.forms,
             store: &self.store,
             checkpoints: &self.checkpoints,

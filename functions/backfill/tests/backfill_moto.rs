@@ -199,6 +199,7 @@ async fn a_lead_in_the_checkpoint_second_is_not_lost() {
     );
     let ports = BackfillPorts {
         source: &source,
+        tokens: &leadpipe_core::tokens::NoRefresh,
         forms: &forms,
         store: &store,
         checkpoints: &checkpoints,

@@ -112,6 +112,7 @@ async fn main() {
                 &*fetcher,
                 &*store,
                 &leadpipe_core::forms::NoForms,
+                &leadpipe_core::tokens::NoRefresh,
                 &*queue,
                 &messages,
                 time::OffsetDateTime::now_utc(),

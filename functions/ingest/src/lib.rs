@@ -4,12 +4,13 @@
 #![warn(missing_docs)]
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
-use leadpipe_aws::{DynamoFormStore, DynamoLeadStore, SqsQueueControl};
+use leadpipe_aws::{DynamoFormStore, DynamoLeadStore, SecretReloader, SqsQueueControl};
 use leadpipe_core::forms::{FormCatalog, FormLookup, NoForms};
 use leadpipe_core::ingest::{IngestReport, QueuedMessage, ingest_batch};
 use leadpipe_core::ports::{LeadFetcher, LeadStore, QueueControl};
 use leadpipe_core::secrets::SecretsError;
 use leadpipe_core::settings::{Env, SecretSource, SettingsError};
+use leadpipe_core::tokens::{NoRefresh, SecretsRefresher, TokenRefresh};
 use leadpipe_graph::{GraphClient, GraphError};
 use leadpipe_graph_source::{GraphLeadFetcher, graph_config};
 use time::OffsetDateTime;
@@ -70,15 +71,20 @@ pub enum StartError {
 /// warm container.
 pub type Catalog = FormCatalog<GraphLeadFetcher, DynamoFormStore>;
 
+/// The secret read again when a page's token is refused: the warm container heals without
+/// a restart (`leadpipe_core::tokens`).
+pub type Refresher = SecretsRefresher<SecretReloader>;
+
 /// Clients and secrets, built once per container.
-pub struct IngestApp<F, S, C, K = NoForms> {
+pub struct IngestApp<F, S, C, K = NoForms, T = NoRefresh> {
     fetcher: F,
     store: S,
     queue: C,
     forms: K,
+    tokens: T,
 }
 
-impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog> {
+impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog, Refresher> {
     /// Reads settings and secrets and builds every client.
     pub async fn from_env() -> Result<Self, StartError> {
         let env = Env::process();
@@ -93,6 +99,10 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog> {
         leadpipe_core::contact::prepare();
         let sqs = aws_sdk_sqs::Client::new(&config);
         let fetcher = GraphLeadFetcher::new(graph, secrets);
+        let tokens = SecretsRefresher::new(
+            SecretReloader::new(config.clone(), settings.secret_source.clone()),
+            fetcher.book().clone(),
+        );
         let forms = FormCatalog::new(
             fetcher.clone(),
             DynamoFormStore::from_client(
@@ -105,33 +115,57 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog> {
             DynamoLeadStore::new(&config, settings.leads_table).with_policy(policy),
             SqsQueueControl::new(sqs, settings.queue_url, settings.dead_letter_queue_url),
         )
-        .with_forms(forms))
+        .with_forms(forms)
+        .with_tokens(tokens))
     }
 }
 
 impl<F: LeadFetcher, S: LeadStore, C: QueueControl> IngestApp<F, S, C> {
-    /// The function over these ports, reading no form (its leads readable by key only).
+    /// The function over these ports, reading no form (its leads readable by key only) and
+    /// never reading the secret again.
     pub fn new(fetcher: F, store: S, queue: C) -> Self {
         Self {
             fetcher,
             store,
             queue,
             forms: NoForms,
+            tokens: NoRefresh,
         }
     }
+}
 
+impl<F, S, C, K, T> IngestApp<F, S, C, K, T> {
     /// The same function reading each lead against its form through `forms`.
-    pub fn with_forms<K: FormLookup>(self, forms: K) -> IngestApp<F, S, C, K> {
+    pub fn with_forms<K2: FormLookup>(self, forms: K2) -> IngestApp<F, S, C, K2, T> {
         IngestApp {
             fetcher: self.fetcher,
             store: self.store,
             queue: self.queue,
             forms,
+            tokens: self.tokens,
+        }
+    }
+
+    /// The same function reading the secret again through `tokens` when a token is refused.
+    pub fn with_tokens<T2: TokenRefresh>(self, tokens: T2) -> IngestApp<F, S, C, K, T2> {
+        IngestApp {
+            fetcher: self.fetcher,
+            store: self.store,
+            queue: self.queue,
+            forms: self.forms,
+            tokens,
         }
     }
 }
 
-impl<F: LeadFetcher, S: LeadStore, C: QueueControl, K: FormLookup> IngestApp<F, S, C, K> {
+impl<F, S, C, K, T> IngestApp<F, S, C, K, T>
+where
+    F: LeadFetcher,
+    S: LeadStore,
+    C: QueueControl,
+    K: FormLookup,
+    T: TokenRefresh,
+{
     /// The catalog (for the figure of forms read per warm container).
     pub fn forms(&self) -> &K {
         &self.forms
@@ -152,6 +186,7 @@ impl<F: LeadFetcher, S: LeadStore, C: QueueControl, K: FormLookup> IngestApp<F, 
             &self.fetcher,
             &self.store,
             &self.forms,
+            &self.tokens,
             &self.queue,
             &messages,
             OffsetDateTime::now_utc(),

@@ -411,11 +411,24 @@ pub struct PageSummary {
 
 impl BackfillSummary {
     /// The run's counts, for the edge to turn into metrics (with `graph_errors` by class).
-    pub fn metrics(&self) -> [(&'static str, u64); 3] {
+    pub fn metrics(&self) -> [(&'static str, u64); 5] {
+        use crate::tokens::TokenState;
+        let count = |pick: fn(TokenState) -> bool| {
+            self.page_tokens.iter().filter(|t| pick(t.state)).count() as u64
+        };
         [
             ("LeadsRecovered", self.new),
             ("LeadsRead", self.leads_read),
             ("DuplicatesSkipped", self.already_present),
+            // Pages whose leads are refused now (an invalid token, or no lead access).
+            (
+                "PageTokensInvalid",
+                count(|s| matches!(s, TokenState::Invalid | TokenState::NoLeadAccess)),
+            ),
+            (
+                "PageTokensExpiringSoon",
+                count(|s| s == TokenState::ExpiringSoon),
+            ),
         ]
     }
 }
@@ -437,4 +450,6 @@ pub struct BackfillSummary {
     pub graph_errors: std::collections::BTreeMap<String, u64>,
     /// Each page.
     pub pages: Vec<PageSummary>,
+    /// Each page's token, as this run found it (`crate::tokens`).
+    pub page_tokens: Vec<crate::tokens::PageTokenHealth>,
 }

@@ -13,6 +13,7 @@ use crate::ports::{
     LeadStore, PutOutcome, QueueControl, RunFacts, StoredLead, TimeWindow,
 };
 use crate::readable::Readable;
+use crate::tokens::{NoRefresh, TokenRefresh, TokenState};
 use leadpipe_graph::{ErrorClass, GraphError, LeadgenForm};
 use time::OffsetDateTime;
 
@@ -25,9 +26,11 @@ enum NodeEnd {
 
 /// The ports a backfill run uses.
 #[derive(Debug, Clone, Copy)]
-pub struct BackfillPorts<'a, S, L, C, Q, K = NoForms> {
+pub struct BackfillPorts<'a, S, L, C, Q, K = NoForms, T = NoRefresh> {
     /// Graph, per page.
     pub source: &'a S,
+    /// Reads the secret again when a page's token is refused (`crate::tokens`).
+    pub tokens: &'a T,
     /// The forms catalog: refreshed from each page's forms, and what the leads are read
     /// against.
     pub forms: &'a K,
@@ -40,8 +43,8 @@ pub struct BackfillPorts<'a, S, L, C, Q, K = NoForms> {
 }
 
 /// Runs the plan. Never fails as a whole; what could not be done is in the summary.
-pub async fn run_backfill<S, L, C, Q, D, K>(
-    ports: &BackfillPorts<'_, S, L, C, Q, K>,
+pub async fn run_backfill<S, L, C, Q, D, K, T>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K, T>,
     deadline: &D,
     plan: &BackfillPlan,
     settings: &BackfillSettings,
@@ -49,6 +52,7 @@ pub async fn run_backfill<S, L, C, Q, D, K>(
 ) -> BackfillSummary
 where
     K: FormLookup,
+    T: TokenRefresh,
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
@@ -64,6 +68,15 @@ where
         let _entered = span.enter();
         let page = backfill_page(ports, deadline, plan, settings, now, page_id, &mut summary).await;
         summary.pages.push(page);
+    }
+    if !plan.dry_run
+        && !summary.page_tokens.is_empty()
+        && let Err(err) = ports
+            .checkpoints
+            .save_token_health(&summary.page_tokens)
+            .await
+    {
+        tracing::warn!(error = %err, "the page tokens' health could not be kept for status");
     }
     tracing::info!(
         leads_read = summary.leads_read,
@@ -81,8 +94,8 @@ where
 type Target = (NodeKind, String, Option<i64>);
 
 /// One page: its lead access, its targets, each target read in turn.
-async fn backfill_page<S, L, C, Q, D, K>(
-    ports: &BackfillPorts<'_, S, L, C, Q, K>,
+async fn backfill_page<S, L, C, Q, D, K, T>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K, T>,
     deadline: &D,
     plan: &BackfillPlan,
     settings: &BackfillSettings,
@@ -92,6 +105,7 @@ async fn backfill_page<S, L, C, Q, D, K>(
 ) -> PageSummary
 where
     K: FormLookup,
+    T: TokenRefresh,
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
@@ -108,7 +122,35 @@ where
         summary.stopped_by_deadline = true;
         return page;
     }
-    let targets = match page_targets(ports.source, plan, page_id).await {
+    let mut listed = page_targets(ports.source, plan, page_id).await;
+    // A token or permission refusal: read the secret again (at most once a minute) and, when
+    // it was, try the page once more with what it now holds.
+    if let Err((err, _)) = &listed
+        && matches!(err.class(), ErrorClass::Token | ErrorClass::Permission)
+        && ports.tokens.refresh().await
+    {
+        listed = page_targets(ports.source, plan, page_id).await;
+    }
+    // The token's health, from Meta's own check and what the page's access said.
+    let info = ports.source.token_info(page_id).await;
+    let mut health = crate::tokens::judge_token(page_id, info.as_ref(), None, now);
+    if let Ok(Err(denied)) = &listed
+        && matches!(health.state, TokenState::Valid | TokenState::ExpiringSoon)
+    {
+        health.state = TokenState::NoLeadAccess;
+        health.reason = Some(denied.clone());
+    }
+    if health.state.needs_a_person() {
+        tracing::warn!(
+            page_id,
+            state = health.state.as_str(),
+            reason = health.reason.as_deref().unwrap_or(""),
+            "the page's token needs a person: {}",
+            health.state.fix()
+        );
+    }
+    summary.page_tokens.push(health);
+    let targets = match listed {
         Ok(Ok((targets, forms))) => {
             // Each run's listing is the catalog's current version of the page's forms.
             if !plan.dry_run {
@@ -275,14 +317,15 @@ struct NodeRun<'a> {
     created: Option<i64>,
 }
 
-async fn read_node<S, L, C, Q, D, K>(
-    ports: &BackfillPorts<'_, S, L, C, Q, K>,
+async fn read_node<S, L, C, Q, D, K, T>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K, T>,
     deadline: &D,
     run: &NodeRun<'_>,
     node: &mut NodeSummary,
 ) -> NodeEnd
 where
     K: FormLookup,
+    T: TokenRefresh,
     S: BackfillSource,
     L: LeadStore,
     C: CheckpointStore,
@@ -423,8 +466,8 @@ fn read_failure(key: &str, err: &GraphError) -> NodeEnd {
 /// One page of a node's leads: the unreadable items recorded, the leads written (unless a
 /// dry run), what the store did counted, a lead too large for it recorded. `Err` when the
 /// node must stop here, before its checkpoint moves.
-async fn store_page<S, L, C, Q, K>(
-    ports: &BackfillPorts<'_, S, L, C, Q, K>,
+async fn store_page<S, L, C, Q, K, T>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K, T>,
     run: &NodeRun<'_>,
     node: &mut NodeSummary,
     page: &LeadPage,
@@ -432,6 +475,7 @@ async fn store_page<S, L, C, Q, K>(
 ) -> Result<(), NodeEnd>
 where
     K: FormLookup,
+    T: TokenRefresh,
     L: LeadStore,
     Q: QueueControl,
 {
@@ -516,14 +560,15 @@ where
 /// dry run, and when it has an id) as a queue-shaped dead letter with its class, so it is
 /// replayed by a redrive once fixed. If that send fails the node stops before its
 /// checkpoint moves, so the next run reads the lead again: nothing is skipped unrecorded.
-async fn record_problem<S, L, C, Q, K>(
-    ports: &BackfillPorts<'_, S, L, C, Q, K>,
+async fn record_problem<S, L, C, Q, K, T>(
+    ports: &BackfillPorts<'_, S, L, C, Q, K, T>,
     run: &NodeRun<'_>,
     node: &mut NodeSummary,
     problem: ProblemLead,
 ) -> Result<(), NodeEnd>
 where
     K: FormLookup,
+    T: TokenRefresh,
     Q: QueueControl,
 {
     tracing::warn!(

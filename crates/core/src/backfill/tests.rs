@@ -6,7 +6,7 @@ use crate::memory::{
     MemoryBackfillSource, MemoryCheckpoints, MemoryFormReader, MemoryFormStore, MemoryLeadStore,
     MemoryQueueControl,
 };
-use crate::ports::DeadLetterClass;
+use crate::ports::{BackfillSource, DeadLetterClass};
 use leadpipe_graph::{ErrorClass, GraphError};
 use leadpipe_graph::{HasLeadAccess, Lead};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -105,6 +105,7 @@ impl World {
     async fn run<D: Deadline>(&self, plan: &BackfillPlan, deadline: &D) -> BackfillSummary {
         let ports = BackfillPorts {
             source: &self.source,
+            tokens: &crate::tokens::NoRefresh,
             forms: &self.forms,
             store: &self.store,
             checkpoints: &self.checkpoints,
@@ -452,4 +453,164 @@ async fn each_run_refreshes_the_catalog_once_and_reads_its_leads_against_it() {
     plan.dry_run = true;
     dry.run(&plan, &Never).await;
     assert!(dry.forms.store().is_empty());
+}
+
+/// Graph refusing the page's token until the secret has been read again.
+struct Healing {
+    inner: MemoryBackfillSource,
+    healed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BackfillSource for Healing {
+    async fn token_info(&self, page_id: &str) -> Result<leadpipe_graph::TokenInfo, GraphError> {
+        self.inner.token_info(page_id).await
+    }
+    async fn lead_access(&self, page_id: &str) -> Result<HasLeadAccess, GraphError> {
+        if !self.healed.load(Ordering::SeqCst) {
+            return Err(GraphError::local(
+                "GET /debug_token".into(),
+                ErrorClass::Token,
+                "Error validating access token: Session has expired",
+            ));
+        }
+        self.inner.lead_access(page_id).await
+    }
+    async fn forms(&self, page_id: &str) -> Result<Vec<leadpipe_graph::LeadgenForm>, GraphError> {
+        self.inner.forms(page_id).await
+    }
+    async fn lead_page(
+        &self,
+        page_id: &str,
+        node_id: &str,
+        window: &crate::ports::TimeWindow,
+    ) -> Result<crate::ports::LeadPage, GraphError> {
+        self.inner.lead_page(page_id, node_id, window).await
+    }
+    async fn lead_page_after(
+        &self,
+        page_id: &str,
+        next: &crate::ports::PageCursor,
+    ) -> Result<crate::ports::LeadPage, GraphError> {
+        self.inner.lead_page_after(page_id, next).await
+    }
+}
+
+/// A re-read that finds the fixed token (or, when `fixed` is false, the same dead one).
+struct Reread {
+    healed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    fixed: bool,
+    reads: AtomicUsize,
+}
+
+impl crate::tokens::TokenRefresh for Reread {
+    async fn refresh(&self) -> bool {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self.fixed {
+            self.healed.store(true, Ordering::SeqCst);
+        }
+        true
+    }
+}
+
+#[tokio::test]
+async fn a_refused_page_token_is_read_again_and_the_page_backfilled() {
+    for fixed in [true, false] {
+        let World {
+            source,
+            forms,
+            store,
+            checkpoints,
+            dlq,
+        } = World::new();
+        let healed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let source = Healing {
+            inner: source,
+            healed: healed.clone(),
+        };
+        let tokens = Reread {
+            healed,
+            fixed,
+            reads: AtomicUsize::new(0),
+        };
+        let ports = BackfillPorts {
+            source: &source,
+            tokens: &tokens,
+            forms: &forms,
+            store: &store,
+            checkpoints: &checkpoints,
+            dead_letters: &dlq,
+        };
+        let settings = BackfillSettings {
+            slice: Duration::from_secs(2 * DAY as u64),
+            ..BackfillSettings::default()
+        };
+        let summary = run_backfill(
+            &ports,
+            &Never,
+            &BackfillPlan::scheduled(&["1".to_owned()]),
+            &settings,
+            NOW,
+        )
+        .await;
+        assert_eq!(
+            tokens.reads.load(Ordering::SeqCst),
+            1,
+            "one re-read for the page"
+        );
+        if fixed {
+            assert_eq!(summary.new, 6, "the page is read with the new token");
+        } else {
+            assert_eq!(summary.new, 0);
+            assert_ne!(
+                summary.pages[0].status,
+                PageStatus::Done,
+                "still refused: reported"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_run_judges_every_page_token_and_counts_the_ones_a_person_must_fix() {
+    let mut world = World::new();
+    world
+        .source
+        .pages
+        .insert("2".into(), (Ok(access(false)), vec![]));
+    world
+        .source
+        .pages
+        .insert("3".into(), (Ok(access(true)), vec![]));
+    world.source.token_infos.insert(
+        "3".into(),
+        Ok(serde_json::from_value(serde_json::json!({
+            "is_valid": true, "expires_at": NOW.unix_timestamp() + 2 * DAY}))
+        .unwrap()),
+    );
+    let plan = BackfillPlan::scheduled(&["1".to_owned(), "2".to_owned(), "3".to_owned()]);
+    let summary = world.run(&plan, &Never).await;
+    let states: Vec<(&str, crate::tokens::TokenState)> = summary
+        .page_tokens
+        .iter()
+        .map(|t| (t.page_id.as_str(), t.state))
+        .collect();
+    use crate::tokens::TokenState as S;
+    assert_eq!(
+        states,
+        [
+            ("1", S::Valid),
+            ("2", S::NoLeadAccess),
+            ("3", S::ExpiringSoon)
+        ]
+    );
+    let metrics: std::collections::BTreeMap<&str, u64> = summary.metrics().into_iter().collect();
+    assert_eq!(metrics["PageTokensInvalid"], 1);
+    assert_eq!(metrics["PageTokensExpiringSoon"], 1);
+    assert!(
+        summary.page_tokens[1]
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("Leads Access Manager")),
+        "Meta's reason, never the token"
+    );
 }
