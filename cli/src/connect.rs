@@ -320,6 +320,8 @@ pub(crate) struct PageRow {
     pub leads: i64,
     pub token_expiry: String,
     pub token: Option<SecretString>,
+    /// Which way the page was found (the person's own pages, or a business's).
+    pub found: String,
 }
 
 impl PageRow {
@@ -433,6 +435,18 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             account.id
         ));
     }
+    // 3b. Pages a person or system user reaches through a Business Manager.
+    let mut found: std::collections::BTreeMap<String, String> = accounts
+        .iter()
+        .map(|a| {
+            (
+                a.id.clone(),
+                "the person's own pages (/me/accounts)".to_owned(),
+            )
+        })
+        .collect();
+    let mut accounts = accounts;
+    problems += business_accounts(&client, &long_lived, &info, &mut accounts, &mut found).await;
     ok(format!(
         "the token's user manages {} page(s)",
         accounts.len()
@@ -473,6 +487,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             id: account.id.clone(),
             token_expiry: expiry,
             token: Some(account.access_token.clone()),
+            found: found.get(&account.id).cloned().unwrap_or_default(),
             ..PageRow::default()
         });
     }
@@ -488,9 +503,10 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             continue;
         };
         note(format!(
-            "page token {} ({})",
+            "page token {} ({}), found through {}",
             tail(&token),
-            row.token_expiry
+            row.token_expiry,
+            row.found
         ));
         let subscribe = if args.dry_run {
             Subscribe::WouldInDryRun
@@ -618,6 +634,92 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             "verdict: {problems} thing(s) need a person's action (✘ above); fix them and run connect again"
         )))
     }
+}
+
+/// Step 3b: the pages of every business the token can see (`owned_pages`, `client_pages`),
+/// added to `accounts` when the person's own list lacks them, each with the way it was
+/// found. A token without `business_management` is told what it misses; a business page
+/// without a token for this person is a problem to fix in Business settings. Returns the
+/// problems.
+async fn business_accounts(
+    client: &GraphClient,
+    token: &SecretString,
+    info: &TokenInfo,
+    accounts: &mut Vec<PageAccount>,
+    found: &mut std::collections::BTreeMap<String, String>,
+) -> usize {
+    use futures::TryStreamExt;
+    use leadpipe_graph::BusinessEdge;
+    let businesses: Vec<leadpipe_graph::Business> = match client
+        .my_businesses(token)
+        .try_collect::<Vec<_>>()
+        .await
+    {
+        Ok(pages) => pages.into_iter().flat_map(|p| p.items).collect(),
+        Err(e) => {
+            if !info.scopes.iter().any(|s| s == "business_management") {
+                note(
+                    "pages held in a Business Manager are not listed: the token lacks business_management (grant it and issue a new token to connect them)",
+                );
+            } else {
+                note(format!("the token's businesses could not be listed: {e}"));
+            }
+            return 0;
+        }
+    };
+    let mut problems = 0;
+    for business in &businesses {
+        let name = business.name.clone().unwrap_or_else(|| business.id.clone());
+        for edge in [BusinessEdge::Owned, BusinessEdge::Client] {
+            let pages: Vec<leadpipe_graph::BusinessPage> = match client
+                .business_pages(token, &business.id, edge)
+                .try_collect::<Vec<_>>()
+                .await
+            {
+                Ok(pages) => pages.into_iter().flat_map(|p| p.items).collect(),
+                Err(e) => {
+                    note(format!(
+                        "business {name}'s {} could not be listed: {e}",
+                        edge.as_str()
+                    ));
+                    continue;
+                }
+            };
+            let how = match edge {
+                BusinessEdge::Owned => "owned",
+                BusinessEdge::Client => "a client's",
+            };
+            for page in pages {
+                let valid_id = page.id.bytes().all(|b| b.is_ascii_digit())
+                    && (1..=32).contains(&page.id.len());
+                if !valid_id || found.contains_key(&page.id) {
+                    continue;
+                }
+                let Some(page_token) = page.access_token else {
+                    problems += 1;
+                    fail(format!(
+                        "page {} ({how} page of business {name}) gives this token no page token: give the person or system user a task on it (Business settings > Accounts > Pages)",
+                        page.id
+                    ));
+                    continue;
+                };
+                found.insert(page.id.clone(), format!("business {name} ({how} page)"));
+                accounts.push(PageAccount {
+                    id: page.id,
+                    name: page.name,
+                    access_token: page_token,
+                    tasks: Vec::new(),
+                });
+            }
+        }
+    }
+    if !businesses.is_empty() {
+        ok(format!(
+            "{} business(es) seen through business_management",
+            businesses.len()
+        ));
+    }
+    problems
 }
 
 /// Step 7: the `token` and `permission` dead letters of the pages just fixed go back to the

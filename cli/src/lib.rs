@@ -350,6 +350,19 @@ async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
             "every page ({skipped}) was skipped: see each page's reason above; `leadpipe doctor` says what to fix"
         )));
     }
+    // A page whose token is dead or dying: its leads wait until a person gives a new one.
+    let sick: Vec<&str> = summary
+        .page_tokens
+        .iter()
+        .filter(|t| t.state.needs_a_person())
+        .map(|t| t.page_id.as_str())
+        .collect();
+    if !sick.is_empty() {
+        return Err(CliError::Failed(format!(
+            "the token of page(s) {} needs a person (page_tokens above): `leadpipe status` says what fixes it",
+            sick.join(", ")
+        )));
+    }
     Ok(())
 }
 

@@ -742,3 +742,85 @@ async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead
     assert_no_secrets(&healed.text, &data, &[]);
     let _ = server.kill().await;
 }
+
+#[tokio::test]
+async fn pages_held_in_a_business_are_found_and_say_which_way() {
+    let data = world();
+    let (own, owned_by_business) = (data.pages[0].0.clone(), data.pages[1].0.clone());
+    let mut person = token_for(DEFAULT_USER_TOKEN, vec![own.clone()]);
+    person.scopes.push("business_management".into());
+    let sandbox = Sandbox::start(data.clone(), Faults::default())
+        .await
+        .unwrap();
+    sandbox.set_accounts(Accounts {
+        users: vec![person],
+        subscribed_pages: Some(BTreeSet::new()),
+        businesses: vec![leadpipe_sandbox::SandboxBusiness {
+            id: "3000000000001".into(),
+            name: "Acme Agency".into(),
+            owned_pages: vec![owned_by_business.clone()],
+            client_pages: vec![own.clone()],
+        }],
+        ..Accounts::default()
+    });
+    let dir = scratch("business");
+    let secret_file = dir.join("secret.json");
+    std::fs::write(
+        &secret_file,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    let run = connect(
+        &sandbox,
+        DEFAULT_USER_TOKEN,
+        &["--secret-file", secret_file.to_str().unwrap()],
+    )
+    .await;
+    assert!(run.text.contains("1 business(es) seen"), "{}", run.text);
+    assert!(
+        run.text
+            .contains("found through business Acme Agency (owned page)"),
+        "{}",
+        run.text
+    );
+    assert!(
+        run.text.contains("found through the person's own pages"),
+        "{}",
+        run.text
+    );
+    let secret = read_json(&secret_file);
+    for page in [&own, &owned_by_business] {
+        assert!(secret["page_tokens"][page].is_string(), "{page}: {secret}");
+    }
+    assert_no_secrets(&run.text, &data, &[]);
+
+    // Without business_management the business's page is not listed, and connect says why.
+    sandbox.set_accounts(Accounts {
+        users: vec![token_for(DEFAULT_USER_TOKEN, vec![own.clone()])],
+        subscribed_pages: Some(BTreeSet::new()),
+        businesses: vec![leadpipe_sandbox::SandboxBusiness {
+            id: "3000000000001".into(),
+            name: "Acme Agency".into(),
+            owned_pages: vec![owned_by_business.clone()],
+            client_pages: Vec::new(),
+        }],
+        ..Accounts::default()
+    });
+    let other = dir.join("other.json");
+    std::fs::write(
+        &other,
+        serde_json::json!({"app_secret": demo_app_secret()}).to_string(),
+    )
+    .unwrap();
+    let run = connect(
+        &sandbox,
+        DEFAULT_USER_TOKEN,
+        &["--secret-file", other.to_str().unwrap(), "--dry-run"],
+    )
+    .await;
+    assert!(
+        run.text.contains("the token lacks business_management"),
+        "{}",
+        run.text
+    );
+}

@@ -98,3 +98,73 @@ async fn doctor_names_a_page_without_the_apps_subscription_and_changes_nothing()
     );
     assert!(sandbox.subscribed_pages().is_empty(), "doctor only reads");
 }
+
+#[tokio::test]
+async fn one_backfill_run_puts_a_dead_page_token_in_status_with_its_fix() {
+    let data = Dataset::generate(&DatasetSpec {
+        pages: 2,
+        leads: 4,
+        ..DatasetSpec::default()
+    });
+    let (dead, fine) = (data.pages[0].0.clone(), data.pages[1].0.clone());
+    let sandbox = Sandbox::start(
+        data.clone(),
+        Faults {
+            expired_token_pages: vec![dead.clone()],
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = crate::support::scratch("doctor", "tokens");
+    let secret = dir.join("secret.json");
+    let tokens: serde_json::Map<String, serde_json::Value> =
+        leadpipe_sandbox::server::tokens(&data)
+            .into_iter()
+            .map(|(p, t)| (p, serde_json::json!(t)))
+            .collect();
+    leadpipe::write_private(
+        &secret,
+        serde_json::json!({"app_secret": "s", "page_tokens": tokens}).to_string(),
+    )
+    .unwrap();
+    let db = dir.join("leads.db");
+    let run = |args: &'static [&'static str]| {
+        tokio::process::Command::new(BINARY)
+            .args(args)
+            .arg("--db")
+            .arg(&db)
+            .env("LEADPIPE_SECRET_FILE", &secret)
+            .env("GRAPH_API_BASE", sandbox.base_url())
+            .output()
+    };
+    let backfill = run(&["backfill"]).await.unwrap();
+    assert!(
+        !backfill.status.success(),
+        "a page was skipped: a person must act"
+    );
+    let status = run(&["status", "--json"]).await.unwrap();
+    assert_eq!(status.status.code(), Some(1), "needs a person");
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let tokens = json["page_tokens"].as_array().unwrap();
+    let state = |page: &str| {
+        tokens
+            .iter()
+            .find(|t| t["page_id"] == page)
+            .map(|t| t["state"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(state(&dead).as_deref(), Some("invalid"), "{json}");
+    assert_eq!(state(&fine).as_deref(), Some("valid"), "{json}");
+    assert!(
+        json["needs_a_person"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "page_tokens")
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        !text.contains("sandbox-page-token"),
+        "no token is printed: {text}"
+    );
+}

@@ -45,9 +45,10 @@ pub mod usage;
 
 #[cfg(feature = "client")]
 pub use client::{
-    BatchItem, DEFAULT_API_VERSION, DEFAULT_BASE_URL, DEFAULT_LEAD_FIELDS, ExchangedToken,
-    GraphClient, GraphConfig, LeadQuery, MAX_ANSWER_BYTES, MAX_ERROR_BYTES, MAX_PAGES, NextPage,
-    Page, PageAccount, RetryPolicy, TimeFilter, TimeOperator, appsecret_proof,
+    BatchItem, Business, BusinessEdge, BusinessPage, DEFAULT_API_VERSION, DEFAULT_BASE_URL,
+    DEFAULT_LEAD_FIELDS, ExchangedToken, GraphClient, GraphConfig, LeadQuery, MAX_ANSWER_BYTES,
+    MAX_ERROR_BYTES, MAX_PAGES, NextPage, Page, PageAccount, RetryPolicy, TimeFilter, TimeOperator,
+    appsecret_proof,
 };
 pub use error::{ErrorClass, GraphError};
 pub use models::{

@@ -85,6 +85,22 @@ pub struct Accounts {
     pub subscribed_pages: Option<BTreeSet<String>>,
     /// `/me/accounts` page size, small so paging is exercised.
     pub accounts_page_size: usize,
+    /// Business Managers and the pages they hold (`/me/businesses`, needs
+    /// `business_management`); each user sees every business here.
+    pub businesses: Vec<SandboxBusiness>,
+}
+
+/// A Business Manager of the sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SandboxBusiness {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Pages it owns (`owned_pages`).
+    pub owned_pages: Vec<String>,
+    /// Its clients' pages it has access to (`client_pages`).
+    pub client_pages: Vec<String>,
 }
 
 /// The app secret the sandbox's webhook sender signs with in the demo.
@@ -105,6 +121,7 @@ impl Default for Accounts {
             users: vec![UserToken::new(DEFAULT_USER_TOKEN, TokenKind::ShortLived)],
             subscribed_pages: None,
             accounts_page_size: 2,
+            businesses: Vec::new(),
         }
     }
 }

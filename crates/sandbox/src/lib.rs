@@ -15,7 +15,7 @@ pub mod data;
 pub mod sender;
 pub mod server;
 
-pub use accounts::{Accounts, TokenKind, UserToken};
+pub use accounts::{Accounts, SandboxBusiness, TokenKind, UserToken};
 pub use data::{Dataset, DatasetSpec, SandboxLead};
 pub use sender::{SendReport, WebhookSender};
 pub use server::{Faults, Sandbox};

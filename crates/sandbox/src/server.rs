@@ -348,6 +348,10 @@ async fn handle(
     match (method.as_str(), segments.as_slice()) {
         ("GET", ["oauth", "access_token"]) => return exchange_token(&state, &params),
         ("GET", ["me", "accounts"]) => return my_accounts(&state, &uri, &params),
+        ("GET", ["me", "businesses"]) => return my_businesses(&state, &params),
+        ("GET", [business, edge @ ("owned_pages" | "client_pages")]) => {
+            return business_pages(&state, business, edge, &params);
+        }
         ("POST", [app, "subscriptions"]) => {
             return subscribe_app(&state, app, &params).await;
         }
@@ -489,6 +493,84 @@ fn debug_token(
     }
     ok(json!({"data": {"is_valid": false, "scopes": [],
         "error": {"code": 190, "message": "Invalid OAuth access token - Cannot parse access token"}}}))
+}
+
+/// `GET /me/businesses`: every business, to a token with `business_management` (Meta's
+/// 200 error without it).
+fn my_businesses(state: &SandboxState, params: &HashMap<String, String>) -> Response {
+    let Ok(registry) = state.registry.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let user = match person(&registry, params) {
+        Ok(user) => user,
+        Err(refused) => return refused,
+    };
+    if !user.scopes.iter().any(|s| s == "business_management") {
+        return graph_error(
+            403,
+            200,
+            None,
+            "(#200) Requires business_management permission to manage the object",
+            false,
+        );
+    }
+    let items: Vec<Value> = registry
+        .accounts
+        .businesses
+        .iter()
+        .map(|b| json!({"id": b.id, "name": b.name}))
+        .collect();
+    ok(json!({"data": items}))
+}
+
+/// `GET /{business}/owned_pages` and `client_pages`: the business's pages with their
+/// current tokens.
+fn business_pages(
+    state: &SandboxState,
+    business: &str,
+    edge: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    let Ok(registry) = state.registry.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    if let Err(refused) = person(&registry, params) {
+        return refused;
+    }
+    let Some(found) = registry
+        .accounts
+        .businesses
+        .iter()
+        .find(|b| b.id == business)
+    else {
+        return graph_error(
+            400,
+            100,
+            Some(33),
+            "Unsupported get request. Object does not exist",
+            false,
+        );
+    };
+    let pages = if edge == "owned_pages" {
+        &found.owned_pages
+    } else {
+        &found.client_pages
+    };
+    let Ok(data) = state.data.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let items: Vec<Value> = pages
+        .iter()
+        .map(|p| {
+            let token = data
+                .pages
+                .iter()
+                .find(|(id, _)| id == p)
+                .map_or_else(|| page_token(p), |(_, t)| t.clone());
+            json!({"id": p, "name": format!("Page {p}"), "access_token": token})
+        })
+        .collect();
+    ok(json!({"data": items}))
 }
 
 /// A person's token from the request, or Graph's refusal.

@@ -45,6 +45,69 @@ impl std::fmt::Debug for PageAccount {
     }
 }
 
+/// A Business Manager the token's person or system user can see (`GET /me/businesses`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Business {
+    /// The business's id.
+    #[serde(deserialize_with = "super::string_or_number")]
+    pub id: String,
+    /// Its name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// How a business holds a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusinessEdge {
+    /// `owned_pages`: the business owns it.
+    Owned,
+    /// `client_pages`: a client's page the business has access to (agencies).
+    Client,
+}
+
+impl BusinessEdge {
+    /// The edge's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Owned => "owned_pages",
+            Self::Client => "client_pages",
+        }
+    }
+}
+
+/// A page of a business (`GET /{business-id}/owned_pages` or `client_pages`); its token is
+/// there only when the token's person or system user has a task on the page.
+#[derive(Clone, Deserialize)]
+pub struct BusinessPage {
+    /// The page's id.
+    #[serde(deserialize_with = "super::string_or_number")]
+    pub id: String,
+    /// The page's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The page token, when Meta gives one.
+    #[serde(default)]
+    pub access_token: Option<SecretString>,
+}
+
+impl std::fmt::Debug for BusinessPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusinessPage")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("access_token", &self.access_token.is_some())
+            .finish()
+    }
+}
+
+fn business(json: &str) -> Result<Business, ParseError> {
+    serde_json::from_str(json).map_err(|e| ParseError::new("business", &e))
+}
+
+fn business_page(json: &str) -> Result<BusinessPage, ParseError> {
+    serde_json::from_str(json).map_err(|e| ParseError::new("business page", &e))
+}
+
 fn page_account(json: &str) -> Result<PageAccount, ParseError> {
     serde_json::from_str(json).map_err(|e| ParseError::new("page account", &e))
 }
@@ -123,6 +186,42 @@ impl GraphClient {
             .node_url(&["me", "accounts"], &operation)
             .map(|url| with_query(url, &params));
         self.pages(user_token, operation, first, page_account)
+    }
+
+    /// `GET /me/businesses`, every page: the businesses the token can see (needs
+    /// `business_management`).
+    pub fn my_businesses<'a>(
+        &'a self,
+        user_token: &'a SecretString,
+    ) -> impl Stream<Item = Result<super::Page<Business>, GraphError>> + Send + 'a {
+        let operation = "GET /me/businesses".to_owned();
+        let params = vec![
+            ("fields".to_owned(), "id,name".to_owned()),
+            ("limit".to_owned(), "100".to_owned()),
+        ];
+        let first = self
+            .node_url(&["me", "businesses"], &operation)
+            .map(|url| with_query(url, &params));
+        self.pages(user_token, operation, first, business)
+    }
+
+    /// `GET /{business-id}/owned_pages` or `client_pages`, every page, each with the page
+    /// token Meta gives this token's person or system user.
+    pub fn business_pages<'a>(
+        &'a self,
+        user_token: &'a SecretString,
+        business_id: &str,
+        edge: BusinessEdge,
+    ) -> impl Stream<Item = Result<super::Page<BusinessPage>, GraphError>> + Send + 'a {
+        let operation = format!("GET /{business_id}/{}", edge.as_str());
+        let params = vec![
+            ("fields".to_owned(), "id,name,access_token".to_owned()),
+            ("limit".to_owned(), "100".to_owned()),
+        ];
+        let first = self
+            .node_url(&[business_id, edge.as_str()], &operation)
+            .map(|url| with_query(url, &params));
+        self.pages(user_token, operation, first, business_page)
     }
 
     /// `GET /{form-id}/test_leads`, every page: the ids of the form's test leads.

@@ -11,7 +11,7 @@ mod paging;
 mod query;
 
 pub use batch::BatchItem;
-pub use connect::{ExchangedToken, PageAccount};
+pub use connect::{Business, BusinessEdge, BusinessPage, ExchangedToken, PageAccount};
 pub use paging::{MAX_PAGES, NextPage, Page};
 pub use query::{LeadQuery, TimeFilter, TimeOperator};
 
