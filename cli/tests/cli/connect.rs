@@ -690,9 +690,10 @@ async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead
     })
     .await;
 
-    // The second page's person changes their password: Meta invalidates its token.
+    // The second page's session is invalidated (190/467, as when its person logs out
+    // everywhere; a password change is 460): Meta refuses its token from now on.
     let page = data.pages[1].0.clone();
-    assert!(sandbox.rotate_page_token(&page).is_some());
+    assert!(sandbox.invalidate_page_token(&page, 467).is_some());
     post_leads(&webhook, after).await;
     let waiting = after.iter().filter(|l| l.page_id == page).count();
     wait_for(|| {

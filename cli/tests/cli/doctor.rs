@@ -102,7 +102,7 @@ async fn doctor_names_a_page_without_the_apps_subscription_and_changes_nothing()
 #[tokio::test]
 async fn one_backfill_run_puts_a_dead_page_token_in_status_with_its_fix() {
     let data = Dataset::generate(&DatasetSpec {
-        pages: 2,
+        pages: 3,
         leads: 4,
         ..DatasetSpec::default()
     });
@@ -116,6 +116,12 @@ async fn one_backfill_run_puts_a_dead_page_token_in_status_with_its_fix() {
     )
     .await
     .unwrap();
+    // A third page's token, derived from a person's 60-day token, ends in two days.
+    let (dying, _) = data.pages[2].clone();
+    sandbox.set_page_token_expiry(
+        &dying,
+        time::OffsetDateTime::now_utc().unix_timestamp() + 2 * 86_400,
+    );
     let dir = crate::support::scratch("doctor", "tokens");
     let secret = dir.join("secret.json");
     let tokens: serde_json::Map<String, serde_json::Value> =
@@ -155,6 +161,7 @@ async fn one_backfill_run_puts_a_dead_page_token_in_status_with_its_fix() {
     };
     assert_eq!(state(&dead).as_deref(), Some("invalid"), "{json}");
     assert_eq!(state(&fine).as_deref(), Some("valid"), "{json}");
+    assert_eq!(state(&dying).as_deref(), Some("expiring_soon"), "{json}");
     assert!(
         json["needs_a_person"]
             .as_array()

@@ -42,9 +42,11 @@ struct SandboxState {
     requests: AtomicU64,
     /// `GET /{form-id}` reads answered.
     form_reads: AtomicU64,
-    /// Page tokens Meta invalidated (the page's person changed their password): answered
-    /// 190/460 from then on.
-    revoked: RwLock<std::collections::HashSet<String>>,
+    /// Page tokens Meta invalidated, with the subcode it answers them with from then on:
+    /// 460 (the person changed their password) or 467 (the session was invalidated).
+    revoked: RwLock<HashMap<String, i64>>,
+    /// Page id to its token's expiry as `debug_token` gives it (absent: never expires).
+    expiries: RwLock<HashMap<String, i64>>,
     next_test_lead: AtomicU64,
     registry: RwLock<Registry>,
     http: reqwest::Client,
@@ -107,6 +109,7 @@ impl Sandbox {
             requests: AtomicU64::new(0),
             form_reads: AtomicU64::new(0),
             revoked: RwLock::new(Default::default()),
+            expiries: RwLock::new(Default::default()),
             next_test_lead: AtomicU64::new(1),
             registry: RwLock::new(Registry::default()),
             http: reqwest::Client::builder()
@@ -137,16 +140,28 @@ impl Sandbox {
     /// (190/460 from now on, `debug_token` says so too) and gives the page a new one, which
     /// `/me/accounts` hands out. Returns the new token.
     pub fn rotate_page_token(&self, page_id: &str) -> Option<String> {
+        self.invalidate_page_token(page_id, 460)
+    }
+
+    /// Invalidates a page's token with Meta's `subcode` (460: password changed; 467: the
+    /// session was invalidated, e.g. the person logged out) and gives the page a new one.
+    pub fn invalidate_page_token(&self, page_id: &str, subcode: i64) -> Option<String> {
         let mut data = self.state.data.write().ok()?;
         let entry = data.pages.iter_mut().find(|(p, _)| p == page_id)?;
-        let old = std::mem::replace(
-            &mut entry.1,
-            format!("{}-rotated-{}", page_token(page_id), now()),
-        );
+        let n = self.state.requests.load(Ordering::Relaxed);
+        let old = std::mem::replace(&mut entry.1, format!("{}-new-{n}", page_token(page_id)));
         if let Ok(mut revoked) = self.state.revoked.write() {
-            revoked.insert(old);
+            revoked.insert(old, subcode);
         }
         Some(entry.1.clone())
+    }
+
+    /// Makes `debug_token` say the page's token expires at `unix` (a token derived from a
+    /// person's 60-day token).
+    pub fn set_page_token_expiry(&self, page_id: &str, unix: i64) {
+        if let Ok(mut expiries) = self.state.expiries.write() {
+            expiries.insert(page_id.to_owned(), unix);
+        }
     }
 
     /// How many single forms (`GET /{form-id}`) it has served: the catalog's Graph reads.
@@ -369,9 +384,13 @@ async fn handle(
         return debug_token(&state, data, &params, &expired);
     }
     if let Some(token) = params.get("access_token")
-        && state.revoked.read().is_ok_and(|r| r.contains(token))
+        && let Some(subcode) = state
+            .revoked
+            .read()
+            .ok()
+            .and_then(|r| r.get(token).copied())
     {
-        return graph_error(400, 190, Some(460), PASSWORD_CHANGED, false);
+        return graph_error(400, 190, Some(subcode), revoked_message(subcode), false);
     }
     let page_of_token = match authorize(data, &params, &expired) {
         Ok(page) => page,
@@ -460,17 +479,28 @@ fn debug_token(
         return graph_error(500, 1, None, "sandbox poisoned", true);
     };
     let app_id = registry.accounts.app_id.clone();
-    if state.revoked.read().is_ok_and(|r| r.contains(&input)) {
+    if let Some(subcode) = state
+        .revoked
+        .read()
+        .ok()
+        .and_then(|r| r.get(&input).copied())
+    {
         return ok(
             json!({"data": {"app_id": app_id, "type": "PAGE", "is_valid": false, "scopes": [],
-            "error": {"code": 190, "subcode": 460, "message": PASSWORD_CHANGED}}}),
+            "error": {"code": 190, "subcode": subcode, "message": revoked_message(subcode)}}}),
         );
     }
     if let Some(page) = data.page_of_token(&input).map(str::to_owned) {
         let valid = !expired.contains(&page);
+        let expires_at = state
+            .expiries
+            .read()
+            .ok()
+            .and_then(|e| e.get(&page).copied())
+            .unwrap_or(0);
         return ok(
             json!({"data": {"app_id": app_id, "type": "PAGE", "application": "leadpipe sandbox",
-            "is_valid": valid, "expires_at": 0, "data_access_expires_at": 0,
+            "is_valid": valid, "expires_at": expires_at, "data_access_expires_at": 0,
             "scopes": ["leads_retrieval", "pages_show_list", "pages_read_engagement", "pages_manage_metadata", "pages_manage_ads"],
             "user_id": "1000000000042", "profile_id": page}}),
         );
@@ -973,8 +1003,14 @@ fn read_form(
     })
 }
 
-/// Meta's words for a token invalidated by a password change (190/460).
-const PASSWORD_CHANGED: &str = "Error validating access token: The session has been invalidated because the user changed their password or Facebook has changed the session for security reasons.";
+/// Meta's words for an invalidated token: 190/460 (a password change) or 190/467.
+fn revoked_message(subcode: i64) -> &'static str {
+    if subcode == 467 {
+        "Error validating access token: The session is invalid because the user logged out."
+    } else {
+        "Error validating access token: The session has been invalidated because the user changed their password or Facebook has changed the session for security reasons."
+    }
+}
 
 /// `GET /{page}/leadgen_forms`: every form of the page, with its lead count.
 fn leadgen_forms(data: &Dataset, page: &str) -> Response {
