@@ -83,7 +83,7 @@ impl leadpipe_core::tokens::SecretsLoader for LocalSecrets {
         }
     }
 
-    fn changed(&self) -> bool {
+    async fn changed(&self) -> bool {
         let Some(now) = self.modified() else {
             return false;
         };

@@ -83,21 +83,72 @@ pub async fn put_secret_string(
 /// The secret read again where it lives, for core's token re-read
 /// (`leadpipe_core::tokens`): Secrets Manager's current version, or the inline stand-ins as
 /// they were.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SecretReloader {
-    config: aws_config::SdkConfig,
+    client: aws_sdk_secretsmanager::Client,
     source: SecretSource,
+    /// Ask Secrets Manager whether the current version changed (`DescribeSecret`) when the
+    /// minute between reads has not passed, so a token `connect` just wrote is used at once.
+    watch_version: bool,
+    seen_version: std::sync::Mutex<Option<String>>,
 }
 
 impl SecretReloader {
-    /// Reads `source` with clients from `config`.
-    pub fn new(config: aws_config::SdkConfig, source: SecretSource) -> Self {
-        Self { config, source }
+    /// Reads `source` with clients from `config`, at most once a minute (core's rule).
+    pub fn new(config: &aws_config::SdkConfig, source: SecretSource) -> Self {
+        Self {
+            client: aws_sdk_secretsmanager::Client::new(config),
+            source,
+            watch_version: false,
+            seen_version: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The same, also reading at once when the secret's current version is new (one
+    /// `DescribeSecret` per refused batch within the minute).
+    pub fn watching_versions(config: &aws_config::SdkConfig, source: SecretSource) -> Self {
+        Self {
+            watch_version: true,
+            ..Self::new(config, source)
+        }
     }
 }
 
 impl leadpipe_core::tokens::SecretsLoader for SecretReloader {
     async fn load(&self) -> Result<AppSecrets, SecretsError> {
-        load_secrets(&self.config, &self.source).await
+        match &self.source {
+            SecretSource::Inline(secrets) => Ok(secrets.clone()),
+            SecretSource::SecretsManager { arn } => {
+                let output = self
+                    .client
+                    .get_secret_value()
+                    .secret_id(arn)
+                    .send()
+                    .await
+                    .map_err(|e| SecretsError::Fetch(describe_sdk_error(&e)))?;
+                let json = output.secret_string().ok_or(SecretsError::Missing(
+                    "SecretString (binary secrets are not supported)",
+                ))?;
+                let secrets = AppSecrets::from_json(json)?;
+                if let Ok(mut seen) = self.seen_version.lock() {
+                    *seen = output.version_id().map(str::to_owned);
+                }
+                Ok(secrets)
+            }
+        }
+    }
+
+    async fn changed(&self) -> bool {
+        let SecretSource::SecretsManager { arn } = &self.source else {
+            return false;
+        };
+        if !self.watch_version {
+            return false;
+        }
+        let seen = self.seen_version.lock().ok().and_then(|s| s.clone());
+        match current_version(&self.client, arn).await {
+            Ok(Some(now)) => seen.is_none_or(|seen| seen != now),
+            _ => false,
+        }
     }
 }

@@ -73,10 +73,10 @@ pub trait SecretsLoader: Send + Sync {
     fn load(&self) -> impl Future<Output = Result<AppSecrets, SecretsError>> + Send;
 
     /// Whether the secret has surely changed since the last load, when that is cheap to
-    /// tell (a file's modification time): then it is read again at once, whatever the
-    /// interval. `false` when it cannot tell.
-    fn changed(&self) -> bool {
-        false
+    /// tell (a file's modification time, Secrets Manager's current version id): then it is
+    /// read again at once, whatever the interval. `false` when it cannot tell.
+    fn changed(&self) -> impl Future<Output = bool> + Send {
+        async { false }
     }
 }
 
@@ -153,17 +153,14 @@ impl<L: SecretsLoader> TokenRefresh for SecretsRefresher<L> {
         if self.book.generation() != asked_at {
             return true;
         }
-        let due = match self.last.lock() {
-            Ok(mut last) => {
-                let due = last.is_none_or(|at| at.elapsed() >= self.min_interval)
-                    || self.loader.changed();
-                if due {
-                    *last = Some(Instant::now());
-                }
-                due
-            }
-            Err(_) => false,
-        };
+        let interval_passed = self
+            .last
+            .lock()
+            .is_ok_and(|last| last.is_none_or(|at| at.elapsed() >= self.min_interval));
+        let due = interval_passed || self.loader.changed().await;
+        if due && let Ok(mut last) = self.last.lock() {
+            *last = Some(Instant::now());
+        }
         if !due {
             return false;
         }
@@ -386,7 +383,7 @@ mod tests {
             self.written.store(false, Ordering::SeqCst);
             Ok(secrets("new"))
         }
-        fn changed(&self) -> bool {
+        async fn changed(&self) -> bool {
             self.written.load(Ordering::SeqCst)
         }
     }

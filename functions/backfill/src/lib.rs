@@ -146,7 +146,7 @@ impl
         leadpipe_core::contact::prepare();
         let source = GraphBackfillSource::new(graph, secrets);
         let tokens = SecretsRefresher::new(
-            SecretReloader::new(config.clone(), settings.secret_source.clone()),
+            SecretReloader::new(&config, settings.secret_source.clone()),
             source.book().clone(),
         );
         let forms = FormCatalog::new(

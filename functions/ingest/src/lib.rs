@@ -100,7 +100,7 @@ impl IngestApp<GraphLeadFetcher, DynamoLeadStore, SqsQueueControl, Catalog, Refr
         let sqs = aws_sdk_sqs::Client::new(&config);
         let fetcher = GraphLeadFetcher::new(graph, secrets);
         let tokens = SecretsRefresher::new(
-            SecretReloader::new(config.clone(), settings.secret_source.clone()),
+            SecretReloader::watching_versions(&config, settings.secret_source.clone()),
             fetcher.book().clone(),
         );
         let forms = FormCatalog::new(

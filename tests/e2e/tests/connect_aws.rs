@@ -280,7 +280,6 @@ async fn connect_on_a_fresh_stack_sees_its_test_lead_in_dynamodb() {
         .output()
         .await
         .unwrap();
-    poller.abort();
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -358,5 +357,159 @@ async fn connect_on_a_fresh_stack_sees_its_test_lead_in_dynamodb() {
     .chain(data.pages.iter().map(|(_, t)| t.as_str()))
     {
         assert!(!text.contains(secret), "a secret is printed:\n{text}");
+    }
+
+    // ---- a page's token dies while leads arrive; `connect --stack` heals it (#25) ----------
+    // The stack's outputs, as the template names them.
+    let stack = unique_name("connect-stack");
+    let template = serde_json::json!({
+        "Resources": {"Marker": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {
+            "LeadsTableName": {"Value": leads_table}, "StateTableName": {"Value": state_table},
+            "LeadEventsQueueUrl": {"Value": queue_url}, "DeadLetterQueueUrl": {"Value": dlq_url},
+            "AppSecretArn": {"Value": secret_arn}
+        }
+    });
+    aws_sdk_cloudformation::Client::new(&config)
+        .create_stack()
+        .stack_name(&stack)
+        .template_body(template.to_string())
+        .send()
+        .await
+        .unwrap();
+    let dying = data.pages[1].0.clone();
+    assert!(sandbox.invalidate_page_token(&dying, 460).is_some());
+    let sender = leadpipe_sandbox::WebhookSender {
+        url: callback.clone(),
+        app_secret: demo_app_secret().to_owned(),
+        drop_rate: 0.0,
+        duplicate_rate: 0.0,
+        changes_per_post: 1,
+        seed: 25,
+        rate: None,
+    };
+    let sent = sender.send(&data.leads, |_| {}).await;
+    assert!(sent.dropped.is_empty());
+    let waiting = data.leads.iter().filter(|l| l.page_id == dying).count();
+    let stored = |ids: Vec<String>| {
+        let ddb = ddb.clone();
+        let table = leads_table.clone();
+        async move {
+            let mut n = 0;
+            for id in ids {
+                let got = ddb
+                    .get_item()
+                    .table_name(&table)
+                    .key("lead_id", aws_sdk_dynamodb::types::AttributeValue::S(id))
+                    .send()
+                    .await
+                    .unwrap();
+                n += usize::from(got.item.is_some());
+            }
+            n
+        }
+    };
+    let dead_letters = || {
+        let (sqs, dlq) = (sqs.clone(), dlq_url.clone());
+        async move {
+            let attrs = sqs
+                .get_queue_attributes()
+                .queue_url(&dlq)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .unwrap();
+            attrs
+                .attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                })
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let ids = |page: Option<&str>| -> Vec<String> {
+        data.leads
+            .iter()
+            .filter(|l| page.is_none_or(|p| l.page_id == p))
+            .map(|l| l.id.clone())
+            .collect()
+    };
+    let others: Vec<String> = data
+        .leads
+        .iter()
+        .filter(|l| l.page_id != dying)
+        .map(|l| l.id.clone())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (kept, dead) = (stored(others.clone()).await, dead_letters().await);
+        if kept == others.len() && dead == waiting {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kept} of the other page's leads stored, {dead} of {waiting} dead letters"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        stored(ids(Some(&dying))).await,
+        0,
+        "the dead page's leads wait"
+    );
+
+    // A new token through connect, the pipeline named by its stack: the secret gets the
+    // page's new token, the waiting leads go back to the queue, and the warm ingest
+    // container reads the new version at once (no restart).
+    let healed = tokio::process::Command::new(binary("leadpipe"))
+        .args([
+            "connect",
+            "--app-id",
+            APP_ID,
+            "--secret-arn",
+            &secret_arn,
+            "--page",
+            &dying,
+            "--stack",
+            &stack,
+        ])
+        .env("LEADPIPE_USER_TOKEN", DEFAULT_USER_TOKEN)
+        .env("GRAPH_API_BASE", sandbox.base_url())
+        .output()
+        .await
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&healed.stdout),
+        String::from_utf8_lossy(&healed.stderr)
+    );
+    assert!(
+        said.contains(&format!("brought back {waiting} lead(s)")),
+        "{said}"
+    );
+    let all = ids(None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = stored(all.clone()).await;
+        if n == all.len() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of {} leads stored after connect",
+            all.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dead_letters().await, 0, "nothing left waiting");
+    poller.abort();
+    for (_, token) in &data.pages {
+        assert!(
+            !said.contains(token.as_str()),
+            "a token is printed:\n{said}"
+        );
     }
 }
