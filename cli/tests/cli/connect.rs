@@ -636,25 +636,6 @@ async fn post_leads(webhook: &str, leads: &[leadpipe_sandbox::SandboxLead]) {
     }
 }
 
-/// Waits while `done` is false and `progress` keeps moving; fails after 90 s without it.
-async fn wait_for(mut progress: impl FnMut() -> (bool, usize)) {
-    let mut last = (Instant::now(), usize::MAX);
-    loop {
-        let (done, count) = progress();
-        if done {
-            return;
-        }
-        if count != last.1 {
-            last = (Instant::now(), count);
-        }
-        assert!(
-            last.0.elapsed() < Duration::from_secs(90),
-            "no progress (at {count})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead_is_lost() {
     let data = Dataset::generate(&DatasetSpec {
@@ -684,7 +665,7 @@ async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead
     let db = leadpipe_local::LocalDb::open_read_only(&db_path).unwrap();
     let (before, after) = data.leads.split_at(data.leads.len() / 2);
     post_leads(&webhook, before).await;
-    wait_for(|| {
+    crate::support::wait_on_progress(|| {
         let n = db.leads().unwrap().len();
         (n == before.len(), n)
     })
@@ -696,7 +677,7 @@ async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead
     assert!(sandbox.invalidate_page_token(&page, 467).is_some());
     post_leads(&webhook, after).await;
     let waiting = after.iter().filter(|l| l.page_id == page).count();
-    wait_for(|| {
+    crate::support::wait_on_progress(|| {
         let stored = db.leads().unwrap().len();
         let dead = db.dead_letters().unwrap().len();
         (
@@ -732,7 +713,7 @@ async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead
         "{}",
         healed.text
     );
-    wait_for(|| {
+    crate::support::wait_on_progress(|| {
         let n = db.leads().unwrap().len();
         (n == data.leads.len(), n)
     })

@@ -113,7 +113,7 @@ async fn receiver(mode: Mode) -> Receiver {
     Receiver { url, seen }
 }
 
-use crate::support::free_port;
+use crate::support::{free_port, wait_on_progress};
 
 struct Setup {
     dir: PathBuf,
@@ -196,25 +196,6 @@ async fn post_leads(port: u16, leads: &[leadpipe_sandbox::SandboxLead], now: i64
             .await
             .unwrap();
         assert!(response.status().is_success());
-    }
-}
-
-/// Waits while `done` is false and `progress` keeps moving; fails after a minute without it.
-async fn wait_on_progress(mut progress: impl FnMut() -> (bool, usize)) {
-    let mut last = (Instant::now(), usize::MAX);
-    loop {
-        let (done, count) = progress();
-        if done {
-            return;
-        }
-        if count != last.1 {
-            last = (Instant::now(), count);
-        }
-        assert!(
-            last.0.elapsed() < Duration::from_secs(90),
-            "no progress for 90 s (at {count})"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

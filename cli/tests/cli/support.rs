@@ -19,3 +19,23 @@ pub fn scratch(area: &str, name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     dir
 }
+
+/// Waits while `done` is false and `progress` keeps moving; fails after 90 s without it.
+pub async fn wait_on_progress(mut progress: impl FnMut() -> (bool, usize)) {
+    use std::time::{Duration, Instant};
+    let mut last = (Instant::now(), usize::MAX);
+    loop {
+        let (done, count) = progress();
+        if done {
+            return;
+        }
+        if count != last.1 {
+            last = (Instant::now(), count);
+        }
+        assert!(
+            last.0.elapsed() < Duration::from_secs(90),
+            "no progress for 90 s (at {count})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

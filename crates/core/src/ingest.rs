@@ -973,30 +973,33 @@ mod tests {
         let store = std::sync::Arc::new(SecretStore(std::sync::Mutex::new("new")));
         let refresher = SecretsRefresher::new(store.clone(), book.clone());
         let world = World::new();
-        let run = |bodies: Vec<String>| {
-            let ids: Vec<String> = (0..bodies.len()).map(|i| format!("m{i}")).collect();
-            (bodies, ids)
+        // A batch through this Graph and this refresher (the world's other ports).
+        let ingest = |bodies: Vec<String>| {
+            let (graph, world, refresher) = (&graph, &world, &refresher);
+            async move {
+                let ids: Vec<String> = (0..bodies.len()).map(|i| format!("m{i}")).collect();
+                let messages: Vec<QueuedMessage<'_>> = bodies
+                    .iter()
+                    .zip(&ids)
+                    .map(|(body, id)| QueuedMessage {
+                        message_id: id,
+                        receipt_handle: Some(id),
+                        body,
+                    })
+                    .collect();
+                ingest_batch(
+                    graph,
+                    &world.store,
+                    &world.forms,
+                    refresher,
+                    &world.queue,
+                    &messages,
+                    NOW,
+                )
+                .await
+            }
         };
-        let (bodies, ids) = run(vec![body("801"), body("802")]);
-        let messages: Vec<QueuedMessage<'_>> = bodies
-            .iter()
-            .zip(&ids)
-            .map(|(body, id)| QueuedMessage {
-                message_id: id,
-                receipt_handle: Some(id),
-                body,
-            })
-            .collect();
-        let report = ingest_batch(
-            &graph,
-            &world.store,
-            &world.forms,
-            &refresher,
-            &world.queue,
-            &messages,
-            NOW,
-        )
-        .await;
+        let report = ingest(vec![body("801"), body("802")]).await;
         assert_eq!(
             report.stored_new(),
             2,
@@ -1009,26 +1012,7 @@ mod tests {
         // read again, and the lead is dead-lettered `token` at once.
         book.replace(secrets_with("old"));
         *store.0.lock().unwrap() = "old";
-        let (bodies, ids) = run(vec![body("803")]);
-        let messages: Vec<QueuedMessage<'_>> = bodies
-            .iter()
-            .zip(&ids)
-            .map(|(body, id)| QueuedMessage {
-                message_id: id,
-                receipt_handle: Some(id),
-                body,
-            })
-            .collect();
-        let report = ingest_batch(
-            &graph,
-            &world.store,
-            &world.forms,
-            &refresher,
-            &world.queue,
-            &messages,
-            NOW,
-        )
-        .await;
+        let report = ingest(vec![body("803")]).await;
         assert_eq!(report.dead_lettered(), 1);
         assert_eq!(world.dead_letter_classes(), [DeadLetterClass::Token]);
         assert_eq!(refresher.reads(), 1, "at most one read a minute");
