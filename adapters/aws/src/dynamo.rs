@@ -206,7 +206,8 @@ pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
 /// The item for `stored` (with its lookup keys and expiry) as it can be written: whole; or, when that would pass
 /// [`MAX_ITEM_BYTES`], without `raw` and with `raw_omitted: true` (every other attribute,
-/// the answers included, is still there). `Err` with the size without `raw` when even that
+/// the answers included, is still there); or, still too large, also without the labelled
+/// `answers` (`answers_omitted: true`; `fields` keep every value). `Err` with the size without `raw` when even that
 /// does not fit: a permanent `too_large` failure of this lead alone.
 pub fn fitting_item(
     stored: &StoredLead,
@@ -228,6 +229,13 @@ pub fn fitting_item(
     }
     item.remove("raw");
     item.insert("raw_omitted".to_owned(), AttributeValue::Bool(true));
+    if item_size(&item) <= MAX_ITEM_BYTES {
+        return Ok(item);
+    }
+    // `answers` repeat `fields` with labels: the lead keeps its values without them.
+    if item.remove("answers").is_some() {
+        item.insert("answers_omitted".to_owned(), AttributeValue::Bool(true));
+    }
     match item_size(&item) {
         size if size <= MAX_ITEM_BYTES => Ok(item),
         size => Err(size),
@@ -746,6 +754,29 @@ pub fn readable_from_item(item: &HashMap<String, AttributeValue>) -> Readable {
 mod tests {
     use super::*;
     use leadpipe_core::ports::LeadSourceKind;
+
+    #[test]
+    fn a_lead_too_large_with_its_answers_is_kept_without_them() {
+        let long = "x".repeat(210_000);
+        let lead = leadpipe_graph::Lead::from_json(&format!(
+            r#"{{"id":"42","created_time":"2026-11-30T04:00:00+0000","field_data":[{{"name":"notes","values":["{long}"]}}]}}"#
+        ))
+        .unwrap();
+        let stored = StoredLead {
+            readable: Readable::of(&lead.field_data, None),
+            lead,
+            page_id: "7".into(),
+            form_id: None,
+            source: LeadSourceKind::Webhook,
+            ingested_at: time::OffsetDateTime::now_utc(),
+        };
+        let item = fitting_item(&stored, &PrivacyAttributes::default()).unwrap();
+        assert!(!item.contains_key("raw") && !item.contains_key("answers"));
+        assert_eq!(item["answers_omitted"], AttributeValue::Bool(true));
+        assert!(item_size(&item) <= MAX_ITEM_BYTES);
+        let row = row_from_item(&item).unwrap();
+        assert_eq!(row.fields["notes"][0].len(), 210_000, "every value kept");
+    }
 
     #[test]
     fn an_item_reads_back_as_the_lead_it_encodes() {

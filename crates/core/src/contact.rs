@@ -72,14 +72,37 @@ pub fn normalise_phone(answer: &str, region: Option<Region>) -> Option<Phone> {
     if trimmed.is_empty() {
         return None;
     }
+    // What no phone number looks like is not handed to the parser: it is an answer from
+    // anyone, and the library has asserted on national numbers too long for it.
+    let digits = trimmed.chars().filter(char::is_ascii_digit).count();
+    if trimmed.len() > MAX_PHONE_CHARS || digits > MAX_PHONE_DIGITS {
+        return Some(Phone::AsGiven(trimmed.to_owned()));
+    }
     // libphonenumber reads "00" and "011" international prefixes only with a region; a
     // bare `+` number needs none.
     let parsed = phonenumber::parse(region.map(|r| r.0), trimmed)
         .ok()
-        .filter(|number| phonenumber::is_valid(number) || has_possible_length(number));
+        .filter(|number| phonenumber::is_valid(number) || has_possible_length(number))
+        .map(|number| number.format().mode(phonenumber::Mode::E164).to_string())
+        .filter(|e164| is_e164(e164));
     Some(match parsed {
-        Some(number) => Phone::E164(number.format().mode(phonenumber::Mode::E164).to_string()),
+        Some(number) => Phone::E164(number),
         None => Phone::AsGiven(trimmed.to_owned()),
+    })
+}
+
+/// The longest answer handed to the phone parser, in bytes.
+const MAX_PHONE_CHARS: usize = 40;
+/// The most digits a number written with an international prefix (`011` or `00`) and 15
+/// E.164 digits has.
+const MAX_PHONE_DIGITS: usize = 18;
+
+/// `+`, then 7 to 15 digits, the first not 0 (ITU-T E.164).
+fn is_e164(text: &str) -> bool {
+    text.strip_prefix('+').is_some_and(|digits| {
+        (7..=15).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
     })
 }
 
@@ -207,6 +230,35 @@ mod tests {
             }
         }
         assert_eq!(normalise_phone("   ", region("US")), None);
+    }
+
+    #[test]
+    fn odd_answers_are_kept_as_given_never_a_panic_or_an_overlong_number() {
+        for odd in [
+            "9".repeat(17).as_str(),
+            "9".repeat(60).as_str(),
+            "+4930123456789012345",
+            "+49 30 1234567890123",
+            "0049 30 123456789012",
+            "+",
+            "++1 212 555 0123",
+            "(((((",
+            "+1 212 555 0123 ext. 99999999999999999999",
+            "٠١٢٣٤٥٦٧٨٩",
+            "📞 212 555 0123",
+            "+0 123 456 789",
+        ] {
+            for region in [None, Region::parse("DE"), Region::parse("US")] {
+                if let Some(Phone::E164(number)) = normalise_phone(odd, region) {
+                    assert!(is_e164(&number), "{odd:?} gave {number}");
+                }
+            }
+        }
+        assert!(is_e164("+12125550123"));
+        assert!(
+            !is_e164("+4930123456789012"),
+            "16 digits is no E.164 number"
+        );
     }
 
     #[test]

@@ -21,6 +21,11 @@ use std::time::{Duration, Instant};
 /// must not cost a call per lead).
 pub const RETRY_AFTER_MISS: Duration = Duration::from_secs(60);
 
+/// How long a process keeps a form before loading it from the store again: backfill
+/// refreshes the store each run, so an edited form reaches warm ingest processes within
+/// this (one store read per form per period; Graph is not asked).
+pub const CACHE_FOR: Duration = Duration::from_secs(15 * 60);
+
 /// A question's type, as Meta names it (`EMAIL`, `PHONE`, `CUSTOM`, ...). The types the
 /// contact is read from are their own variants; the rest keep Meta's name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -354,7 +359,7 @@ impl FormLookup for NoForms {
 pub struct FormCatalog<R, S> {
     reader: R,
     store: S,
-    cache: Mutex<FormMap>,
+    cache: Mutex<HashMap<String, (Arc<Form>, Instant)>>,
     missed: Mutex<HashMap<String, Instant>>,
     /// One read per form at a time: concurrent callers (serve's ingest workers) wait for
     /// the first one's answer instead of asking Graph again.
@@ -384,7 +389,7 @@ impl<R: FormReader, S: FormStore> FormCatalog<R, S> {
         Self {
             reader,
             store,
-            cache: Mutex::new(FormMap::new()),
+            cache: Mutex::new(HashMap::new()),
             missed: Mutex::new(HashMap::new()),
             reading: Mutex::new(HashMap::new()),
             graph_reads: std::sync::atomic::AtomicU64::new(0),
@@ -403,13 +408,15 @@ impl<R: FormReader, S: FormStore> FormCatalog<R, S> {
     }
 
     fn cached(&self, form_id: &str) -> Option<Arc<Form>> {
-        self.cache.lock().ok()?.get(form_id).cloned()
+        let cache = self.cache.lock().ok()?;
+        let (form, at) = cache.get(form_id)?;
+        (at.elapsed() < CACHE_FOR).then(|| form.clone())
     }
 
     fn remember(&self, form: Form) -> Arc<Form> {
         let form = Arc::new(form);
         if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(form.id.clone(), form.clone());
+            cache.insert(form.id.clone(), (form.clone(), Instant::now()));
         }
         form
     }

@@ -245,9 +245,10 @@ where
     T: TokenRefresh,
 {
     let judgements = parse_messages(queue, messages).await;
+    let seen = tokens.generation();
     let mut fetched = fetch_by_page(fetcher, &judgements, None).await;
     let refused = refused_pages(&fetched);
-    if !refused.is_empty() && tokens.refresh().await {
+    if !refused.is_empty() && tokens.refresh(seen).await {
         let again = fetch_by_page(fetcher, &judgements, Some(&refused)).await;
         for page in &refused {
             fetched.page_failures.remove(page);

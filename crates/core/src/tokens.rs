@@ -82,9 +82,14 @@ pub trait SecretsLoader: Send + Sync {
 
 /// What the use cases ask when a page's token was refused.
 pub trait TokenRefresh: Send + Sync {
-    /// Reads the secret again, if the rule allows it now; `true` when the tokens were read
-    /// again (by this call or by a concurrent one it waited for), so a retry may succeed.
-    fn refresh(&self) -> impl Future<Output = bool> + Send;
+    /// Which version of the secret the readers hold now: taken before a read, and given
+    /// to [`TokenRefresh::refresh`] when that read is refused.
+    fn generation(&self) -> u64;
+
+    /// Reads the secret again, if the rule allows it now; `true` when the tokens are newer
+    /// than `seen` (the version the refused read used), by this call or an earlier one, so
+    /// a retry may succeed.
+    fn refresh(&self, seen: u64) -> impl Future<Output = bool> + Send;
 }
 
 /// No re-read: a process whose secret cannot change (inline settings, tools).
@@ -92,7 +97,11 @@ pub trait TokenRefresh: Send + Sync {
 pub struct NoRefresh;
 
 impl TokenRefresh for NoRefresh {
-    async fn refresh(&self) -> bool {
+    fn generation(&self) -> u64 {
+        0
+    }
+
+    async fn refresh(&self, _seen: u64) -> bool {
         false
     }
 }
@@ -146,11 +155,18 @@ impl<L: SecretsLoader> SecretsRefresher<L> {
 }
 
 impl<L: SecretsLoader> TokenRefresh for SecretsRefresher<L> {
-    async fn refresh(&self) -> bool {
-        let asked_at = self.book.generation();
+    fn generation(&self) -> u64 {
+        self.book.generation()
+    }
+
+    async fn refresh(&self, seen: u64) -> bool {
+        // The secret was read again since the refused read began (by another caller, before
+        // or while this one waited): retry with that.
+        if self.book.generation() != seen {
+            return true;
+        }
         let _turn = self.turn.lock().await;
-        // Another caller read it while this one waited: share that read.
-        if self.book.generation() != asked_at {
+        if self.book.generation() != seen {
             return true;
         }
         let interval_passed = self
@@ -357,17 +373,25 @@ mod tests {
         *store.token.lock().unwrap() = "new".into();
         let book = TokenBook::new(secrets("old"));
         let refresher = SecretsRefresher::new(store.clone(), book.clone());
-        assert!(refresher.refresh().await, "the first refusal reads it");
+        assert!(refresher.refresh(0).await, "the first refusal reads it");
         assert_eq!(token_of(&book), "new", "the readers see the new token");
         for _ in 0..10 {
+            let now = refresher.generation();
             assert!(
-                !refresher.refresh().await,
+                !refresher.refresh(now).await,
                 "then not again within the minute"
             );
         }
         assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+        // A read that began before the re-read and was refused after it retries with it.
+        assert!(
+            refresher.refresh(0).await,
+            "the secret is newer than that read's"
+        );
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1);
         let quick = SecretsRefresher::with_interval(store.clone(), book, Duration::ZERO);
-        assert!(quick.refresh().await && quick.refresh().await);
+        assert!(quick.refresh(quick.generation()).await);
+        assert!(quick.refresh(quick.generation()).await);
         assert_eq!(quick.reads(), 2, "the interval is the rule's only limit");
     }
 
@@ -395,11 +419,15 @@ mod tests {
             reads: AtomicU64::new(0),
         });
         let refresher = SecretsRefresher::new(file.clone(), TokenBook::new(secrets("old")));
-        assert!(refresher.refresh().await);
-        assert!(!refresher.refresh().await, "unchanged: the interval holds");
+        assert!(refresher.refresh(0).await);
+        let now = refresher.generation();
+        assert!(
+            !refresher.refresh(now).await,
+            "unchanged: the interval holds"
+        );
         file.written.store(true, Ordering::SeqCst);
         assert!(
-            refresher.refresh().await,
+            refresher.refresh(now).await,
             "`connect` wrote it: read at once"
         );
         assert_eq!(file.reads.load(Ordering::SeqCst), 2);
@@ -416,7 +444,7 @@ mod tests {
         let callers: Vec<_> = (0..8)
             .map(|_| {
                 let refresher = refresher.clone();
-                tokio::spawn(async move { refresher.refresh().await })
+                tokio::spawn(async move { refresher.refresh(0).await })
             })
             .collect();
         let mut told = Vec::new();

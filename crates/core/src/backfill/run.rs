@@ -69,12 +69,17 @@ where
         let page = backfill_page(ports, deadline, plan, settings, now, page_id, &mut summary).await;
         summary.pages.push(page);
     }
+    // An `unchecked` page (Graph could not say) keeps the verdict it had: an outage must not
+    // clear a dead token's alert in `status`.
+    let verdicts: Vec<_> = summary
+        .page_tokens
+        .iter()
+        .filter(|t| t.state != TokenState::Unchecked)
+        .cloned()
+        .collect();
     if !plan.dry_run
-        && !summary.page_tokens.is_empty()
-        && let Err(err) = ports
-            .checkpoints
-            .save_token_health(&summary.page_tokens)
-            .await
+        && !verdicts.is_empty()
+        && let Err(err) = ports.checkpoints.save_token_health(&verdicts).await
     {
         tracing::warn!(error = %err, "the page tokens' health could not be kept for status");
     }
@@ -122,12 +127,13 @@ where
         summary.stopped_by_deadline = true;
         return page;
     }
+    let seen = ports.tokens.generation();
     let mut listed = page_targets(ports.source, plan, page_id).await;
     // A token or permission refusal: read the secret again (at most once a minute) and, when
     // it was, try the page once more with what it now holds.
     if let Err((err, _)) = &listed
         && matches!(err.class(), ErrorClass::Token | ErrorClass::Permission)
-        && ports.tokens.refresh().await
+        && ports.tokens.refresh(seen).await
     {
         listed = page_targets(ports.source, plan, page_id).await;
     }

@@ -503,7 +503,10 @@ struct Reread {
 }
 
 impl crate::tokens::TokenRefresh for Reread {
-    async fn refresh(&self) -> bool {
+    fn generation(&self) -> u64 {
+        0
+    }
+    async fn refresh(&self, _seen: u64) -> bool {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if self.fixed {
             self.healed.store(true, Ordering::SeqCst);
