@@ -62,9 +62,13 @@ pub struct LocalSecrets {
 
 impl LocalSecrets {
     fn modified(&self) -> Option<std::time::SystemTime> {
-        let path = self.file.as_ref()?;
-        std::fs::metadata(path).and_then(|m| m.modified()).ok()
+        modified(self.file.as_ref()?)
     }
+}
+
+/// A file's modification time, when it can be read.
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl leadpipe_core::tokens::SecretsLoader for LocalSecrets {
@@ -169,9 +173,7 @@ impl Pipeline {
     pub fn reread_secret_file(mut self, path: PathBuf) -> Self {
         self.tokens = SecretsRefresher::new(
             LocalSecrets {
-                seen: std::sync::Mutex::new(
-                    std::fs::metadata(&path).and_then(|m| m.modified()).ok(),
-                ),
+                seen: std::sync::Mutex::new(modified(&path)),
                 file: Some(path),
                 inline: self.secrets.clone(),
             },

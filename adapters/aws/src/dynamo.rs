@@ -454,21 +454,42 @@ impl leadpipe_core::forms::FormStore for DynamoFormStore {
     }
 }
 
-/// The forms catalog of the state table (`formdef#<id>` items, `crate::dynamo`'s
-/// `DynamoFormStore`): the labels `export --labels` heads columns with. A small table: one
-/// scan, its pages followed.
+/// The forms catalog of the state table (`formdef#<id>` items, [`DynamoFormStore`]): the
+/// labels `export --labels` heads columns with.
 pub async fn catalog(
     client: &aws_sdk_dynamodb::Client,
     state_table: &str,
 ) -> Result<Vec<leadpipe_core::forms::Form>, StoreError> {
-    let mut forms = Vec::new();
+    state_items(client, state_table, FORM_ITEM_PREFIX, "form").await
+}
+
+/// Each page token's health the last backfill run kept in the state table (`status`).
+pub async fn token_health(
+    client: &aws_sdk_dynamodb::Client,
+    state_table: &str,
+) -> Result<Vec<leadpipe_core::tokens::PageTokenHealth>, StoreError> {
+    let mut all: Vec<leadpipe_core::tokens::PageTokenHealth> =
+        state_items(client, state_table, TOKEN_ITEM_PREFIX, "health").await?;
+    all.sort_by(|a, b| a.page_id.cmp(&b.page_id));
+    Ok(all)
+}
+
+/// The JSON values of `attribute` in the state table's items keyed `prefix…`: a small
+/// table, one scan with its pages followed. An item this code cannot read is left out.
+async fn state_items<T: serde::de::DeserializeOwned>(
+    client: &aws_sdk_dynamodb::Client,
+    state_table: &str,
+    prefix: &str,
+    attribute: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut all = Vec::new();
     let mut start: Option<HashMap<String, AttributeValue>> = None;
     loop {
         let out = client
             .scan()
             .table_name(state_table)
             .filter_expression("begins_with(pk, :p)")
-            .expression_attribute_values(":p", AttributeValue::S(FORM_ITEM_PREFIX.to_owned()))
+            .expression_attribute_values(":p", AttributeValue::S(prefix.to_owned()))
             .set_exclusive_start_key(start.take())
             .send()
             .await
@@ -478,53 +499,19 @@ pub async fn catalog(
                     describe_sdk_error(&e)
                 )))
             })?;
-        forms.extend(
-            out.items()
-                .iter()
-                .filter_map(|item| match item.get("form") {
-                    Some(AttributeValue::S(json)) => serde_json::from_str(json).ok(),
-                    _ => None,
-                }),
-        );
-        match out.last_evaluated_key() {
-            Some(key) if !key.is_empty() => start = Some(key.clone()),
-            _ => return Ok(forms),
-        }
-    }
-}
-
-/// Each page token's health the last backfill run kept in the state table (`status`).
-pub async fn token_health(
-    client: &aws_sdk_dynamodb::Client,
-    state_table: &str,
-) -> Result<Vec<leadpipe_core::tokens::PageTokenHealth>, StoreError> {
-    let mut all = Vec::new();
-    let mut start: Option<HashMap<String, AttributeValue>> = None;
-    loop {
-        let out = client
-            .scan()
-            .table_name(state_table)
-            .filter_expression("begins_with(pk, :p)")
-            .expression_attribute_values(":p", AttributeValue::S(TOKEN_ITEM_PREFIX.to_owned()))
-            .set_exclusive_start_key(start.take())
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
         all.extend(
             out.items()
                 .iter()
-                .filter_map(|item| match item.get("health") {
+                .filter_map(|item| match item.get(attribute) {
                     Some(AttributeValue::S(json)) => serde_json::from_str(json).ok(),
                     _ => None,
                 }),
         );
         match out.last_evaluated_key() {
             Some(key) if !key.is_empty() => start = Some(key.clone()),
-            _ => break,
+            _ => return Ok(all),
         }
     }
-    all.sort_by(|a: &leadpipe_core::tokens::PageTokenHealth, b| a.page_id.cmp(&b.page_id));
-    Ok(all)
 }
 
 fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
