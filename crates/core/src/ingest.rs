@@ -190,7 +190,10 @@ impl IngestReport {
                     DeadLetterClass::Malformed
                     | DeadLetterClass::TooLarge
                     | DeadLetterClass::Exhausted
-                    | DeadLetterClass::Refused => None,
+                    | DeadLetterClass::Refused
+                    | DeadLetterClass::UnknownLead
+                    | DeadLetterClass::BeforeLead
+                    | DeadLetterClass::Expired => None,
                 },
                 Disposition::Stored { .. } => None,
             };

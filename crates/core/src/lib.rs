@@ -19,6 +19,7 @@
 //! * [`tokens`]: the page tokens a process holds, and the re-read before a token failure
 //!   dead-letters a page's leads.
 //! * [`privacy`]: lookup keys (HMAC of email and phone) and retention, for `forget` and TTL.
+//! * [`stages`]: lead stages back to Meta through the Conversions API, checked and sent once.
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
 #![warn(missing_docs)]
@@ -45,6 +46,7 @@ pub mod record;
 pub mod secrets;
 pub mod settings;
 pub mod signature;
+pub mod stages;
 pub mod status;
 pub mod tokens;
 pub mod webhook;

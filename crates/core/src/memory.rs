@@ -474,3 +474,159 @@ impl crate::forms::FormStore for MemoryFormStore {
         Ok(())
     }
 }
+
+/// The leads stages are checked against, by id.
+#[derive(Debug, Default)]
+pub struct MemoryStageLeads {
+    leads: Mutex<std::collections::BTreeMap<String, crate::stages::StageLead>>,
+}
+
+impl MemoryStageLeads {
+    /// Holds `lead`.
+    pub fn insert(&self, lead_id: &str, lead: crate::stages::StageLead) {
+        if let Ok(mut leads) = self.leads.lock() {
+            leads.insert(lead_id.to_owned(), lead);
+        }
+    }
+}
+
+impl crate::stages::StageLeads for MemoryStageLeads {
+    async fn stage_leads(
+        &self,
+        lead_ids: &[String],
+    ) -> Result<
+        std::collections::BTreeMap<String, crate::stages::StageLead>,
+        crate::ports::StoreError,
+    > {
+        let leads = self.leads.lock().map_err(|_| {
+            crate::ports::StoreError::Unavailable("memory stage leads poisoned".into())
+        })?;
+        Ok(lead_ids
+            .iter()
+            .filter_map(|id| leads.get(id).map(|l| (id.clone(), l.clone())))
+            .collect())
+    }
+}
+
+/// The stages sent, by event id.
+#[derive(Debug, Default)]
+pub struct MemoryStageLedger {
+    sent: Mutex<std::collections::HashSet<String>>,
+}
+
+impl MemoryStageLedger {
+    /// How many stages are recorded as sent.
+    pub fn len(&self) -> usize {
+        self.sent.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl crate::stages::StageLedger for MemoryStageLedger {
+    async fn already_sent(
+        &self,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, crate::ports::StoreError> {
+        let sent = self
+            .sent
+            .lock()
+            .map_err(|_| crate::ports::StoreError::Unavailable("memory ledger poisoned".into()))?;
+        Ok(event_ids
+            .iter()
+            .filter(|id| sent.contains(*id))
+            .cloned()
+            .collect())
+    }
+
+    async fn record_sent(
+        &self,
+        stages: &[crate::stages::StageChange],
+        _at: i64,
+    ) -> Result<(), crate::ports::StoreError> {
+        if let Ok(mut sent) = self.sent.lock() {
+            sent.extend(stages.iter().map(crate::stages::StageChange::event_id));
+        }
+        Ok(())
+    }
+}
+
+/// The Conversions API with Meta's whole-request rules (`../shared/reference/
+/// conversions-api-crm.md`, section 4): one event older than 7 days, or one lead id Meta
+/// does not know, fails the request and nothing in it is taken.
+#[derive(Debug, Default)]
+pub struct MemoryConversions {
+    /// Lead ids Meta refuses.
+    pub unknown_to_meta: Mutex<std::collections::HashSet<String>>,
+    /// Requests to answer with this error before any is taken.
+    pub fail_next: Mutex<Vec<leadpipe_graph::GraphError>>,
+    /// The clock Meta checks the 7 days against.
+    pub now: std::sync::atomic::AtomicI64,
+    /// Events taken.
+    pub taken: Mutex<Vec<crate::stages::ConversionEvent>>,
+    /// Requests made.
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryConversions {
+    /// Events taken, cloned.
+    pub fn taken(&self) -> Vec<crate::stages::ConversionEvent> {
+        self.taken.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Requests made.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl crate::stages::ConversionsApi for MemoryConversions {
+    async fn send(
+        &self,
+        events: &[crate::stages::ConversionEvent],
+    ) -> Result<u64, leadpipe_graph::GraphError> {
+        use leadpipe_graph::{ErrorClass, GraphError};
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let refuse = |code: i64, sub: Option<i64>, class: ErrorClass, message: &str| GraphError {
+            code: Some(code),
+            subcode: sub,
+            status: Some(400),
+            ..GraphError::local("POST /dataset/events".into(), class, message)
+        };
+        if let Some(error) = self.fail_next.lock().ok().and_then(|mut f| f.pop()) {
+            return Err(error);
+        }
+        let now = self.now.load(std::sync::atomic::Ordering::Relaxed);
+        let unknown = self
+            .unknown_to_meta
+            .lock()
+            .map(|u| u.clone())
+            .unwrap_or_default();
+        for event in events {
+            if now - event.event_time > crate::stages::MAX_AGE_SECONDS {
+                return Err(refuse(
+                    100,
+                    Some(2_804_003),
+                    ErrorClass::BadRequest,
+                    "Event Timestamp Too Old",
+                ));
+            }
+            if unknown.contains(&event.user_data.lead_id) {
+                return Err(refuse(
+                    100,
+                    None,
+                    ErrorClass::BadRequest,
+                    "Invalid parameter: lead_id",
+                ));
+            }
+        }
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.extend(events.iter().cloned());
+        }
+        Ok(events.len() as u64)
+    }
+}

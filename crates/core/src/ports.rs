@@ -255,11 +255,17 @@ pub enum DeadLetterClass {
     Exhausted,
     /// A destination (the forward URL) refused the lead with a permanent answer.
     Refused,
+    /// A stage names a lead the store does not hold (docs/stages.md).
+    UnknownLead,
+    /// A stage dated before its lead was created: Meta would drop it without a word.
+    BeforeLead,
+    /// A stage that would be older than 7 days when sent: it would sink the whole request.
+    Expired,
 }
 
 impl DeadLetterClass {
     /// Every class, in the contract's order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 12] = [
         Self::Malformed,
         Self::NotFound,
         Self::Permission,
@@ -269,6 +275,9 @@ impl DeadLetterClass {
         Self::Unreadable,
         Self::Exhausted,
         Self::Refused,
+        Self::UnknownLead,
+        Self::BeforeLead,
+        Self::Expired,
     ];
 
     /// The attribute's value.
@@ -283,6 +292,9 @@ impl DeadLetterClass {
             Self::Unreadable => "unreadable",
             Self::Exhausted => "exhausted",
             Self::Refused => "refused",
+            Self::UnknownLead => "unknown_lead",
+            Self::BeforeLead => "before_lead",
+            Self::Expired => "expired",
         }
     }
 
