@@ -361,6 +361,8 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         app_secret: app_secret.clone(),
         verify_token: None,
         lookup_key: None,
+        conversions_token: None,
+        stage_keys: Vec::new(),
         access_token: None,
         page_tokens: Default::default(),
     };

@@ -385,6 +385,8 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
         app_secret: SecretString::from(leadpipe_sandbox::server::demo_app_secret()),
         verify_token: Some(SecretString::from("demo-verify-token")),
         lookup_key: Some(SecretString::from(DEMO_LOOKUP_KEY)),
+        conversions_token: None,
+        stage_keys: Vec::new(),
         access_token: None,
         page_tokens: leadpipe_sandbox::server::tokens(data)
             .into_iter()

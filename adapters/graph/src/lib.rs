@@ -248,3 +248,68 @@ fn lead_page(page: Page<Lead>) -> LeadPage {
         unreadable: page.unreadable,
     }
 }
+
+/// The Conversions API port over the Graph client: one request per call, with the secret's
+/// `conversions_token` as the book holds it at the call (a token `connect --dataset`
+/// rewrote is used at once after the secret's re-read).
+#[derive(Debug, Clone)]
+pub struct GraphConversions {
+    client: GraphClient,
+    book: TokenBook,
+    dataset_id: String,
+    test_event_code: Option<String>,
+}
+
+impl GraphConversions {
+    /// Sends to `dataset_id`. The client must be built without `appsecret_proof`: the token
+    /// is the dataset's, not this app's ([`conversions_client`]).
+    pub fn new(
+        client: GraphClient,
+        book: TokenBook,
+        dataset_id: String,
+        test_event_code: Option<String>,
+    ) -> Self {
+        Self {
+            client,
+            book,
+            dataset_id,
+            test_event_code,
+        }
+    }
+}
+
+/// A Graph client for the Conversions API from the Graph settings: the same host and
+/// version, no `appsecret_proof` (a dataset token from Events Manager belongs to no app of
+/// ours, and a proof keyed with our app secret would be refused).
+pub fn conversions_client(config: &GraphConfig) -> Result<GraphClient, GraphError> {
+    GraphClient::new(GraphConfig {
+        app_secret: None,
+        ..config.clone()
+    })
+}
+
+impl leadpipe_core::stages::ConversionsApi for GraphConversions {
+    async fn send(
+        &self,
+        events: &[leadpipe_core::stages::ConversionEvent],
+    ) -> Result<u64, GraphError> {
+        let secrets = self.book.current();
+        let Some(token) = secrets.conversions_token.as_ref() else {
+            return Err(GraphError::local(
+                format!("POST /{}/events", self.dataset_id),
+                ErrorClass::Token,
+                "the secret has no conversions_token",
+            ));
+        };
+        let data = serde_json::to_string(events).map_err(|_| {
+            GraphError::local(
+                "encode events".into(),
+                ErrorClass::BadRequest,
+                "events could not be encoded",
+            )
+        })?;
+        self.client
+            .send_events(token, &self.dataset_id, data, self.test_event_code.as_deref())
+            .await
+    }
+}

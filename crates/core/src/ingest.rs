@@ -959,6 +959,8 @@ mod tests {
             access_token: None,
             page_tokens: [("77".to_owned(), secrecy::SecretString::from(token))].into(),
             lookup_key: None,
+            conversions_token: None,
+            stage_keys: Vec::new(),
         }
     }
 

@@ -26,6 +26,14 @@ pub struct AppSecrets {
     /// Keys the lookup hashes of email and phone (`crate::privacy`); `connect` makes one.
     #[serde(default)]
     pub lookup_key: Option<SecretString>,
+    /// Writes stages to the Conversions API dataset (docs/stages.md); `connect --dataset`
+    /// stores it.
+    #[serde(default)]
+    pub conversions_token: Option<SecretString>,
+    /// Keys a CRM's `POST /stages` must carry in `X-Leadpipe-Key`; two at once while one is
+    /// rotated.
+    #[serde(default)]
+    pub stage_keys: Vec<SecretString>,
 }
 
 /// Why the secrets could not be read. Never carries a secret's value.
@@ -66,6 +74,12 @@ impl AppSecrets {
         if !present(&secrets.lookup_key) {
             secrets.lookup_key = None;
         }
+        if !present(&secrets.conversions_token) {
+            secrets.conversions_token = None;
+        }
+        secrets
+            .stage_keys
+            .retain(|key| !key.expose_secret().is_empty());
         secrets
             .page_tokens
             .retain(|_, token| !token.expose_secret().is_empty());

@@ -102,7 +102,80 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             lookup_key: self.optional("LOOKUP_KEY").map(SecretString::from),
             access_token: self.optional("ACCESS_TOKEN").map(SecretString::from),
             page_tokens: BTreeMap::new(),
+            conversions_token: self.optional("CONVERSIONS_TOKEN").map(SecretString::from),
+            stage_keys: self
+                .optional("STAGE_KEYS")
+                .map(|keys| {
+                    keys.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(|k| SecretString::from(k.to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
+    }
+
+    /// The stage settings (docs/stages.md, "Settings"): `None` when
+    /// `CONVERSIONS_DATASET_ID` is unset or empty (stages off).
+    pub fn stages(&self) -> Result<Option<StagesConfig>, SettingsError> {
+        let Some(dataset_id) = self.optional("CONVERSIONS_DATASET_ID") else {
+            return Ok(None);
+        };
+        let dataset_id = dataset_id.trim().to_owned();
+        if !crate::ids::is_graph_id(&dataset_id) {
+            return Err(SettingsError::Invalid {
+                name: "CONVERSIONS_DATASET_ID",
+                why: "it must be the dataset's id (digits), from Events Manager".into(),
+            });
+        }
+        let initial_stage = crate::stages::StageName::parse(
+            &self.optional("INITIAL_STAGE_NAME").unwrap_or_else(|| "Lead".into()),
+        )
+        .map_err(|_| SettingsError::Invalid {
+            name: "INITIAL_STAGE_NAME",
+            why: "it must be a name of 1 to 100 characters".into(),
+        })?;
+        let lead_event_source = self
+            .optional("LEAD_EVENT_SOURCE")
+            .unwrap_or_else(|| "leadpipe".into());
+        if lead_event_source.trim().is_empty() || lead_event_source.chars().count() > 100 {
+            return Err(SettingsError::Invalid {
+                name: "LEAD_EVENT_SOURCE",
+                why: "it must be a name of 1 to 100 characters".into(),
+            });
+        }
+        Ok(Some(StagesConfig {
+            dataset_id,
+            initial_stage,
+            lead_event_source: lead_event_source.trim().to_owned(),
+            test_event_code: self
+                .optional("CONVERSIONS_TEST_EVENT_CODE")
+                .map(|c| c.trim().to_owned()),
+        }))
+    }
+}
+
+/// Stages back to Meta, when a dataset is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagesConfig {
+    /// `CONVERSIONS_DATASET_ID`.
+    pub dataset_id: String,
+    /// `INITIAL_STAGE_NAME` (default `Lead`): each new lead's first stage.
+    pub initial_stage: crate::stages::StageName,
+    /// `LEAD_EVENT_SOURCE` (default `leadpipe`).
+    pub lead_event_source: String,
+    /// `CONVERSIONS_TEST_EVENT_CODE`: Events Manager's Test Events code.
+    pub test_event_code: Option<String>,
+}
+
+impl StagesConfig {
+    /// The rules' settings.
+    pub fn rules(&self) -> crate::stages::StageSettings {
+        crate::stages::StageSettings {
+            lead_event_source: self.lead_event_source.clone(),
+            ..Default::default()
+        }
     }
 }
 
@@ -155,6 +228,24 @@ mod tests {
         };
         assert_eq!(secrets.app_secret.expose_secret(), "s");
         assert_eq!(secrets.require_verify_token().unwrap().expose_secret(), "v");
+    }
+
+    #[test]
+    fn stages_are_off_without_a_dataset_and_checked_with_one() {
+        assert_eq!(env(&[]).stages().unwrap(), None);
+        let on = env(&[("CONVERSIONS_DATASET_ID", "880000000000001")])
+            .stages()
+            .unwrap()
+            .unwrap();
+        assert_eq!(on.initial_stage.as_str(), "Lead");
+        assert_eq!(on.lead_event_source, "leadpipe");
+        let err = env(&[("CONVERSIONS_DATASET_ID", "pixel-9")]).stages().unwrap_err();
+        assert!(err.to_string().contains("CONVERSIONS_DATASET_ID"), "{err}");
+        assert!(!err.to_string().contains("pixel-9"), "{err}");
+        let keys = env(&[("APP_SECRET", "s"), ("STAGE_KEYS", "a, b,")])
+            .inline_secrets()
+            .unwrap();
+        assert_eq!(keys.stage_keys.len(), 2);
     }
 
     #[test]

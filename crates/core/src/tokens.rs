@@ -344,6 +344,8 @@ mod tests {
             access_token: None,
             page_tokens: [("77".to_owned(), SecretString::from(page_token))].into(),
             lookup_key: None,
+            conversions_token: None,
+            stage_keys: Vec::new(),
         }
     }
 

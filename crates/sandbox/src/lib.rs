@@ -7,10 +7,12 @@
 //! /{page}/leadgen_forms`, `GET /{page}?fields=has_lead_access...`, `GET /debug_token`,
 //! `GET|POST /{page}/subscribed_apps`, `GET|POST /{form}/test_leads`, `DELETE /{test lead}`,
 //! `GET /oauth/access_token` (token exchange), `GET /me/accounts`, `POST /{app}/subscriptions`
-//! (with the challenge to the callback, and a signed webhook for each test lead after).
+//! (with the challenge to the callback, and a signed webhook for each test lead after),
+//! `POST /{dataset}/events` and `GET /{dataset}` (the Conversions API, [`conversions`]).
 
 #![warn(missing_docs)]
 pub mod accounts;
+pub mod conversions;
 pub mod data;
 pub mod sender;
 pub mod server;

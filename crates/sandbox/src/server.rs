@@ -50,6 +50,8 @@ struct SandboxState {
     next_test_lead: AtomicU64,
     registry: RwLock<Registry>,
     http: reqwest::Client,
+    /// The Conversions API dataset (`crate::conversions`).
+    conversions: Mutex<crate::conversions::ConversionsState>,
 }
 
 /// A running stand-in on loopback; stops when dropped.
@@ -117,6 +119,7 @@ impl Sandbox {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .unwrap_or_default(),
+            conversions: Mutex::new(Default::default()),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -129,6 +132,39 @@ impl Sandbox {
             state,
             server,
         })
+    }
+
+    /// Conversions API events taken (dropped ones not included), as sent.
+    pub fn conversion_events(&self) -> Vec<Value> {
+        self.state.conversions.lock().map(|c| c.taken.clone()).unwrap_or_default()
+    }
+
+    /// Events Meta took but dropped without a word (dated before their lead).
+    pub fn conversion_events_dropped(&self) -> Vec<Value> {
+        self.state.conversions.lock().map(|c| c.dropped.clone()).unwrap_or_default()
+    }
+
+    /// `(requests taken, requests refused)` by the dataset.
+    pub fn conversion_requests(&self) -> (u64, u64) {
+        self.state
+            .conversions
+            .lock()
+            .map(|c| (c.accepted_requests, c.refused_requests))
+            .unwrap_or_default()
+    }
+
+    /// From now on Meta refuses any request with an event for `lead_id`.
+    pub fn refuse_lead_in_events(&self, lead_id: &str) {
+        if let Ok(mut c) = self.state.conversions.lock() {
+            c.refused_leads.insert(lead_id.to_owned());
+        }
+    }
+
+    /// The next `n` event requests are answered with a transient 500.
+    pub fn fail_conversions(&self, n: u32) {
+        if let Ok(mut c) = self.state.conversions.lock() {
+            c.transient = n;
+        }
     }
 
     /// `http://127.0.0.1:port`, the value for `GRAPH_API_BASE`.
@@ -373,6 +409,16 @@ async fn handle(
         ("POST", [form, "test_leads"]) => return create_test_lead(&state, form, &params),
         ("GET", [form, "test_leads"]) => return list_test_leads(&state, form, &params),
         ("DELETE", [id]) => return delete_test_lead(&state, id, &params),
+        ("POST", [dataset, "events"]) => return conversions_events(&state, dataset, &params),
+        ("GET", [crate::conversions::DATASET_ID]) => {
+            return if params.get("access_token").map(String::as_str)
+                == Some(crate::conversions::TOKEN)
+            {
+                ok(json!({"id": crate::conversions::DATASET_ID, "name": "Sandbox CRM dataset"}))
+            } else {
+                graph_error(400, 190, None, "Invalid OAuth access token", false)
+            };
+        }
         _ => {}
     }
     // Read under the lock, without copying the world per request; nothing below awaits.
@@ -419,6 +465,27 @@ async fn handle(
         }
         ("GET", [node, "leads"]) => edge_leads(&state, data, &uri, node, &params, &page_of_token),
         _ => graph_error(400, 100, None, "Unsupported request", false),
+    }
+}
+
+/// `POST /{dataset}/events`, against the world's leads and the test leads made so far.
+fn conversions_events(
+    state: &SandboxState,
+    dataset: &str,
+    params: &HashMap<String, String>,
+) -> Response {
+    let Ok(data) = state.data.read() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    let created = |id: &str| data.lead(id).map(|l| l.created_time);
+    let Ok(mut conversions) = state.conversions.lock() else {
+        return graph_error(500, 1, None, "sandbox poisoned", true);
+    };
+    match crate::conversions::receive(&mut conversions, dataset, params, &created, now()) {
+        Ok(answer) => ok(answer),
+        Err((status, code, subcode, message, transient)) => {
+            graph_error(status, code, subcode, message, transient)
+        }
     }
 }
 

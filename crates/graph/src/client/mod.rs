@@ -6,6 +6,7 @@
 
 mod batch;
 mod connect;
+mod conversions;
 mod endpoints;
 mod paging;
 mod query;
