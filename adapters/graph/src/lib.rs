@@ -309,7 +309,12 @@ impl leadpipe_core::stages::ConversionsApi for GraphConversions {
             )
         })?;
         self.client
-            .send_events(token, &self.dataset_id, data, self.test_event_code.as_deref())
+            .send_events(
+                token,
+                &self.dataset_id,
+                data,
+                self.test_event_code.as_deref(),
+            )
             .await
     }
 }

@@ -17,10 +17,12 @@ mod forms;
 mod outbox;
 mod privacy;
 mod redrive;
+mod stages;
 mod status;
 pub use outbox::{OutboxItem, OutboxSummary};
 pub use privacy::Erased;
 use rusqlite::{Connection, OptionalExtension, params};
+pub use stages::{ClaimedStage, MAX_STAGE_ATTEMPTS, StageCounts, StagesQueued};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -95,6 +97,21 @@ CREATE TABLE IF NOT EXISTS token_health (
     page_id TEXT PRIMARY KEY,
     health TEXT NOT NULL
 );
+-- Stages back to Meta (adapters/sqlite/src/stages.rs): queue, ledger and dead letters in
+-- one row per (lead, stage). `body` is core's StageChange as JSON.
+CREATE TABLE IF NOT EXISTS stages (
+    event_id TEXT PRIMARY KEY,
+    lead_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    queued_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'queued',
+    reason_class TEXT,
+    reason TEXT,
+    sent_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS stages_due ON stages (state, next_at);
 CREATE TABLE IF NOT EXISTS state (
     pk TEXT PRIMARY KEY,
     checkpoint INTEGER NOT NULL,
@@ -153,6 +170,9 @@ pub struct LocalDb {
     outbox: Arc<std::sync::atomic::AtomicBool>,
     /// Lookup keys and expiry written with each lead.
     policy: Arc<std::sync::RwLock<LeadPolicy>>,
+    /// The initial stage a first insert also queues (`serve` with a Conversions dataset),
+    /// in the same transaction.
+    initial_stage: Arc<std::sync::RwLock<Option<leadpipe_core::stages::StageName>>>,
 }
 
 /// One post's queue messages, and where to say whether they are durable.
@@ -377,6 +397,7 @@ impl LocalDb {
             posts: Some(PostWriter::start(path)?),
             outbox: Arc::default(),
             policy: Arc::default(),
+            initial_stage: Arc::default(),
         })
     }
 
@@ -392,6 +413,7 @@ impl LocalDb {
             posts: None,
             outbox: Arc::default(),
             policy: Arc::default(),
+            initial_stage: Arc::default(),
         })
     }
 
@@ -809,6 +831,11 @@ impl LeadStore for LocalDb {
     async fn put_leads(&self, leads: &[StoredLead]) -> Result<Vec<PutOutcome>, StoreError> {
         let outbox = self.outbox.load(std::sync::atomic::Ordering::Relaxed);
         let policy = self.policy.read().map(|p| p.clone()).unwrap_or_default();
+        let initial = self
+            .initial_stage
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default();
         let now = now_unix_ms();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -874,6 +901,18 @@ impl LeadStore for LocalDb {
                     tx.execute(
                         "INSERT OR IGNORE INTO outbox (lead_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?3)",
                         params![record.lead_id, LeadReceived::from_record(&record).to_json(), now],
+                    )?;
+                }
+                // Its first stage too (docs/stages.md, "The initial stage"), at its creation.
+                if changed == 1 && let Some(name) = &initial {
+                    let stage = leadpipe_core::stages::StageChange::initial(
+                        &stored.lead.id,
+                        name,
+                        stored.lead.created_time.unix_timestamp(),
+                    );
+                    tx.execute(
+                        "INSERT OR IGNORE INTO stages (event_id, lead_id, body, queued_at, next_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                        params![stage.event_id(), stage.lead_id, stage.to_json(), now],
                     )?;
                 }
                 outcomes.push(if changed == 1 { PutOutcome::Inserted } else { PutOutcome::AlreadyPresent });

@@ -130,7 +130,9 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             });
         }
         let initial_stage = crate::stages::StageName::parse(
-            &self.optional("INITIAL_STAGE_NAME").unwrap_or_else(|| "Lead".into()),
+            &self
+                .optional("INITIAL_STAGE_NAME")
+                .unwrap_or_else(|| "Lead".into()),
         )
         .map_err(|_| SettingsError::Invalid {
             name: "INITIAL_STAGE_NAME",
@@ -239,7 +241,9 @@ mod tests {
             .unwrap();
         assert_eq!(on.initial_stage.as_str(), "Lead");
         assert_eq!(on.lead_event_source, "leadpipe");
-        let err = env(&[("CONVERSIONS_DATASET_ID", "pixel-9")]).stages().unwrap_err();
+        let err = env(&[("CONVERSIONS_DATASET_ID", "pixel-9")])
+            .stages()
+            .unwrap_err();
         assert!(err.to_string().contains("CONVERSIONS_DATASET_ID"), "{err}");
         assert!(!err.to_string().contains("pixel-9"), "{err}");
         let keys = env(&[("APP_SECRET", "s"), ("STAGE_KEYS", "a, b,")])

@@ -40,10 +40,22 @@ pub(crate) fn receive(
     now: i64,
 ) -> Result<Value, Refusal> {
     if params.get("access_token").map(String::as_str) != Some(TOKEN) {
-        return Err((400, 190, None, "Invalid OAuth access token - Cannot parse access token", false));
+        return Err((
+            400,
+            190,
+            None,
+            "Invalid OAuth access token - Cannot parse access token",
+            false,
+        ));
     }
     if dataset != DATASET_ID {
-        return Err((400, 100, Some(33), "Unsupported post request. Object does not exist or cannot be loaded due to missing permissions", false));
+        return Err((
+            400,
+            100,
+            Some(33),
+            "Unsupported post request. Object does not exist or cannot be loaded due to missing permissions",
+            false,
+        ));
     }
     if state.transient > 0 {
         state.transient -= 1;
@@ -53,29 +65,59 @@ pub(crate) fn receive(
         state.refused_requests += 1;
         Err(r)
     };
-    let Some(Ok(Value::Array(events))) = params.get("data").map(|d| serde_json::from_str::<Value>(d)) else {
-        return refuse(state, (400, 100, None, "Invalid parameter: data must be a JSON array", false));
+    let Some(Ok(Value::Array(events))) =
+        params.get("data").map(|d| serde_json::from_str::<Value>(d))
+    else {
+        return refuse(
+            state,
+            (
+                400,
+                100,
+                None,
+                "Invalid parameter: data must be a JSON array",
+                false,
+            ),
+        );
     };
     if events.is_empty() || events.len() > 1_000 {
-        return refuse(state, (400, 100, None, "Invalid parameter: 1 to 1000 events", false));
+        return refuse(
+            state,
+            (400, 100, None, "Invalid parameter: 1 to 1000 events", false),
+        );
     }
     let mut taken = Vec::new();
     let mut dropped = Vec::new();
     for event in &events {
         let name_ok = event["event_name"].as_str().is_some_and(|n| !n.is_empty());
         let Some(time) = event["event_time"].as_i64() else {
-            return refuse(state, (400, 100, None, "Invalid parameter: event_time", false));
+            return refuse(
+                state,
+                (400, 100, None, "Invalid parameter: event_time", false),
+            );
         };
         if !name_ok || event["action_source"] != "system_generated" {
             return refuse(state, (400, 100, None, "Invalid parameter", false));
         }
         if now - time > 7 * 86_400 {
-            return refuse(state, (400, 100, Some(2_804_003), "Event Timestamp Too Old", false));
+            return refuse(
+                state,
+                (400, 100, Some(2_804_003), "Event Timestamp Too Old", false),
+            );
         }
         let Some(lead_id) = event["user_data"]["lead_id"].as_str() else {
-            return refuse(state, (400, 100, None, "Invalid parameter: user_data.lead_id", false));
+            return refuse(
+                state,
+                (
+                    400,
+                    100,
+                    None,
+                    "Invalid parameter: user_data.lead_id",
+                    false,
+                ),
+            );
         };
-        let Some(created_at) = created(lead_id).filter(|_| !state.refused_leads.contains(lead_id)) else {
+        let Some(created_at) = created(lead_id).filter(|_| !state.refused_leads.contains(lead_id))
+        else {
             return refuse(state, (400, 100, None, "Invalid parameter: lead_id", false));
         };
         let mut kept = event.clone();

@@ -136,12 +136,20 @@ impl Sandbox {
 
     /// Conversions API events taken (dropped ones not included), as sent.
     pub fn conversion_events(&self) -> Vec<Value> {
-        self.state.conversions.lock().map(|c| c.taken.clone()).unwrap_or_default()
+        self.state
+            .conversions
+            .lock()
+            .map(|c| c.taken.clone())
+            .unwrap_or_default()
     }
 
     /// Events Meta took but dropped without a word (dated before their lead).
     pub fn conversion_events_dropped(&self) -> Vec<Value> {
-        self.state.conversions.lock().map(|c| c.dropped.clone()).unwrap_or_default()
+        self.state
+            .conversions
+            .lock()
+            .map(|c| c.dropped.clone())
+            .unwrap_or_default()
     }
 
     /// `(requests taken, requests refused)` by the dataset.

@@ -25,9 +25,19 @@ impl GraphClient {
         if let Some(code) = test_event_code {
             form.push(("test_event_code".to_owned(), code.to_owned()));
         }
-        form.push(("partner_agent".to_owned(), concat!("leadpipe-", env!("CARGO_PKG_VERSION")).to_owned()));
+        form.push((
+            "partner_agent".to_owned(),
+            concat!("leadpipe-", env!("CARGO_PKG_VERSION")).to_owned(),
+        ));
         let body = self
-            .execute(&operation, Method::POST, url, Payload::Form(form), token, &[])
+            .execute(
+                &operation,
+                Method::POST,
+                url,
+                Payload::Form(form),
+                token,
+                &[],
+            )
             .await?;
         #[derive(Deserialize)]
         struct Received {
