@@ -13,6 +13,7 @@ pub mod forward;
 pub mod operate;
 pub mod pipeline;
 pub mod render;
+pub mod stages;
 pub mod status;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +65,10 @@ pub enum Command {
     Redrive(operate::RedriveArgs),
     /// Add lookup keys to leads stored without them, so forget --email/--phone finds them.
     LookupKeys(operate::LookupKeysArgs),
+    /// Queue one lead's stage for Meta's Conversions API (`serve` sends it).
+    Stage(stages::StageArgs),
+    /// Stages in bulk: `stages import FILE.csv`.
+    Stages(stages::StagesArgs),
 }
 
 /// Why a command failed.
@@ -310,6 +315,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Forget(args) => operate::forget(args).await,
         Command::Redrive(args) => operate::redrive(args).await,
         Command::LookupKeys(args) => operate::lookup_keys(args).await,
+        Command::Stage(args) => stages::stage(args).await,
+        Command::Stages(args) => stages::run(args).await,
     }
 }
 

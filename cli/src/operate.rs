@@ -324,6 +324,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
         })?),
     };
     let mut forwards = 0;
+    let mut stages = 0;
     let (moved, left, failed) = match args.target.resolve().await? {
         Target::Local(path) => {
             let db = open_local(&path, args.dry_run)?;
@@ -334,6 +335,8 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
             {
                 forwards = db.outbox_redrive(class, args.dry_run)?;
             }
+            // Stages' dead letters go back to the stage queue (docs/stages.md).
+            stages = db.redrive_stages(class, args.dry_run)?;
             (
                 db.redrive(class.map(DeadLetterClass::as_str), args.dry_run)?,
                 0,
@@ -358,13 +361,16 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"dry_run": args.dry_run, "moved": moved, "forwards": forwards, "left": left, "failed": failed})
+            serde_json::json!({"dry_run": args.dry_run, "moved": moved, "forwards": forwards, "stages": stages, "left": left, "failed": failed})
         );
     } else {
         let verb = if args.dry_run { "would move" } else { "moved" };
         println!("{verb} {moved} dead letter(s) back to the queue; {left} left in the DLQ");
         if forwards > 0 {
             println!("{verb} {forwards} forwarding dead letter(s) back to the outbox");
+        }
+        if stages > 0 {
+            println!("{verb} {stages} refused stage(s) back to the stage queue");
         }
     }
     if failed > 0 {

@@ -107,6 +107,10 @@ pub struct Pipeline {
     tokens: SecretsRefresher<LocalSecrets>,
     webhook: Option<WebhookSecrets>,
     graph: GraphClient,
+    /// The Graph settings, for the Conversions API's own client.
+    graph_config: GraphConfig,
+    /// Stages back to Meta, when a dataset is configured (`CONVERSIONS_DATASET_ID`).
+    stages: Option<leadpipe_core::settings::StagesConfig>,
     tuning: Tuning,
     /// Speed to lead of every lead ingest stored first, for the demo's table.
     latencies: std::sync::Mutex<Vec<leadpipe_core::ingest::LeadLatency>>,
@@ -139,6 +143,7 @@ impl Pipeline {
         tuning: Tuning,
     ) -> Result<Self, CliError> {
         let db = LocalDb::open(db)?;
+        let graph_config = graph.clone();
         let graph = GraphClient::new(graph)?;
         let webhook = WebhookSecrets::try_from(&secrets).ok();
         leadpipe_core::contact::prepare();
@@ -162,6 +167,8 @@ impl Pipeline {
             tokens,
             webhook,
             graph,
+            graph_config,
+            stages: None,
             tuning,
             latencies: std::sync::Mutex::new(Vec::new()),
             forms,
@@ -180,6 +187,31 @@ impl Pipeline {
             self.book.clone(),
         );
         self
+    }
+
+    /// Turns stages on: each new lead's initial stage is queued with it, and
+    /// [`Pipeline::stage_sender`] sends the queued ones.
+    pub fn with_stages(mut self, config: Option<leadpipe_core::settings::StagesConfig>) -> Self {
+        if let Some(config) = &config {
+            self.db.enable_initial_stage(config.initial_stage.clone());
+        }
+        self.stages = config;
+        self
+    }
+
+    /// The sender of queued stages, when stages are on.
+    pub fn stage_sender(&self) -> Result<Option<crate::stages::StageSender>, CliError> {
+        self.stages
+            .as_ref()
+            .map(|config| {
+                crate::stages::StageSender::new(
+                    self.db.clone(),
+                    config,
+                    &self.graph_config,
+                    self.book.clone(),
+                )
+            })
+            .transpose()
     }
 
     /// Forms this process read from Graph (one per new form: the catalog keeps them).
@@ -340,6 +372,7 @@ impl Pipeline {
             .route("/webhook", axum::routing::any(webhook))
             .route("/", axum::routing::any(webhook))
             .route("/health", axum::routing::get(health))
+            .route("/stages", axum::routing::post(post_stages))
             .with_state(state);
         let max = limits.max_connections.clamp(1, u32::MAX as usize);
         let slots = Arc::new(tokio::sync::Semaphore::new(max));
@@ -454,6 +487,37 @@ async fn health(State(http): State<Http>) -> axum::response::Response {
         Ok(Err(reason)) => unavailable(reason),
         Err(_) => unavailable("no answer within 5 s".into()),
     }
+}
+
+async fn post_stages(
+    State(http): State<Http>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> axum::response::Response {
+    let limit = crate::stages::MAX_BODY_BYTES + 1;
+    let body = match tokio::time::timeout(http.body_timeout, axum::body::to_bytes(body, limit))
+        .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                axum::Json(serde_json::json!({"error": "the body is over 1 MiB"})),
+            )
+                .into_response();
+        }
+        Err(_) => return (StatusCode::REQUEST_TIMEOUT, "request body too slow").into_response(),
+    };
+    let pipeline = &http.pipeline;
+    let keys = pipeline.book.current().stage_keys.clone();
+    crate::stages::post_stages(
+        &pipeline.db,
+        &keys,
+        pipeline.stages.is_some(),
+        &headers,
+        &body,
+    )
+    .await
 }
 
 async fn webhook(
@@ -764,7 +828,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         ..Tuning::default()
     };
     let lookup_key = secrets.lookup_key.clone();
-    let mut pipeline = Pipeline::open(&args.db, secrets, tuning)?;
+    let mut pipeline =
+        Pipeline::open(&args.db, secrets, tuning)?.with_stages(crate::stages::settings()?);
     if let Some(path) = &args.secret_file {
         pipeline = pipeline.reread_secret_file(path.clone());
     }
@@ -815,16 +880,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         }
         None => None,
     };
+    let stage_sender = pipeline
+        .stage_sender()?
+        .map(|sender| tokio::spawn(sender.run(stop.clone())));
     let (shutdown, stopping) = tokio::sync::watch::channel(false);
     let server = pipeline.spawn_http(listener, limits, stopping);
     let workers = pipeline.spawn_workers(args.workers as usize, stop.clone());
     tracing::info!(address = %address, db = %args.db.display(), workers = args.workers, "leadpipe serving; webhook at /webhook");
     // A report line, not a duty: a closed stdout must not stop the service.
     let _ = crate::render::print(&format!(
-        "leadpipe serving: webhook at http://{address}/webhook, data in {}, {} ingest worker(s), forwarding {}, backfill {}\n",
+        "leadpipe serving: webhook at http://{address}/webhook, data in {}, {} ingest worker(s), forwarding {}, stages {}, backfill {}\n",
         args.db.display(),
         args.workers,
         forwarding_to(args.forward_to.as_deref()),
+        match &pipeline.stages {
+            Some(config) => format!("to dataset {} (POST /stages)", config.dataset_id),
+            None => "off".to_owned(),
+        },
         if args.backfill_every == 0 {
             "off".to_owned()
         } else {
@@ -887,6 +959,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         futures::future::join(futures::future::join_all(workers), async {
             if let Some(forwarder) = forwarder {
                 let _ = forwarder.await;
+            }
+            if let Some(sender) = stage_sender {
+                let _ = sender.await;
             }
         }),
     )

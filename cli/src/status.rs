@@ -145,6 +145,17 @@ fn advice(need: Need, status: &PipelineStatus, fix: &str) -> String {
                 pages.join(", ")
             )
         }
+        Need::StagesRefused => {
+            let total: u64 = status
+                .stages
+                .iter()
+                .flat_map(|s| &s.refused)
+                .map(|g| g.count)
+                .sum();
+            format!(
+                "{total} stage(s) were refused and never sent to Meta: read their reasons (stages, above), fix the cause, then `leadpipe redrive {fix} --reason-class CLASS`"
+            )
+        }
     }
 }
 
@@ -253,6 +264,27 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
             if let Some(reason) = &h.reason {
                 let _ = writeln!(t, "  {:<20} {}", "", line(&clip(reason, 56)));
             }
+        }
+    }
+    if let Some(stages) = status
+        .stages
+        .as_ref()
+        .filter(|s| s.queued + s.sent > 0 || !s.refused.is_empty())
+    {
+        let refused: u64 = stages.refused.iter().map(|g| g.count).sum();
+        let _ = writeln!(
+            t,
+            "stages         {} queued, {} sent to Meta, {refused} refused",
+            stages.queued, stages.sent
+        );
+        for g in &stages.refused {
+            let _ = writeln!(t, "  {:<12} {:>6}", line(&g.reason_class), g.count);
+            let _ = writeln!(
+                t,
+                "  {:<12} newest: {}",
+                "",
+                line(&clip(&g.newest_reason, 60))
+            );
         }
     }
     if status.needs_a_person.is_empty() {

@@ -16,7 +16,38 @@ fn age_seconds(since_ms: Option<i64>) -> Option<u64> {
     since_ms.map(|at| (now_unix_ms().saturating_sub(at).max(0) / 1000) as u64)
 }
 
+impl LocalDb {
+    fn stage_facts(&self) -> Result<leadpipe_core::status::StageFacts, LocalError> {
+        let counts = self.stage_counts()?;
+        let letters = self.stage_dead_letters()?;
+        let refused = counts
+            .refused
+            .iter()
+            .map(|(class, n)| DeadLetterGroup {
+                reason_class: class.clone(),
+                count: *n as u64,
+                newest_reason: letters
+                    .iter()
+                    .rev()
+                    .find(|(_, c, _)| c == class)
+                    .map(|(_, _, reason)| reason.clone())
+                    .unwrap_or_default(),
+                newest_at: None,
+            })
+            .collect();
+        Ok(leadpipe_core::status::StageFacts {
+            queued: counts.queued as u64,
+            sent: counts.sent as u64,
+            refused,
+        })
+    }
+}
+
 impl StatusSource for LocalDb {
+    async fn stages(&self) -> Result<Option<leadpipe_core::status::StageFacts>, StoreError> {
+        self.stage_facts().map(Some).map_err(unavailable)
+    }
+
     async fn queue(&self) -> Result<Option<QueueFacts>, StoreError> {
         let now = now_unix_ms();
         self.with(|conn| {

@@ -10,4 +10,5 @@ mod operate;
 mod person;
 mod serve_edges;
 mod serve_kill;
+mod stages;
 mod support;

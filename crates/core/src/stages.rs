@@ -625,6 +625,15 @@ where
                 for (index, _) in group {
                     outcomes[*index] = Some(StageOutcome::Sent);
                 }
+                // Recorded per request, at once: a crash loses at most this request's
+                // record, and Meta's event id makes its repeat one event.
+                let sent: Vec<StageChange> = group
+                    .iter()
+                    .map(|(index, _)| stages[*index].clone())
+                    .collect();
+                if let Err(e) = ledger.record_sent(&sent, now).await {
+                    tracing::warn!(stages = sent.len(), error = %e, "sent stages could not be recorded");
+                }
             }
             Err(e) => {
                 use leadpipe_graph::ErrorClass as G;
@@ -669,18 +678,6 @@ where
                 }
             }
         }
-    }
-    let sent: Vec<StageChange> = stages
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| matches!(o, Some(StageOutcome::Sent)))
-        .map(|(s, _)| s.clone())
-        .collect();
-    if !sent.is_empty()
-        && let Err(e) = ledger.record_sent(&sent, now).await
-    {
-        // Meta has them; the next try is deduplicated by event id. Said, not hidden.
-        tracing::warn!(stages = sent.len(), error = %e, "sent stages could not be recorded");
     }
     let outcomes: Vec<StageOutcome> = outcomes
         .into_iter()

@@ -90,6 +90,18 @@ pub struct ForwardingFacts {
     pub newest_dead_reason: Option<String>,
 }
 
+/// Stages back to Meta (docs/stages.md): queued, sent, and refused by class.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StageFacts {
+    /// Waiting to be sent.
+    pub queued: u64,
+    /// Taken by Meta.
+    pub sent: u64,
+    /// Refused (dead letters), by class, the largest first; `redrive --reason-class`
+    /// brings them back.
+    pub refused: Vec<DeadLetterGroup>,
+}
+
 /// A page token's health with the command that fixes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PageTokenStatus {
@@ -114,6 +126,8 @@ pub enum Need {
     ForwardingStuck,
     /// A page's token is invalid, expiring soon, or may not read the page's leads.
     PageTokens,
+    /// Stages were refused and never sent (their dead letters say why).
+    StagesRefused,
 }
 
 /// The verdict.
@@ -144,6 +158,8 @@ pub struct PipelineStatus {
     pub forwarding: Option<ForwardingFacts>,
     /// Each page token's health as the last backfill run found it, with what fixes it.
     pub page_tokens: Option<Vec<PageTokenStatus>>,
+    /// Stages back to Meta.
+    pub stages: Option<StageFacts>,
     /// What a person must act on; empty when all is well.
     pub needs_a_person: Vec<Need>,
     /// `ok` or `needs_a_person`.
@@ -180,6 +196,10 @@ pub trait StatusSource {
         &self,
     ) -> impl Future<Output = Result<Option<Vec<crate::tokens::PageTokenHealth>>, StoreError>> + Send
     {
+        async { Ok(None) }
+    }
+    /// Stages back to Meta.
+    fn stages(&self) -> impl Future<Output = Result<Option<StageFacts>, StoreError>> + Send {
         async { Ok(None) }
     }
     /// The forms catalog's names, by form id (status shows names beside ids).
@@ -241,6 +261,14 @@ pub async fn pipeline_status<S: StatusSource>(
             .collect()
     });
 
+    let mut stages = source.stages().await?;
+    if let Some(stages) = &mut stages {
+        stages.refused.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.reason_class.cmp(&b.reason_class))
+        });
+    }
     let stuck = |age: Option<u64>| age.is_some_and(|a| a > STUCK_AFTER.as_secs());
     let mut needs = Vec::new();
     if dead_letters.iter().flatten().any(|g| g.count > 0) {
@@ -265,6 +293,9 @@ pub async fn pipeline_status<S: StatusSource>(
     {
         needs.push(Need::PageTokens);
     }
+    if stages.iter().any(|s| s.refused.iter().any(|g| g.count > 0)) {
+        needs.push(Need::StagesRefused);
+    }
     Ok(PipelineStatus {
         target,
         queue,
@@ -273,6 +304,7 @@ pub async fn pipeline_status<S: StatusSource>(
         leads_per_form,
         forwarding,
         page_tokens,
+        stages,
         verdict: if needs.is_empty() {
             Verdict::Ok
         } else {

@@ -26,6 +26,11 @@ pub(crate) struct ConversionsState {
     pub(crate) refused_leads: HashSet<String>,
     /// Requests still to answer with a transient 500.
     pub(crate) transient: u32,
+    /// `(event_id, event_name)` taken: Meta keeps the first and drops a repeat
+    /// (CA/parameters/server-event, "Dedupe").
+    pub(crate) seen: HashSet<(String, String)>,
+    /// Repeats dropped that way.
+    pub(crate) deduplicated: u64,
 }
 
 /// A refusal as Meta words it: `(status, code, subcode, message, transient)`.
@@ -124,6 +129,14 @@ pub(crate) fn receive(
         if let Some(code) = params.get("test_event_code") {
             kept["test_event_code"] = json!(code);
         }
+        let key = (
+            event["event_id"].as_str().unwrap_or_default().to_owned(),
+            event["event_name"].as_str().unwrap_or_default().to_owned(),
+        );
+        if !key.0.is_empty() && state.seen.contains(&key) {
+            state.deduplicated += 1;
+            continue;
+        }
         if time < created_at {
             dropped.push(kept);
         } else {
@@ -131,6 +144,11 @@ pub(crate) fn receive(
         }
     }
     state.accepted_requests += 1;
+    for event in &taken {
+        if let (Some(id), Some(name)) = (event["event_id"].as_str(), event["event_name"].as_str()) {
+            state.seen.insert((id.to_owned(), name.to_owned()));
+        }
+    }
     let received = events.len();
     state.taken.extend(taken);
     state.dropped.extend(dropped);

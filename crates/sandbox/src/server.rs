@@ -161,6 +161,15 @@ impl Sandbox {
             .unwrap_or_default()
     }
 
+    /// Repeats of an `(event_id, event_name)` already taken, dropped as Meta drops them.
+    pub fn conversion_events_deduplicated(&self) -> u64 {
+        self.state
+            .conversions
+            .lock()
+            .map(|c| c.deduplicated)
+            .unwrap_or_default()
+    }
+
     /// From now on Meta refuses any request with an event for `lead_id`.
     pub fn refuse_lead_in_events(&self, lead_id: &str) {
         if let Ok(mut c) = self.state.conversions.lock() {

@@ -1,0 +1,418 @@
+//! Stages back to Meta, locally (docs/stages.md): `serve`'s `POST /stages` and its sender,
+//! `leadpipe stage` and `leadpipe stages import`. The rules are core's (`leadpipe_core::stages`);
+//! the queue, ledger and dead letters are the SQLite file's `stages` table.
+
+use crate::CliError;
+use crate::operate::{Target, TargetArgs};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use leadpipe_core::settings::{Env, StagesConfig};
+use leadpipe_core::stages::{self, StageChange, StageName, StageOutcome};
+use leadpipe_graph_source::GraphConversions;
+use leadpipe_local::LocalDb;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How long a claimed stage stays hidden: a `kill -9` mid-send leaves it due after this.
+const LEASE: Duration = Duration::from_secs(60);
+/// A `POST /stages` body at most (docs/stages.md).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Sends the file's due stages to the Conversions API until stopped.
+pub struct StageSender {
+    db: LocalDb,
+    api: GraphConversions,
+    settings: leadpipe_core::stages::StageSettings,
+}
+
+impl StageSender {
+    /// A sender over `db` to the dataset of `config`, with the tokens of `book`.
+    pub fn new(
+        db: LocalDb,
+        config: &StagesConfig,
+        graph: &leadpipe_graph::GraphConfig,
+        book: leadpipe_core::tokens::TokenBook,
+    ) -> Result<Self, CliError> {
+        let client = leadpipe_graph_source::conversions_client(graph)?;
+        Ok(Self {
+            db,
+            api: GraphConversions::new(
+                client,
+                book,
+                config.dataset_id.clone(),
+                config.test_event_code.clone(),
+            ),
+            settings: config.rules(),
+        })
+    }
+
+    /// One round: the due stages, sent; what became of each, written. Returns the report.
+    pub async fn send_due(&self) -> Result<stages::StagesReport, CliError> {
+        let claimed = self
+            .db
+            .claim_stages(self.settings.events_per_request * 5, LEASE)?;
+        if claimed.is_empty() {
+            return Ok(stages::StagesReport::default());
+        }
+        let batch: Vec<StageChange> = claimed.iter().map(|c| c.stage.clone()).collect();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let (outcomes, report) =
+            stages::send_stages(&self.db, &self.db, &self.api, &self.settings, &batch, now).await;
+        self.db.stages_done(&claimed, &outcomes)?;
+        for (claim, outcome) in claimed.iter().zip(&outcomes) {
+            if let StageOutcome::Refused(refusal) = outcome {
+                // Ids and the class, never the stage's name or value.
+                tracing::warn!(lead_id = %claim.stage.lead_id, event_id = %claim.event_id, class = %refusal.class, reason = %refusal.reason, "stage refused");
+            }
+        }
+        tracing::info!(
+            sent = report.sent,
+            already_sent = report.already_sent,
+            refused = report.refused_total(),
+            retried = report.retried,
+            requests = report.requests,
+            "stages sent to the Conversions API"
+        );
+        Ok(report)
+    }
+
+    /// Rounds until `stop`; a quiet file is looked at twice a second.
+    pub async fn run(self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            match self.send_due().await {
+                Ok(report) if report == stages::StagesReport::default() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "stages could not be sent");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+}
+
+/// `POST /stages`: the key, then the body item by item; 202 once every good stage is
+/// committed to the file.
+pub async fn post_stages(
+    db: &LocalDb,
+    keys: &[secrecy::SecretString],
+    enabled: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> axum::response::Response {
+    let json =
+        |status: StatusCode, value: serde_json::Value| (status, axum::Json(value)).into_response();
+    if keys.is_empty() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "stages are off: the secret has no stage_keys"}),
+        );
+    }
+    let given = headers
+        .get("x-leadpipe-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !stages::key_matches(given, keys) {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "X-Leadpipe-Key is missing or not one of the secret's stage_keys"}),
+        );
+    }
+    if !enabled {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "stages are off: set CONVERSIONS_DATASET_ID"}),
+        );
+    }
+    if body.len() > MAX_BODY_BYTES {
+        return json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            serde_json::json!({"error": "the body is over 1 MiB"}),
+        );
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let read = match stages::read_stages_body(body, now) {
+        Ok(read) => read,
+        Err(why) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"accepted": 0, "error": why.to_string()}),
+            );
+        }
+    };
+    if !read.stages.is_empty()
+        && let Err(err) = db.queue_stages(&read.stages)
+    {
+        tracing::error!(error = %err, stages = read.stages.len(), "stages could not be queued");
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"accepted": 0, "error": "the stages could not be stored: try again"}),
+        );
+    }
+    let accepted = read.stages.len();
+    if read.refused.is_empty() {
+        return json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({"accepted": accepted}),
+        );
+    }
+    let refused: Vec<serde_json::Value> = read
+        .refused
+        .iter()
+        .map(|(index, why)| serde_json::json!({"index": index, "reason": why.to_string()}))
+        .collect();
+    json(
+        StatusCode::BAD_REQUEST,
+        serde_json::json!({"accepted": accepted, "refused": refused}),
+    )
+}
+
+/// Arguments of `leadpipe stage`.
+#[derive(Debug, clap::Args)]
+pub struct StageArgs {
+    /// Where.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The lead's id.
+    #[arg(long)]
+    pub lead: String,
+    /// The stage it reached (`Qualified`, `Converted`, ...).
+    #[arg(long)]
+    pub stage: String,
+    /// When (default now): unix seconds, RFC 3339, a date or a span back (`2h`).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// The stage's value (with --currency).
+    #[arg(long, requires = "currency")]
+    pub value: Option<f64>,
+    /// ISO 4217 currency of --value.
+    #[arg(long)]
+    pub currency: Option<String>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `leadpipe stages`.
+#[derive(Debug, clap::Args)]
+pub struct StagesArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: StagesCommand,
+}
+
+/// `leadpipe stages ...`.
+#[derive(Debug, clap::Subcommand)]
+pub enum StagesCommand {
+    /// Queue the stages of a CSV file (`lead_id,stage,stage_time`), a result per row.
+    Import(ImportArgs),
+}
+
+/// Arguments of `leadpipe stages import`.
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// Where.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The CSV file: a header row with `lead_id`, `stage`, `stage_time` (and optional
+    /// `value`, `currency`).
+    pub file: std::path::PathBuf,
+    /// Check every row; queue nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON line per row refused and a summary object, on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn local(target: &TargetArgs) -> impl std::future::Future<Output = Result<LocalDb, CliError>> + '_ {
+    async move {
+        match target.resolve().await? {
+            Target::Local(path) => Ok(LocalDb::open_existing(&path)?),
+            Target::Aws(..) => Err(CliError::Settings(
+                "stages on the stack come in as `Lead Stage Changed` events or POST /stages (docs/stages.md); this command queues into a local file: use --db".into(),
+            )),
+        }
+    }
+}
+
+/// `leadpipe stage`: one stage queued (sent by `serve`).
+pub async fn stage(args: StageArgs) -> Result<(), CliError> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let at = match &args.at {
+        None => now,
+        Some(text) => leadpipe_core::when::parse_time(text, now).ok_or_else(|| {
+            CliError::Settings(format!(
+                "--at is not a time: use {}",
+                leadpipe_core::when::ACCEPTED
+            ))
+        })?,
+    };
+    let name =
+        StageName::parse(&args.stage).map_err(|e| CliError::Settings(format!("--stage: {e}")))?;
+    let stage = StageChange::new(
+        args.lead.trim().to_owned(),
+        name,
+        at,
+        args.value,
+        args.currency.as_deref(),
+        now,
+    )
+    .map_err(|e| CliError::Settings(e.to_string()))?;
+    let db = local(&args.target).await?;
+    let queued = db.queue_stages(std::slice::from_ref(&stage))?;
+    if args.json {
+        crate::render::print(&format!(
+            "{}\n",
+            serde_json::json!({"lead_id": stage.lead_id, "event_id": stage.event_id(), "queued": queued.queued == 1})
+        ))?;
+    } else if queued.queued == 1 {
+        crate::render::print(&format!(
+            "queued: lead {} at {}; `leadpipe serve` sends it (status shows it)\n",
+            stage.lead_id,
+            crate::render::unix_time(stage.stage_time)
+        ))?;
+    } else {
+        crate::render::print(&format!(
+            "lead {}: this stage is queued or sent already (one event per lead and stage)\n",
+            stage.lead_id
+        ))?;
+    }
+    Ok(())
+}
+
+/// `leadpipe stages ...`.
+pub async fn run(args: StagesArgs) -> Result<(), CliError> {
+    match args.command {
+        StagesCommand::Import(args) => import(args).await,
+    }
+}
+
+/// Rows queued per transaction: one fsync per chunk, not per row.
+const IMPORT_CHUNK: usize = 1_000;
+
+async fn import(args: ImportArgs) -> Result<(), CliError> {
+    let db = local(&args.target).await?;
+    let file = std::fs::File::open(&args.file)
+        .map_err(|e| CliError::Settings(format!("{} cannot be read: {e}", args.file.display())))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(file);
+    let headers = reader
+        .headers()
+        .map_err(|e| CliError::Settings(format!("{}: no header row ({e})", args.file.display())))?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(lead_col), Some(stage_col), Some(time_col)) =
+        (column("lead_id"), column("stage"), column("stage_time"))
+    else {
+        return Err(CliError::Settings(format!(
+            "{}: the header row must name lead_id, stage and stage_time",
+            args.file.display()
+        )));
+    };
+    let (value_col, currency_col) = (column("value"), column("currency"));
+    let progress = if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(size)
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut chunk = Vec::with_capacity(IMPORT_CHUNK);
+    let (mut rows, mut queued, mut already, mut refused) = (0u64, 0u64, 0u64, 0u64);
+    let mut record = csv::StringRecord::new();
+    loop {
+        let more = reader
+            .read_record(&mut record)
+            .map_err(|e| CliError::Settings(format!("{}: {e}", args.file.display())))?;
+        if more {
+            rows += 1;
+            // Row numbers as a spreadsheet shows them: the header is row 1.
+            let row = rows + 1;
+            let field =
+                |col: Option<usize>| col.and_then(|c| record.get(c)).filter(|v| !v.is_empty());
+            let parsed = (|| {
+                let name = StageName::parse(field(Some(stage_col)).unwrap_or_default())?;
+                let at = stages::parse_stage_time(field(Some(time_col)).unwrap_or_default())?;
+                let value = match field(value_col) {
+                    None => None,
+                    Some(v) => Some(
+                        v.parse::<f64>()
+                            .map_err(|_| stages::StageInputError::Value)?,
+                    ),
+                };
+                StageChange::new(
+                    field(Some(lead_col)).unwrap_or_default().to_owned(),
+                    name,
+                    at,
+                    value,
+                    field(currency_col),
+                    now,
+                )
+            })();
+            match parsed {
+                Ok(stage) => chunk.push(stage),
+                Err(why) => {
+                    refused += 1;
+                    let line = if args.json {
+                        serde_json::json!({"row": row, "refused": why.to_string()}).to_string()
+                    } else {
+                        format!("row {row}: refused: {why}")
+                    };
+                    progress.suspend(|| crate::render::print(&format!("{line}\n")))?;
+                }
+            }
+            progress.set_position(reader.position().byte());
+        }
+        if chunk.len() >= IMPORT_CHUNK || (!more && !chunk.is_empty()) {
+            if args.dry_run {
+                queued += chunk.len() as u64;
+            } else {
+                let done = db.queue_stages(&chunk)?;
+                queued += done.queued as u64;
+                already += done.already as u64;
+            }
+            chunk.clear();
+            progress.set_message(format!("{queued} queued"));
+        }
+        if !more {
+            break;
+        }
+    }
+    progress.finish_and_clear();
+    let verb = if args.dry_run {
+        "would queue"
+    } else {
+        "queued"
+    };
+    if args.json {
+        crate::render::print(&format!(
+            "{}\n",
+            serde_json::json!({"rows": rows, "queued": queued, "already": already, "refused": refused, "dry_run": args.dry_run})
+        ))?;
+    } else {
+        crate::render::print(&format!(
+            "{rows} row(s): {verb} {queued}, {already} queued or sent already, {refused} refused\n"
+        ))?;
+    }
+    if refused > 0 {
+        return Err(CliError::Failed(format!(
+            "{refused} row(s) refused: see the lines above"
+        )));
+    }
+    Ok(())
+}
+
+/// The stage settings of the environment, for `serve` and `demo`.
+pub fn settings() -> Result<Option<StagesConfig>, CliError> {
+    Ok(Env::process().stages()?)
+}
