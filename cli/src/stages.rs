@@ -228,14 +228,12 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-fn local(target: &TargetArgs) -> impl std::future::Future<Output = Result<LocalDb, CliError>> + '_ {
-    async move {
-        match target.resolve().await? {
-            Target::Local(path) => Ok(LocalDb::open_existing(&path)?),
-            Target::Aws(..) => Err(CliError::Settings(
-                "stages on the stack come in as `Lead Stage Changed` events or POST /stages (docs/stages.md); this command queues into a local file: use --db".into(),
-            )),
-        }
+async fn local(target: &TargetArgs) -> Result<LocalDb, CliError> {
+    match target.resolve().await? {
+        Target::Local(path) => Ok(LocalDb::open_existing(&path)?),
+        Target::Aws(..) => Err(CliError::Settings(
+            "stages on the stack come in as `Lead Stage Changed` events or POST /stages (docs/stages.md); this command queues into a local file: use --db".into(),
+        )),
     }
 }
 

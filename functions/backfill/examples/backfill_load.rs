@@ -155,6 +155,8 @@ async fn main() {
         app_secret: SecretString::from("bench-secret"),
         verify_token: None,
         lookup_key: None,
+        conversions_token: None,
+        stage_keys: Vec::new(),
         access_token: None,
         page_tokens: BTreeMap::from([("7001".to_owned(), SecretString::from("bench-token"))]),
     };

@@ -54,6 +54,8 @@ fn source(graph: &wiremock::MockServer) -> GraphBackfillSource {
         app_secret: SecretString::from(APP_SECRET),
         verify_token: None,
         lookup_key: None,
+        conversions_token: None,
+        stage_keys: Vec::new(),
         access_token: None,
         page_tokens: BTreeMap::from([
             (PAGE_A.to_owned(), SecretString::from(TOKEN_A)),

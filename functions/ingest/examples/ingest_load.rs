@@ -74,6 +74,8 @@ async fn main() {
         app_secret: SecretString::from("bench-secret"),
         verify_token: None,
         lookup_key: None,
+        conversions_token: None,
+        stage_keys: Vec::new(),
         access_token: Some(SecretString::from("bench-token")),
         page_tokens: BTreeMap::new(),
     };

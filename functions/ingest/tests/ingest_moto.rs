@@ -22,6 +22,8 @@ fn secrets() -> AppSecrets {
         app_secret: SecretString::from(APP_SECRET),
         verify_token: None,
         lookup_key: None,
+        conversions_token: None,
+        stage_keys: Vec::new(),
         access_token: Some(SecretString::from(ACCESS_TOKEN)),
         page_tokens: BTreeMap::new(),
     }
