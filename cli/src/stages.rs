@@ -17,7 +17,7 @@ use std::time::Duration;
 /// How long a claimed stage stays hidden: a `kill -9` mid-send leaves it due after this.
 const LEASE: Duration = Duration::from_secs(60);
 /// A `POST /stages` body at most (docs/stages.md).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+pub const MAX_BODY_BYTES: usize = stages::MAX_BODY_BYTES;
 
 /// Sends the file's due stages to the Conversions API until stopped.
 pub struct StageSender {
@@ -94,8 +94,7 @@ impl StageSender {
     }
 }
 
-/// `POST /stages`: the key, then the body item by item; 202 once every good stage is
-/// committed to the file.
+/// `POST /stages`, as core answers it (`leadpipe_core::stages::accept_stages`).
 pub async fn post_stages(
     db: &LocalDb,
     keys: &[secrecy::SecretString],
@@ -103,71 +102,11 @@ pub async fn post_stages(
     headers: &HeaderMap,
     body: &[u8],
 ) -> axum::response::Response {
-    let json =
-        |status: StatusCode, value: serde_json::Value| (status, axum::Json(value)).into_response();
-    if keys.is_empty() {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": "stages are off: the secret has no stage_keys"}),
-        );
-    }
-    let given = headers
-        .get("x-leadpipe-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !stages::key_matches(given, keys) {
-        return json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "X-Leadpipe-Key is missing or not one of the secret's stage_keys"}),
-        );
-    }
-    if !enabled {
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"error": "stages are off: set CONVERSIONS_DATASET_ID"}),
-        );
-    }
-    if body.len() > MAX_BODY_BYTES {
-        return json(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            serde_json::json!({"error": "the body is over 1 MiB"}),
-        );
-    }
+    let given = headers.get("x-leadpipe-key").and_then(|v| v.to_str().ok());
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let read = match stages::read_stages_body(body, now) {
-        Ok(read) => read,
-        Err(why) => {
-            return json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"accepted": 0, "error": why.to_string()}),
-            );
-        }
-    };
-    if !read.stages.is_empty()
-        && let Err(err) = db.queue_stages(&read.stages)
-    {
-        tracing::error!(error = %err, stages = read.stages.len(), "stages could not be queued");
-        return json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            serde_json::json!({"accepted": 0, "error": "the stages could not be stored: try again"}),
-        );
-    }
-    let accepted = read.stages.len();
-    if read.refused.is_empty() {
-        return json(
-            StatusCode::ACCEPTED,
-            serde_json::json!({"accepted": accepted}),
-        );
-    }
-    let refused: Vec<serde_json::Value> = read
-        .refused
-        .iter()
-        .map(|(index, why)| serde_json::json!({"index": index, "reason": why.to_string()}))
-        .collect();
-    json(
-        StatusCode::BAD_REQUEST,
-        serde_json::json!({"accepted": accepted, "refused": refused}),
-    )
+    let answer = stages::accept_stages(enabled.then_some(db), keys, given, body, now).await;
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, axum::Json(answer.body)).into_response()
 }
 
 /// Arguments of `leadpipe stage`.

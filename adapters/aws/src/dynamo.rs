@@ -113,7 +113,7 @@ pub use leadpipe_core::record::contract_time;
 
 use leadpipe_core::readable::{Answer, Contact, Readable};
 
-fn s(value: impl Into<String>) -> AttributeValue {
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
     AttributeValue::S(value.into())
 }
 
@@ -514,7 +514,7 @@ async fn state_items<T: serde::de::DeserializeOwned>(
     }
 }
 
-fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
+pub(crate) fn store_error<E, R>(err: &aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,

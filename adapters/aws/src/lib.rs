@@ -14,6 +14,7 @@ pub mod secrets;
 pub mod sqs;
 #[cfg(feature = "operator")]
 pub mod stack;
+pub mod stages;
 #[cfg(feature = "operator")]
 pub mod status;
 
@@ -26,6 +27,7 @@ pub use dynamo::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore};
 pub use events::EventBridgePublisher;
 pub use secrets::{SecretReloader, load_secrets};
 pub use sqs::{SqsEventQueue, SqsQueueControl};
+pub use stages::DynamoStages;
 
 /// The SDK configuration from the environment, loaded once per process.
 pub async fn sdk_config() -> aws_config::SdkConfig {

@@ -41,17 +41,9 @@ impl SqsEventQueue {
         }
     }
 
-    /// Sends one chunk (at most ten events), resending entries SQS reports failed.
-    async fn send_chunk(&self, chunk: &[LeadEvent]) -> Result<(), QueueError> {
-        let mut pending: Vec<(usize, String)> = Vec::with_capacity(chunk.len());
-        for (index, event) in chunk.iter().enumerate() {
-            let body = event.to_message_body().map_err(|e| QueueError::Rejected {
-                failed: chunk.len(),
-                total: chunk.len(),
-                reason: format!("event could not be serialized: {e}"),
-            })?;
-            pending.push((index, body));
-        }
+    /// Sends one chunk (at most ten bodies), resending entries SQS reports failed.
+    async fn send_chunk(&self, chunk: &[String]) -> Result<(), QueueError> {
+        let mut pending: Vec<(usize, String)> = chunk.iter().cloned().enumerate().collect();
         let mut last_reason = String::new();
         for attempt in 0..ENTRY_ATTEMPTS {
             if attempt > 0 {
@@ -110,12 +102,12 @@ impl SqsEventQueue {
     }
 }
 
-impl EventQueue for SqsEventQueue {
-    async fn enqueue(&self, events: &[LeadEvent]) -> Result<(), QueueError> {
-        // Chunks go out concurrently, at most MAX_CONCURRENT_SENDS at a time: a 100-change
-        // post costs about two round trips, not ten, and a huge one stays bounded.
+impl SqsEventQueue {
+    /// Sends every body, chunks concurrently, at most MAX_CONCURRENT_SENDS at a time: a
+    /// 100-change post costs about two round trips, not ten, and a huge one stays bounded.
+    async fn send_all(&self, bodies: &[String]) -> Result<(), QueueError> {
         let permits = tokio::sync::Semaphore::new(MAX_CONCURRENT_SENDS);
-        let results = futures::future::join_all(events.chunks(SQS_BATCH_LIMIT).map(|chunk| {
+        let results = futures::future::join_all(bodies.chunks(SQS_BATCH_LIMIT).map(|chunk| {
             let permits = &permits;
             async move {
                 // The semaphore is never closed, so a permit always comes.
@@ -126,7 +118,7 @@ impl EventQueue for SqsEventQueue {
         .await;
         let mut failed = 0;
         let mut first_error = None;
-        for (result, chunk) in results.into_iter().zip(events.chunks(SQS_BATCH_LIMIT)) {
+        for (result, chunk) in results.into_iter().zip(bodies.chunks(SQS_BATCH_LIMIT)) {
             if let Err(err) = result {
                 failed += match &err {
                     QueueError::Rejected { failed, .. } => *failed,
@@ -137,20 +129,46 @@ impl EventQueue for SqsEventQueue {
         }
         match first_error {
             None => Ok(()),
-            Some(QueueError::Unavailable(reason)) if failed == events.len() => {
+            Some(QueueError::Unavailable(reason)) if failed == bodies.len() => {
                 Err(QueueError::Unavailable(reason))
             }
             Some(QueueError::Unavailable(cause)) => Err(QueueError::Rejected {
                 failed,
-                total: events.len(),
+                total: bodies.len(),
                 reason: cause.to_string(),
             }),
             Some(QueueError::Rejected { reason, .. }) => Err(QueueError::Rejected {
                 failed,
-                total: events.len(),
+                total: bodies.len(),
                 reason,
             }),
         }
+    }
+}
+
+impl EventQueue for SqsEventQueue {
+    async fn enqueue(&self, events: &[LeadEvent]) -> Result<(), QueueError> {
+        let mut bodies = Vec::with_capacity(events.len());
+        for event in events {
+            bodies.push(event.to_message_body().map_err(|e| QueueError::Rejected {
+                failed: events.len(),
+                total: events.len(),
+                reason: format!("event could not be serialized: {e}"),
+            })?);
+        }
+        self.send_all(&bodies).await
+    }
+}
+
+/// The stack's stage queue (`STAGES_QUEUE_URL`): `POST /stages` and deliver's initial
+/// stages, one message per stage (core's `StageChange` JSON).
+impl leadpipe_core::stages::StageQueue for SqsEventQueue {
+    async fn queue_stages(
+        &self,
+        stages: &[leadpipe_core::stages::StageChange],
+    ) -> Result<(), QueueError> {
+        let bodies: Vec<String> = stages.iter().map(|s| s.to_json()).collect();
+        self.send_all(&bodies).await
     }
 }
 

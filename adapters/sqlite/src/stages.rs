@@ -239,6 +239,17 @@ impl LocalDb {
     }
 }
 
+impl leadpipe_core::stages::StageQueue for LocalDb {
+    async fn queue_stages(
+        &self,
+        stages: &[StageChange],
+    ) -> Result<(), leadpipe_core::ports::QueueError> {
+        LocalDb::queue_stages(self, stages)
+            .map(|_| ())
+            .map_err(|e| leadpipe_core::ports::QueueError::Unavailable(Cause::from_error(e)))
+    }
+}
+
 impl StageLeads for LocalDb {
     async fn stage_leads(
         &self,

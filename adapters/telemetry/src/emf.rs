@@ -114,6 +114,19 @@ pub fn emit_graph_errors<'a>(by_class: impl IntoIterator<Item = (&'a str, u64)>)
     }
 }
 
+/// Writes one EMF line per refused stage class with its count (`StagesRefused` by
+/// `ReasonClass`; the total is in [`emit`]'s line, without the class).
+pub fn emit_refused_stages<'a>(by_class: impl IntoIterator<Item = (&'a str, u64)>) {
+    let function = function_name();
+    for (class, n) in by_class {
+        write(emf_line(
+            &[("Function", &function), ("ReasonClass", class)],
+            &[("StagesRefused", n)],
+            now_ms(),
+        ));
+    }
+}
+
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

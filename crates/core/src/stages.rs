@@ -295,6 +295,105 @@ pub fn key_matches(given: &str, keys: &[secrecy::SecretString]) -> bool {
     found.into()
 }
 
+/// Where accepted stages wait to be sent: the SQLite file's `stages` table, or the stack's
+/// stage queue.
+pub trait StageQueue: Send + Sync {
+    /// Queues every stage durably, or fails (then some may be queued: a repeat is one
+    /// event).
+    fn queue_stages(
+        &self,
+        stages: &[StageChange],
+    ) -> impl Future<Output = Result<(), crate::ports::QueueError>> + Send;
+}
+
+/// `POST /stages`' answer: status and JSON body (docs/stages.md, "In, over HTTPS").
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagesAnswer {
+    /// 202, 400, 401, 413 or 503.
+    pub status: u16,
+    /// The JSON body.
+    pub body: serde_json::Value,
+    /// Stages queued.
+    pub accepted: usize,
+}
+
+/// `POST /stages`, on `serve` and on the stack's Function URL alike: the key (constant
+/// time, any of `keys`), then the body item by item; 202 only once every good stage is
+/// queued, 400 with a reason per refused item (the good ones still queued).
+pub async fn accept_stages<Q: StageQueue>(
+    queue: Option<&Q>,
+    keys: &[secrecy::SecretString],
+    given_key: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> StagesAnswer {
+    let answer = |status: u16, body: serde_json::Value| StagesAnswer {
+        status,
+        body,
+        accepted: 0,
+    };
+    if keys.is_empty() {
+        return answer(
+            503,
+            serde_json::json!({"error": "stages are off: the secret has no stage_keys"}),
+        );
+    }
+    if !key_matches(given_key.unwrap_or_default(), keys) {
+        return answer(
+            401,
+            serde_json::json!({"error": "X-Leadpipe-Key is missing or not one of the secret's stage_keys"}),
+        );
+    }
+    let Some(queue) = queue else {
+        return answer(
+            503,
+            serde_json::json!({"error": "stages are off: no Conversions API dataset is configured (CONVERSIONS_DATASET_ID)"}),
+        );
+    };
+    if body.len() > MAX_BODY_BYTES {
+        return answer(413, serde_json::json!({"error": "the body is over 1 MiB"}));
+    }
+    let read = match read_stages_body(body, now) {
+        Ok(read) => read,
+        Err(why) => {
+            return answer(
+                400,
+                serde_json::json!({"accepted": 0, "error": why.to_string()}),
+            );
+        }
+    };
+    if !read.stages.is_empty()
+        && let Err(err) = queue.queue_stages(&read.stages).await
+    {
+        tracing::error!(error = %err, stages = read.stages.len(), "stages could not be queued");
+        return answer(
+            503,
+            serde_json::json!({"accepted": 0, "error": "the stages could not be queued: send them again"}),
+        );
+    }
+    let accepted = read.stages.len();
+    if read.refused.is_empty() {
+        return StagesAnswer {
+            status: 202,
+            body: serde_json::json!({"accepted": accepted}),
+            accepted,
+        };
+    }
+    let refused: Vec<serde_json::Value> = read
+        .refused
+        .iter()
+        .map(|(index, why)| serde_json::json!({"index": index, "reason": why.to_string()}))
+        .collect();
+    StagesAnswer {
+        status: 400,
+        body: serde_json::json!({"accepted": accepted, "refused": refused}),
+        accepted,
+    }
+}
+
+/// A `POST /stages` body at most.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
 /// What the store knows of a lead that a stage needs: when it was created and the contact
 /// to hash.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -690,6 +789,156 @@ where
         .collect();
     report.count(&outcomes);
     (outcomes, report)
+}
+
+/// The `detail-type` of a stage on the stack's bus.
+pub const STAGE_DETAIL_TYPE: &str = "Lead Stage Changed";
+
+/// One stage queue message: an EventBridge event of [`STAGE_DETAIL_TYPE`] as the rule
+/// delivers it (the whole envelope, the stage in `detail`), or a stage as `POST /stages`
+/// and deliver queue it (the stage itself).
+pub fn read_stage_message(body: &str, now: i64) -> Result<StageChange, StageInputError> {
+    let value: serde_json::Value =
+        serde_json::from_str(body).map_err(|_| StageInputError::NotAnObject)?;
+    match value.get("detail") {
+        Some(detail) if value.get("detail-type").is_some() => StageChange::from_json(detail, now),
+        _ => StageChange::from_json(&value, now),
+    }
+}
+
+/// One message of a stage queue batch.
+#[derive(Debug, Clone, Copy)]
+pub struct StageMessage<'a> {
+    /// SQS's message id (what a partial batch failure names).
+    pub message_id: &'a str,
+    /// The body.
+    pub body: &'a str,
+}
+
+/// What one batch of the stage queue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StageBatchReport {
+    /// The stages' outcomes, counted.
+    pub stages: StagesReport,
+    /// Messages that could not be read (dead-lettered `malformed`).
+    pub malformed: u64,
+    /// Messages SQS must deliver again (not sent yet, or a dead letter not written).
+    pub failed: Vec<String>,
+}
+
+impl StageBatchReport {
+    /// `StagesSent`, `StagesRefused` (malformed messages count as refused).
+    pub fn metrics(&self) -> [(&'static str, u64); 2] {
+        [
+            ("StagesSent", self.stages.sent),
+            (
+                "StagesRefused",
+                self.stages.refused_total() + self.malformed,
+            ),
+        ]
+    }
+
+    /// `StagesRefused` by class, for the metric's `ReasonClass` dimension.
+    pub fn refused_by_class(&self) -> Vec<(&'static str, u64)> {
+        let mut by: Vec<(&'static str, u64)> = self
+            .stages
+            .refused
+            .iter()
+            .map(|(class, n)| (class.as_str(), *n))
+            .collect();
+        if self.malformed > 0 {
+            by.push((DeadLetterClass::Malformed.as_str(), self.malformed));
+        }
+        by
+    }
+}
+
+/// A stage queue batch (the stages function on AWS): each message read, the stages sent
+/// ([`send_stages`]), a refused one dead-lettered with its class and reason, one not sent
+/// yet left for SQS to deliver again (after its `maxReceiveCount`, SQS moves it to the DLQ:
+/// `exhausted`).
+pub async fn stage_batch<L, R, A, Q>(
+    leads: &L,
+    ledger: &R,
+    api: &A,
+    queue: &Q,
+    settings: &StageSettings,
+    messages: &[StageMessage<'_>],
+    now: i64,
+) -> StageBatchReport
+where
+    L: StageLeads,
+    R: StageLedger,
+    A: ConversionsApi,
+    Q: crate::ports::QueueControl,
+{
+    use crate::ports::DeadLetterReason;
+    let mut report = StageBatchReport::default();
+    let mut read = Vec::with_capacity(messages.len());
+    for message in messages {
+        match read_stage_message(message.body, now) {
+            Ok(stage) => read.push((message, stage)),
+            Err(why) => {
+                let reason = DeadLetterReason {
+                    class: DeadLetterClass::Malformed,
+                    detail: format!("not a stage: {why}"),
+                };
+                report.malformed += 1;
+                if queue.dead_letter(message.body, &reason).await.is_err() {
+                    report.failed.push(message.message_id.to_owned());
+                }
+            }
+        }
+    }
+    let stages: Vec<StageChange> = read.iter().map(|(_, s)| s.clone()).collect();
+    let (outcomes, sent) = send_stages(leads, ledger, api, settings, &stages, now).await;
+    report.stages = sent;
+    for ((message, stage), outcome) in read.iter().zip(outcomes) {
+        match outcome {
+            StageOutcome::Sent | StageOutcome::AlreadySent => {}
+            StageOutcome::Refused(refusal) => {
+                tracing::warn!(lead_id = %stage.lead_id, class = %refusal.class, reason = %refusal.reason, "stage refused");
+                let reason = DeadLetterReason {
+                    class: refusal.class,
+                    detail: refusal.reason,
+                };
+                if queue.dead_letter(message.body, &reason).await.is_err() {
+                    report.failed.push(message.message_id.to_owned());
+                }
+            }
+            StageOutcome::Retry { reason, .. } => {
+                tracing::warn!(lead_id = %stage.lead_id, reason = %reason, "stage not sent yet: SQS delivers it again");
+                report.failed.push(message.message_id.to_owned());
+            }
+        }
+    }
+    report
+}
+
+/// Each new lead's initial stage, from the leads table's stream (deliver on AWS): one per
+/// first write, at the lead's creation time.
+pub fn initial_stages(
+    records: &[crate::lead_received::StreamRecord],
+    name: &StageName,
+) -> Vec<StageChange> {
+    records
+        .iter()
+        .filter_map(|record| match &record.change {
+            crate::lead_received::StreamChange::Insert(event) => {
+                let created = time::OffsetDateTime::parse(
+                    &event.created_time,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .ok()?;
+                Some(StageChange::initial(
+                    &event.lead_id,
+                    name,
+                    created.unix_timestamp(),
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// `code 100/2804003` or `HTTP 503`: what to quote of Meta's answer.

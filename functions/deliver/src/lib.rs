@@ -19,6 +19,9 @@ use tracing::Instrument;
 pub struct DeliverFunctionSettings {
     /// `EVENT_BUS_NAME`: the stack's own event bus.
     pub event_bus: String,
+    /// `STAGES_QUEUE_URL` with `CONVERSIONS_DATASET_ID` set: where each new lead's initial
+    /// stage goes (docs/stages.md), with its name (`INITIAL_STAGE_NAME`).
+    pub initial_stage: Option<(String, leadpipe_core::stages::StageName)>,
 }
 
 impl DeliverFunctionSettings {
@@ -26,6 +29,10 @@ impl DeliverFunctionSettings {
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
         Ok(Self {
             event_bus: env.required("EVENT_BUS_NAME", "the event bus lead events go to")?,
+            initial_stage: match (env.stages()?, env.optional("STAGES_QUEUE_URL")) {
+                (Some(stages), Some(url)) => Some((url, stages.initial_stage)),
+                _ => None,
+            },
         })
     }
 }
@@ -71,6 +78,10 @@ pub struct StreamData {
 pub struct DeliverApp<P> {
     publisher: P,
     settings: DeliverSettings,
+    initial_stage: Option<(
+        leadpipe_aws::SqsEventQueue,
+        leadpipe_core::stages::StageName,
+    )>,
 }
 
 impl DeliverApp<EventBridgePublisher> {
@@ -78,10 +89,14 @@ impl DeliverApp<EventBridgePublisher> {
     pub async fn from_env() -> Result<Self, StartError> {
         let settings = DeliverFunctionSettings::from_env(&Env::process())?;
         let config = leadpipe_aws::sdk_config().await;
-        Ok(Self::new(
+        let mut app = Self::new(
             EventBridgePublisher::new(&config, settings.event_bus),
             DeliverSettings::default(),
-        ))
+        );
+        app.initial_stage = settings
+            .initial_stage
+            .map(|(url, name)| (leadpipe_aws::SqsEventQueue::new(&config, url), name));
+        Ok(app)
     }
 }
 
@@ -91,6 +106,7 @@ impl<P: EventPublisher> DeliverApp<P> {
         Self {
             publisher,
             settings,
+            initial_stage: None,
         }
     }
 
@@ -107,6 +123,21 @@ impl<P: EventPublisher> DeliverApp<P> {
                 ),
             })
             .collect();
+        // Initial stages first: when they cannot be queued, nothing is published and the
+        // stream retries the batch whole (a stage queued twice is one event).
+        if let Some((queue, name)) = &self.initial_stage {
+            use leadpipe_core::stages::StageQueue as _;
+            let stages = leadpipe_core::stages::initial_stages(&records, name);
+            if !stages.is_empty()
+                && let Err(err) = queue.queue_stages(&stages).await
+            {
+                tracing::error!(error = %err, stages = stages.len(), "initial stages could not be queued; the stream retries the batch");
+                return DeliverReport {
+                    retry_from: records.first().map(|r| r.sequence.clone()),
+                    ..DeliverReport::default()
+                };
+            }
+        }
         let report = deliver_batch(&self.publisher, &records, &self.settings).await;
         leadpipe_telemetry::emf::emit(&report.metrics());
         if let Some(from) = &report.retry_from {

@@ -19,6 +19,8 @@ use tracing::Instrument;
 pub struct WebhookSettings {
     /// `QUEUE_URL`: where lead events go.
     pub queue_url: String,
+    /// `STAGES_QUEUE_URL`: where `POST /stages` queues stages (unset: the route answers 503).
+    pub stages_queue_url: Option<String>,
     /// Where the secret comes from.
     pub secret_source: SecretSource,
 }
@@ -28,6 +30,7 @@ impl WebhookSettings {
     pub fn from_env<F: Fn(&str) -> Option<String>>(env: &Env<F>) -> Result<Self, SettingsError> {
         Ok(Self {
             queue_url: env.required("QUEUE_URL", "the URL of the SQS queue lead events go to")?,
+            stages_queue_url: env.optional("STAGES_QUEUE_URL"),
             secret_source: env.secret_source()?,
         })
     }
@@ -48,6 +51,9 @@ pub enum StartError {
 pub struct WebhookApp<Q> {
     secrets: WebhookSecrets,
     queue: Q,
+    /// `POST /stages`: the keys (the secret's `stage_keys`) and the stage queue.
+    stage_keys: Vec<secrecy::SecretString>,
+    stages: Option<Q>,
 }
 
 impl WebhookApp<leadpipe_aws::SqsEventQueue> {
@@ -55,19 +61,35 @@ impl WebhookApp<leadpipe_aws::SqsEventQueue> {
     pub async fn from_env() -> Result<Self, StartError> {
         let settings = WebhookSettings::from_env(&Env::process())?;
         let config = leadpipe_aws::sdk_config().await;
-        let secrets = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
-        let secrets = WebhookSecrets::try_from(&secrets)?;
+        let all = leadpipe_aws::load_secrets(&config, &settings.secret_source).await?;
+        let secrets = WebhookSecrets::try_from(&all)?;
+        let stages = settings
+            .stages_queue_url
+            .map(|url| leadpipe_aws::SqsEventQueue::new(&config, url));
         Ok(Self::new(
             secrets,
             leadpipe_aws::SqsEventQueue::new(&config, settings.queue_url),
-        ))
+        )
+        .with_stages(all.stage_keys, stages))
     }
 }
 
-impl<Q: EventQueue> WebhookApp<Q> {
+impl<Q: EventQueue + leadpipe_core::stages::StageQueue> WebhookApp<Q> {
     /// The function over these ports.
     pub fn new(secrets: WebhookSecrets, queue: Q) -> Self {
-        Self { secrets, queue }
+        Self {
+            secrets,
+            queue,
+            stage_keys: Vec::new(),
+            stages: None,
+        }
+    }
+
+    /// The same function also taking `POST /stages` with `keys`, into `stages`.
+    pub fn with_stages(mut self, keys: Vec<secrecy::SecretString>, stages: Option<Q>) -> Self {
+        self.stage_keys = keys;
+        self.stages = stages;
+        self
     }
 
     /// Answers one HTTP request. Never fails: every failure is an HTTP status for Meta.
@@ -88,6 +110,45 @@ impl<Q: EventQueue> WebhookApp<Q> {
                 .map(|c| c.request_id.as_str())
                 .unwrap_or_default(),
         );
+        // The stages route of the same Function URL (docs/stages.md, "In, over HTTPS").
+        if request
+            .uri()
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/stages")
+        {
+            let answer = if method == "POST" {
+                let given = request
+                    .headers()
+                    .get("x-leadpipe-key")
+                    .and_then(|v| v.to_str().ok());
+                let now = OffsetDateTime::now_utc().unix_timestamp();
+                leadpipe_core::stages::accept_stages(
+                    self.stages.as_ref(),
+                    &self.stage_keys,
+                    given,
+                    body,
+                    now,
+                )
+                .instrument(span)
+                .await
+            } else {
+                leadpipe_core::stages::StagesAnswer {
+                    status: 405,
+                    body: serde_json::json!({"error": "POST only"}),
+                    accepted: 0,
+                }
+            };
+            leadpipe_telemetry::emf::emit(&[("StagesAccepted", answer.accepted as u64)]);
+            let mut response = Response::new(Body::Text(answer.body.to_string()));
+            *response.status_mut() = lambda_http::http::StatusCode::from_u16(answer.status)
+                .unwrap_or(lambda_http::http::StatusCode::INTERNAL_SERVER_ERROR);
+            response.headers_mut().insert(
+                lambda_http::http::header::CONTENT_TYPE,
+                lambda_http::http::HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
         let answer = handle_webhook_request(
             &self.secrets,
             &self.queue,

@@ -378,3 +378,161 @@ fn the_initial_stage_is_at_the_leads_creation() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_queue_batch_sends_the_good_dead_letters_the_refused_and_keeps_the_unsent() {
+    use crate::memory::MemoryQueueControl;
+    let (leads, ledger, api) = world(&[("111", NOW - 3_600), ("222", NOW - 3_600)]);
+    let queue = MemoryQueueControl::default();
+    let bus = json!({"version": "0", "id": "e1", "detail-type": STAGE_DETAIL_TYPE, "source": "crm.hubspot",
+        "detail": {"lead_id": "111", "stage": "Qualified", "stage_time": (NOW - 60).to_string()}})
+    .to_string();
+    let plain = stage("222", "Won", NOW - 60).to_json();
+    let unknown = stage("333", "Won", NOW - 60).to_json();
+    let messages = [
+        StageMessage {
+            message_id: "m1",
+            body: &bus,
+        },
+        StageMessage {
+            message_id: "m2",
+            body: &plain,
+        },
+        StageMessage {
+            message_id: "m3",
+            body: "not json",
+        },
+        StageMessage {
+            message_id: "m4",
+            body: &unknown,
+        },
+    ];
+    let report = stage_batch(
+        &leads,
+        &ledger,
+        &api,
+        &queue,
+        &StageSettings::default(),
+        &messages,
+        NOW,
+    )
+    .await;
+    assert_eq!(report.stages.sent, 2);
+    assert_eq!(report.malformed, 1);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let letters = queue.dead_letters.lock().unwrap().clone();
+    let classes: Vec<DeadLetterClass> = letters.iter().map(|(_, r)| r.class).collect();
+    assert_eq!(
+        classes,
+        vec![DeadLetterClass::Malformed, DeadLetterClass::UnknownLead]
+    );
+    assert_eq!(report.metrics(), [("StagesSent", 2), ("StagesRefused", 2)]);
+    // Meta down: the stage stays on the queue for SQS to deliver again.
+    api.fail_next
+        .lock()
+        .unwrap()
+        .push(leadpipe_graph::GraphError::local(
+            "POST".into(),
+            leadpipe_graph::ErrorClass::Transient,
+            "down",
+        ));
+    let later = stage("222", "Converted", NOW - 60).to_json();
+    let report = stage_batch(
+        &leads,
+        &ledger,
+        &api,
+        &queue,
+        &StageSettings::default(),
+        &[StageMessage {
+            message_id: "m5",
+            body: &later,
+        }],
+        NOW,
+    )
+    .await;
+    assert_eq!(report.failed, vec!["m5".to_owned()]);
+}
+
+#[derive(Default)]
+struct Queued(
+    std::sync::Mutex<Vec<StageChange>>,
+    std::sync::atomic::AtomicBool,
+);
+
+impl StageQueue for Queued {
+    async fn queue_stages(&self, stages: &[StageChange]) -> Result<(), crate::ports::QueueError> {
+        if self.1.load(Ordering::Relaxed) {
+            return Err(crate::ports::QueueError::Unavailable("down".into()));
+        }
+        self.0.lock().unwrap().extend(stages.iter().cloned());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn post_stages_answers_as_the_contract_says() {
+    let keys = vec![secrecy::SecretString::from("k1-0123456789")];
+    let queue = Queued::default();
+    let good = json!({"lead_id": "111", "stage": "Won", "stage_time": NOW - 5}).to_string();
+    let a = accept_stages(Some(&queue), &keys, None, good.as_bytes(), NOW).await;
+    assert_eq!(a.status, 401);
+    let a = accept_stages(
+        Some(&queue),
+        &[],
+        Some("k1-0123456789"),
+        good.as_bytes(),
+        NOW,
+    )
+    .await;
+    assert_eq!(a.status, 503);
+    let a = accept_stages(
+        None::<&Queued>,
+        &keys,
+        Some("k1-0123456789"),
+        good.as_bytes(),
+        NOW,
+    )
+    .await;
+    assert_eq!(a.status, 503);
+    let a = accept_stages(
+        Some(&queue),
+        &keys,
+        Some("k1-0123456789"),
+        good.as_bytes(),
+        NOW,
+    )
+    .await;
+    assert_eq!((a.status, a.body["accepted"].as_u64()), (202, Some(1)));
+    let big = vec![b' '; MAX_BODY_BYTES + 1];
+    assert_eq!(
+        accept_stages(Some(&queue), &keys, Some("k1-0123456789"), &big, NOW)
+            .await
+            .status,
+        413
+    );
+    let mixed =
+        json!({"stages": [{"lead_id": "1", "stage": "x", "stage_time": NOW}, {"lead_id": "1"}]})
+            .to_string();
+    let a = accept_stages(
+        Some(&queue),
+        &keys,
+        Some("k1-0123456789"),
+        mixed.as_bytes(),
+        NOW,
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.body["accepted"], 1);
+    assert_eq!(a.body["refused"][0]["index"], 1);
+    assert_eq!(queue.0.lock().unwrap().len(), 2);
+    queue.1.store(true, Ordering::Relaxed);
+    let a = accept_stages(
+        Some(&queue),
+        &keys,
+        Some("k1-0123456789"),
+        good.as_bytes(),
+        NOW,
+    )
+    .await;
+    assert_eq!(a.status, 503, "nothing queued: the CRM must send again");
+}
