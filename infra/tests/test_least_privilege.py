@@ -42,6 +42,13 @@ PLATFORM = {
         "dynamodb:ListStreams",
         "sqs:SendMessage",
     },
+    "stages": {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    },
 }
 
 # The API call seen on the wire -> the IAM action that authorises it.
@@ -56,6 +63,7 @@ FUNCTIONS = {
     "ingest": "IngestFunction",
     "backfill": "BackfillFunction",
     "deliver": "DeliverFunction",
+    "stages": "StagesFunction",
 }
 
 
@@ -123,6 +131,12 @@ class LeastPrivilege(unittest.TestCase):
             f"{path} is missing: the end-to-end test did not record what the functions called",
         )
         observed = json.loads(observed_file.read_text())
+        # The stages function's calls come from its own end-to-end test
+        # (tests/e2e/tests/stages_aws.rs), written beside the main run's.
+        stages_file = pathlib.Path(path + ".stages.json")
+        self.assertTrue(stages_file.exists(), f"{stages_file} is missing: the stages end-to-end test did not run")
+        for function, actions in json.loads(stages_file.read_text()).items():
+            observed[function] = sorted(set(observed.get(function, [])) | set(actions))
         for short, function_id in FUNCTIONS.items():
             seen = {AUTHORISED_AS.get(a, a) for a in observed[short]}
             needed = seen | PLATFORM[short]

@@ -36,13 +36,14 @@ class TemplateContracts(unittest.TestCase):
         cls.resources = cls.t["Resources"]
         cls.functions = {k: v for k, v in cls.resources.items() if v["Type"] == "AWS::Serverless::Function"}
 
-    def test_four_rust_functions_on_arm64_al2023(self):
+    def test_five_rust_functions_on_arm64_al2023(self):
         binaries = {}
         for name, fn in self.functions.items():
             self.assertEqual(fn["Metadata"]["BuildMethod"], "rust-cargolambda", name)
             binaries[fn["Metadata"]["BuildProperties"]["Binary"]] = name
         self.assertEqual(
-            set(binaries), {"leadpipe-webhook", "leadpipe-ingest", "leadpipe-backfill", "leadpipe-deliver"}
+            set(binaries),
+            {"leadpipe-webhook", "leadpipe-ingest", "leadpipe-backfill", "leadpipe-deliver", "leadpipe-stages"},
         )
         glob = self.t["Globals"]["Function"]
         self.assertEqual(glob["Runtime"], "provided.al2023")
@@ -211,6 +212,33 @@ class TemplateContracts(unittest.TestCase):
         body = self.resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
         for needle in ('"LeadLatency"', '"Since", "received"', '"Since", "created"', '"p99"', '"p50"'):
             self.assertIn(needle, body)
+
+    def test_stages_come_from_the_bus_and_post_and_go_out_once_with_no_token_in_a_parameter(self):
+        rule = self.resources["StageChangedRule"]
+        self.assertEqual(rule["Condition"], "StagesOn")
+        pattern = rule["Properties"]["EventPattern"]
+        self.assertEqual(pattern["detail-type"], ["Lead Stage Changed"])
+        self.assertEqual(pattern["source"], [{"anything-but": ["leadpipe"]}])
+        self.assertEqual(ref_target(rule["Properties"]["Targets"][0]["Arn"]), "StagesQueue")
+        policy = self.resources["StagesQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0]
+        self.assertEqual(ref_target(policy["Condition"]["ArnEquals"]["aws:SourceArn"]), "StageChangedRule")
+        stages = self.functions["StagesFunction"]["Properties"]
+        (sqs,) = stages["Events"].values()
+        self.assertIn("ReportBatchItemFailures", sqs["Properties"]["FunctionResponseTypes"])
+        self.assertEqual(ref_target(sqs["Properties"]["Queue"]), "StagesQueue")
+        env = stages["Environment"]["Variables"]
+        self.assertEqual(ref_target(env["DLQ_URL"]), "StagesDeadLetterQueue")
+        self.assertEqual(ref_target(env["CONVERSIONS_DATASET_ID"]), "ConversionsDatasetId")
+        for name, parameter in self.t["Parameters"].items():
+            self.assertNotIn("token", name.lower().replace("testeventcode", ""), "no token is a parameter")
+        for fn in ("WebhookFunction", "DeliverFunction"):
+            self.assertIn("STAGES_QUEUE_URL", self.functions[fn]["Properties"]["Environment"]["Variables"], fn)
+        alarms = [v["Properties"] for v in self.resources.values() if v["Type"] == "AWS::CloudWatch::Alarm"]
+        queues = {ref_target(a["Dimensions"][0]["Value"]) for a in alarms if a["Namespace"] == "AWS/SQS"}
+        self.assertIn("StagesDeadLetterQueue", queues)
+        body = self.resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        self.assertIn('"StagesSent"', body)
+        self.assertIn("StagesUrl", self.t["Outputs"])
 
     def test_backfill_alarms_on_a_page_token_a_person_must_fix(self):
         alarms = [v["Properties"] for v in self.resources.values() if v["Type"] == "AWS::CloudWatch::Alarm"]

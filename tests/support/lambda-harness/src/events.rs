@@ -37,8 +37,13 @@ pub struct HttpEvent<'a> {
 }
 
 impl HttpEvent<'_> {
-    /// The event JSON.
+    /// The event JSON, for the URL's root (where Meta posts).
     pub fn to_json(&self) -> Value {
+        self.to_json_at("/")
+    }
+
+    /// The event JSON for the request path `path` (`/stages`).
+    pub fn to_json_at(&self, path: &str) -> Value {
         let fixture = match self.front {
             HttpFront::FunctionUrl => FUNCTION_URL,
             HttpFront::HttpApi => HTTP_API,
@@ -69,7 +74,7 @@ impl HttpEvent<'_> {
             (String::from_utf8_lossy(self.body).into_owned(), false)
         };
         if let Some(object) = event.as_object_mut() {
-            object.insert("rawPath".into(), json!("/"));
+            object.insert("rawPath".into(), json!(path));
             object.insert("rawQueryString".into(), json!(raw_query));
             if query.is_empty() {
                 object.remove("queryStringParameters");
@@ -87,7 +92,7 @@ impl HttpEvent<'_> {
                 .and_then(Value::as_object_mut)
             {
                 http.insert("method".into(), json!(self.method));
-                http.insert("path".into(), json!("/"));
+                http.insert("path".into(), json!(path));
             }
         }
         event
