@@ -41,8 +41,12 @@ const EXCHANGE_BELOW: Duration = Duration::from_secs(7 * 86_400);
 #[command(group(clap::ArgGroup::new("secret").required(true).args(["secret_file", "secret_arn"])))]
 pub struct ConnectArgs {
     /// The Meta app's id.
-    #[arg(long)]
-    pub app_id: String,
+    #[arg(long, required_unless_present = "dataset")]
+    pub app_id: Option<String>,
+    /// Only the Conversions API dataset (docs/stages.md): check that the token in
+    /// LEADPIPE_CONVERSIONS_TOKEN writes to it (its name is read) and store the token.
+    #[arg(long, conflicts_with_all = ["pages", "test_lead", "callback_url"])]
+    pub dataset: Option<String>,
     /// The local secret file to merge into (created 0600 when absent).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
@@ -341,6 +345,10 @@ fn yes_no(value: Option<bool>, dry_run: bool) -> &'static str {
 
 /// Runs every step, prints the table and the verdict; fails when a page needs a person.
 pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
+    if let Some(dataset) = &args.dataset {
+        return connect_dataset(&args, dataset).await;
+    }
+    let app_id = args.app_id.clone().unwrap_or_default();
     let place = SecretPlace::from_args(&args).await?;
     let mut secret = place.read().await?;
     let app_secret = match string_of(&secret, "app_secret") {
@@ -367,7 +375,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         page_tokens: Default::default(),
     };
     let client = GraphClient::new(leadpipe_graph_source::graph_config(&env, &placeholder)?)?;
-    let app_token = SecretString::from(format!("{}|{}", args.app_id, app_secret.expose_secret()));
+    let app_token = SecretString::from(format!("{}|{}", app_id, app_secret.expose_secret()));
     if args.dry_run {
         println!("dry run: reading only; nothing is written, subscribed or created");
     }
@@ -393,7 +401,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
             ));
         }
     };
-    if !check_token(&info, Some(&args.app_id)) {
+    if !check_token(&info, Some(&app_id)) {
         return Err(CliError::Failed(
             "verdict: a new token is needed (see above)".into(),
         ));
@@ -523,7 +531,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         } else {
             Subscribe::Yes
         };
-        page_steps(&client, subscribe, Some(&args.app_id), &info, &token, row).await;
+        page_steps(&client, subscribe, Some(&app_id), &info, &token, row).await;
         // A dry run subscribes nothing: only what a person must fix counts there.
         let needs_person = if args.dry_run {
             row.lead_access != Some(true)
@@ -588,16 +596,16 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         if args.dry_run {
             ok(format!(
                 "would subscribe app {} to pages' leadgen at {callback}",
-                args.app_id
+                app_id
             ));
         } else {
             match client
-                .subscribe_app(&app_token, &args.app_id, callback, &verify_token)
+                .subscribe_app(&app_token, &app_id, callback, &verify_token)
                 .await
             {
                 Ok(()) => ok(format!(
                     "app {} subscribed to pages' leadgen at {callback}: it answered Meta's challenge",
-                    args.app_id
+                    app_id
                 )),
                 Err(e) => {
                     problems += 1;
@@ -905,7 +913,11 @@ async fn long_lived(
         return Ok((person.clone(), when(info.expires_at)));
     }
     let exchanged = client
-        .exchange_token(&args.app_id, app_secret, person)
+        .exchange_token(
+            args.app_id.as_deref().unwrap_or_default(),
+            app_secret,
+            person,
+        )
         .await?;
     let expiry = when(exchanged.expires_in.map(|s| now + s));
     ok(format!(
@@ -1048,6 +1060,83 @@ struct Merge {
 /// Step 6: `page_tokens` merged (pages from before kept unless replaced), `access_token`
 /// set, `verify_token` and `lookup_key` kept or generated, `app_secret` kept (or set from
 /// APP_SECRET). Every other key is left as it was.
+/// `connect --dataset ID`: the dataset's token checked against it and stored, with a
+/// stage key made when the secret has none (docs/stages.md). Prints no token or key.
+async fn connect_dataset(args: &ConnectArgs, dataset: &str) -> Result<(), CliError> {
+    if !leadpipe_core::ids::is_graph_id(dataset) {
+        return Err(CliError::Settings(
+            "--dataset must be the dataset's id (digits), from Events Manager".into(),
+        ));
+    }
+    let token = Env::process()
+        .optional("LEADPIPE_CONVERSIONS_TOKEN")
+        .map(SecretString::from)
+        .ok_or_else(|| {
+            CliError::Settings(
+                "set LEADPIPE_CONVERSIONS_TOKEN to the dataset's access token (Events Manager > the dataset > Settings > Generate access token)".into(),
+            )
+        })?;
+    let place = SecretPlace::from_args(args).await?;
+    if args.dry_run {
+        println!("dry run: reading only; nothing is written");
+    }
+    let placeholder = AppSecrets {
+        app_secret: SecretString::from(String::new()),
+        verify_token: None,
+        lookup_key: None,
+        conversions_token: None,
+        stage_keys: Vec::new(),
+        access_token: None,
+        page_tokens: Default::default(),
+    };
+    let config = leadpipe_graph_source::graph_config(&Env::process(), &placeholder)?;
+    let client = leadpipe_graph_source::conversions_client(&config)?;
+    match client.dataset_name(&token, dataset).await {
+        Ok(name) => ok(format!(
+            "dataset {dataset} (\"{}\"): the token {} reaches it",
+            crate::render::line(&name),
+            tail(&token)
+        )),
+        Err(e) => {
+            fail(format!("the token cannot reach dataset {dataset}: {e}"));
+            note(
+                "generate a new token in the dataset's Settings (Events Manager), then run connect --dataset again",
+            );
+            return Err(CliError::Failed(
+                "verdict: the dataset could not be reached with this token".into(),
+            ));
+        }
+    }
+    if args.dry_run {
+        println!(
+            "would store conversions_token ({}) in {}",
+            tail(&token),
+            place.describe()
+        );
+        return Ok(());
+    }
+    let made_key = place
+        .update(|secret| {
+            secret.insert("conversions_token".into(), json!(token.expose_secret()));
+            let has_key = matches!(secret.get("stage_keys"), Some(Value::Array(keys)) if keys.iter().any(|k| k.as_str().is_some_and(|k| !k.is_empty())));
+            if !has_key {
+                secret.insert("stage_keys".into(), json!([random_hex(24)?]));
+            }
+            Ok(!has_key)
+        })
+        .await?;
+    ok(format!("wrote conversions_token to {}", place.describe()));
+    if made_key {
+        ok(
+            "made a stage key (stage_keys): CRMs send it as X-Leadpipe-Key to POST /stages; read it from the secret",
+        );
+    }
+    println!(
+        "next: set CONVERSIONS_DATASET_ID={dataset} (the stack parameter ConversionsDatasetId); stages refused `token` come back with `leadpipe redrive --reason-class token`"
+    );
+    Ok(())
+}
+
 fn merge_secret(
     secret: &mut Map<String, Value>,
     rows: &[PageRow],

@@ -297,3 +297,66 @@ async fn every_stage_reaches_meta_once_across_a_sigkill_and_the_refused_ones_alo
         assert!(!text.contains(private), "status never prints {private}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_dataset_checks_the_token_stores_it_and_makes_a_stage_key_printing_neither() {
+    let data = Dataset::generate(&DatasetSpec {
+        leads: 1,
+        ..DatasetSpec::default()
+    });
+    let sandbox = Sandbox::start(data, Faults::default()).await.unwrap();
+    let dir = crate::support::scratch("stages", "connect");
+    let secret = dir.join("secret.json");
+    leadpipe::write_private(
+        &secret,
+        serde_json::json!({"app_secret": SECRET}).to_string(),
+    )
+    .unwrap();
+    let run = |token: &str, dry: bool| {
+        let mut command = tokio::process::Command::new(BINARY);
+        command
+            .args([
+                "connect",
+                "--dataset",
+                conversions::DATASET_ID,
+                "--secret-file",
+                secret.to_str().unwrap(),
+            ])
+            .env("GRAPH_API_BASE", sandbox.base_url())
+            .env("LEADPIPE_CONVERSIONS_TOKEN", token);
+        if dry {
+            command.arg("--dry-run");
+        }
+        command.output()
+    };
+    let wrong = run("EAAnot-the-dataset-token-000", false).await.unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    let dry = run(conversions::TOKEN, true).await.unwrap();
+    let said = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("Sandbox CRM dataset") && said.contains("would store"),
+        "{said}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    assert!(
+        stored.get("conversions_token").is_none(),
+        "a dry run writes nothing"
+    );
+    let real = run(conversions::TOKEN, false).await.unwrap();
+    let said = String::from_utf8_lossy(&real.stdout).into_owned();
+    assert_eq!(real.status.code(), Some(0), "{said}");
+    let stored: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&secret).unwrap()).unwrap();
+    assert_eq!(stored["conversions_token"], conversions::TOKEN);
+    assert_eq!(
+        stored["app_secret"], SECRET,
+        "the rest of the secret is kept"
+    );
+    let key = stored["stage_keys"][0].as_str().unwrap().to_owned();
+    assert!(key.len() >= 32);
+    for private in [conversions::TOKEN, key.as_str()] {
+        assert!(!said.contains(private), "connect never prints {private}");
+    }
+}

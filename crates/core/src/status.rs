@@ -324,6 +324,7 @@ mod tests {
         dead: Option<Vec<DeadLetterGroup>>,
         checkpoints: Option<Vec<CheckpointFacts>>,
         forwarding: Option<ForwardingFacts>,
+        stages: Option<StageFacts>,
         asked_forms: std::sync::Mutex<Vec<String>>,
     }
 
@@ -351,6 +352,38 @@ mod tests {
         async fn forwarding(&self) -> Result<Option<ForwardingFacts>, StoreError> {
             Ok(self.forwarding.clone())
         }
+        async fn stages(&self) -> Result<Option<StageFacts>, StoreError> {
+            Ok(self.stages.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_stage_needs_a_person_and_sent_ones_do_not() {
+        let sent = Facts {
+            stages: Some(StageFacts {
+                queued: 3,
+                sent: 40,
+                refused: Vec::new(),
+            }),
+            ..Facts::default()
+        };
+        let status = pipeline_status(&sent, "local", NOW).await.unwrap();
+        assert_eq!(status.verdict, Verdict::Ok);
+        let refused = Facts {
+            stages: Some(StageFacts {
+                queued: 0,
+                sent: 40,
+                refused: vec![group("before_lead", 1), group("expired", 2)],
+            }),
+            ..Facts::default()
+        };
+        let status = pipeline_status(&refused, "local", NOW).await.unwrap();
+        assert_eq!(status.needs_a_person, vec![Need::StagesRefused]);
+        assert_eq!(
+            status.stages.unwrap().refused[0].reason_class,
+            "expired",
+            "the largest first"
+        );
     }
 
     fn group(class: &str, count: u64) -> DeadLetterGroup {
@@ -387,6 +420,7 @@ mod tests {
                 "needs_a_person",
                 "page_tokens",
                 "queue",
+                "stages",
                 "target",
                 "verdict"
             ]
