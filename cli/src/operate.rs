@@ -77,6 +77,8 @@ impl TargetArgs {
             dlq_url: self.dlq_url.clone(),
             state_table: self.state_table.clone(),
             secret_arn: None,
+            stages_queue_url: None,
+            stages_dlq_url: None,
         }
         .over_stack(&config, self.stack.as_deref())
         .await
@@ -355,7 +357,24 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
                 args.dry_run,
             )
             .await?;
-            (done.moved, done.left, done.failed)
+            // The stages' DLQ goes back to the stage queue (docs/stages.md).
+            let (mut left, mut failed) = (done.left, done.failed);
+            if let (Some(stages_dlq), Some(stages_queue)) =
+                (&names.stages_dlq_url, &names.stages_queue_url)
+            {
+                let staged = aws_ops::redrive(
+                    &sqs,
+                    stages_dlq,
+                    stages_queue,
+                    class.map(DeadLetterClass::as_str),
+                    args.dry_run,
+                )
+                .await?;
+                stages = staged.moved;
+                left += staged.left;
+                failed += staged.failed;
+            }
+            (done.moved, left, failed)
         }
     };
     if args.json {

@@ -50,6 +50,8 @@ pub async fn run(args: StatusArgs) -> Result<(), CliError> {
         dlq_url: args.dlq_url.clone(),
         state_table: args.state_table.clone(),
         secret_arn: None,
+        stages_queue_url: None,
+        stages_dlq_url: None,
     };
     let (status, fix) = if args.stack.is_some() || !names.is_empty() {
         let config = leadpipe_aws::sdk_config().await;

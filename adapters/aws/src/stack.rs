@@ -14,6 +14,10 @@ pub struct StackNames {
     pub state_table: Option<String>,
     /// `AppSecretArn`.
     pub secret_arn: Option<String>,
+    /// `StagesQueueUrl` (docs/stages.md).
+    pub stages_queue_url: Option<String>,
+    /// `StagesDeadLetterQueueUrl`.
+    pub stages_dlq_url: Option<String>,
 }
 
 /// Why the stack's outputs could not be read.
@@ -49,6 +53,8 @@ impl StackNames {
             dlq_url: self.dlq_url.or(from_stack.dlq_url),
             state_table: self.state_table.or(from_stack.state_table),
             secret_arn: self.secret_arn.or(from_stack.secret_arn),
+            stages_queue_url: self.stages_queue_url.or(from_stack.stages_queue_url),
+            stages_dlq_url: self.stages_dlq_url.or(from_stack.stages_dlq_url),
         })
     }
 
@@ -98,5 +104,7 @@ async fn stack_outputs(
         dlq_url: output("DeadLetterQueueUrl"),
         state_table: output("StateTableName"),
         secret_arn: output("AppSecretArn"),
+        stages_queue_url: output("StagesQueueUrl"),
+        stages_dlq_url: output("StagesDeadLetterQueueUrl"),
     })
 }

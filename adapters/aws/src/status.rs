@@ -27,6 +27,10 @@ pub struct StackStatus {
     pub state_table: Option<String>,
     /// `LeadsTableName`.
     pub leads_table: Option<String>,
+    /// `StagesQueueUrl`.
+    pub stages_queue_url: Option<String>,
+    /// `StagesDeadLetterQueueUrl`.
+    pub stages_dlq_url: Option<String>,
 }
 
 impl StackStatus {
@@ -39,7 +43,36 @@ impl StackStatus {
             dlq_url: names.dlq_url.clone(),
             state_table: names.state_table.clone(),
             leads_table: names.leads_table.clone(),
+            stages_queue_url: names.stages_queue_url.clone(),
+            stages_dlq_url: names.stages_dlq_url.clone(),
         }
+    }
+
+    /// A DLQ's messages by class (read with a short visibility, given back at once); one
+    /// SQS moved after `maxReceiveCount` (no attribute of ours) is `exhausted`.
+    async fn dlq_groups(&self, dlq: &str) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        let taken = take_all(&self.sqs, dlq, 30)
+            .await
+            .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))?;
+        give_back(&self.sqs, dlq, &taken).await;
+        let mut groups: BTreeMap<String, DeadLetterGroup> = BTreeMap::new();
+        for m in &taken {
+            let class = m
+                .reason_class
+                .clone()
+                .unwrap_or_else(|| DeadLetterClass::Exhausted.as_str().to_owned());
+            let group = groups.entry(class.clone()).or_insert(DeadLetterGroup {
+                reason_class: class,
+                count: 0,
+                newest_reason: String::new(),
+                newest_at: None,
+            });
+            group.count += 1;
+            group.newest_reason = m.reason.clone().unwrap_or_else(|| {
+                "moved to the DLQ by SQS after maxReceiveCount receives".to_owned()
+            });
+        }
+        Ok(groups.into_values().collect())
     }
 }
 
@@ -88,29 +121,66 @@ impl StatusSource for StackStatus {
         let Some(dlq) = &self.dlq_url else {
             return Ok(None);
         };
-        let taken = take_all(&self.sqs, dlq, 30)
+        self.dlq_groups(dlq).await.map(Some)
+    }
+
+    async fn stages(&self) -> Result<Option<leadpipe_core::status::StageFacts>, StoreError> {
+        let (Some(queue), Some(dlq)) = (&self.stages_queue_url, &self.stages_dlq_url) else {
+            return Ok(None);
+        };
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
             .await
-            .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))?;
-        give_back(&self.sqs, dlq, &taken).await;
-        let mut groups: BTreeMap<String, DeadLetterGroup> = BTreeMap::new();
-        for m in &taken {
-            // No attribute of ours: SQS moved it after maxReceiveCount.
-            let class = m
-                .reason_class
-                .clone()
-                .unwrap_or_else(|| DeadLetterClass::Exhausted.as_str().to_owned());
-            let group = groups.entry(class.clone()).or_insert(DeadLetterGroup {
-                reason_class: class,
-                count: 0,
-                newest_reason: String::new(),
-                newest_at: None,
-            });
-            group.count += 1;
-            group.newest_reason = m.reason.clone().unwrap_or_else(|| {
-                "moved to the DLQ by SQS after maxReceiveCount receives".to_owned()
-            });
+            .map_err(|e| failed("the stage queue", e))?;
+        let queued: u64 = [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+        ]
+        .iter()
+        .filter_map(|n| attrs.attributes().and_then(|a| a.get(n)))
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+        // The ledger's `stage#` items, counted (a `Select=COUNT` scan of the state table).
+        let mut sent = 0u64;
+        if let Some(table) = &self.state_table {
+            let mut start = None;
+            loop {
+                let page = self
+                    .ddb
+                    .scan()
+                    .table_name(table)
+                    .select(Select::Count)
+                    .filter_expression("begins_with(pk, :p)")
+                    .expression_attribute_values(
+                        ":p",
+                        AttributeValue::S(crate::stages::STAGE_ITEM_PREFIX.to_owned()),
+                    )
+                    .set_exclusive_start_key(start)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        StoreError::Unavailable(Cause::described(
+                            format!("the state table: {}", describe_sdk_error(&e)),
+                            e,
+                        ))
+                    })?;
+                sent += page.count().max(0) as u64;
+                start = page.last_evaluated_key().cloned();
+                if start.is_none() {
+                    break;
+                }
+            }
         }
-        Ok(Some(groups.into_values().collect()))
+        Ok(Some(leadpipe_core::status::StageFacts {
+            queued,
+            sent,
+            refused: self.dlq_groups(dlq).await?,
+        }))
     }
 
     async fn checkpoints(&self) -> Result<Option<Vec<CheckpointFacts>>, StoreError> {

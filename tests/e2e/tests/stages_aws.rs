@@ -394,6 +394,40 @@ async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
         sandbox.conversion_events_dropped().is_empty(),
         "none before its lead"
     );
+    // status on the stack reads the same: queued, sent (the ledger's items), refused by class.
+    let names = leadpipe_aws::stack::StackNames {
+        state_table: Some(state_table.clone()),
+        stages_queue_url: Some(stages_url.clone()),
+        stages_dlq_url: Some(dlq_url.clone()),
+        ..Default::default()
+    };
+    let source = leadpipe_aws::status::StackStatus::new(&config, &names);
+    let status =
+        leadpipe_core::status::pipeline_status(&source, "stack", time::OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+    let stages = status.stages.unwrap();
+    assert_eq!((stages.queued, stages.sent), (0, expected.len() as u64));
+    let refused: BTreeMap<String, u64> = stages
+        .refused
+        .iter()
+        .map(|g| (g.reason_class.clone(), g.count))
+        .collect();
+    assert_eq!(
+        refused,
+        BTreeMap::from([
+            ("bad_request".to_owned(), 2),
+            ("before_lead".to_owned(), 1),
+            ("unknown_lead".to_owned(), 1)
+        ])
+    );
+    assert!(
+        status
+            .needs_a_person
+            .contains(&leadpipe_core::status::Need::StagesRefused)
+    );
+    // Status gave the dead letters back; wait out their short visibility before reading them.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let letters = dead_letters(&sqs, &dlq_url).await.unwrap();
     let classes: BTreeMap<String, usize> =
         letters
