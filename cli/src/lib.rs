@@ -322,7 +322,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 
 async fn backfill(args: BackfillArgs) -> Result<(), CliError> {
     let secrets = load_secrets(args.secret_file.as_ref())?;
-    let pipeline = pipeline::Pipeline::open(&args.db, secrets, pipeline::Tuning::default())?;
+    let pipeline = pipeline::Pipeline::open(&args.db, secrets, pipeline::Tuning::default())?
+        .with_stages(stages::settings()?);
     let request = BackfillRequest {
         pages: args.pages,
         forms: args.forms,

@@ -236,6 +236,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
         outbox = report.outbox,
         dead_letters = report.dead_letters,
         queued = report.queued,
+        stages = report.stages,
         "erasure"
     );
     if args.json {
@@ -257,8 +258,8 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
             }
         );
         println!(
-            "  leads {}, forwarding outbox {}, dead letters {}, queued messages {}",
-            report.leads, report.outbox, report.dead_letters, report.queued
+            "  leads {}, forwarding outbox {}, dead letters {}, queued messages {}, stages {}",
+            report.leads, report.outbox, report.dead_letters, report.queued, report.stages
         );
         match (report.found_by, report.unsearchable) {
             (erasure::FoundBy::LeadId, _) | (_, Some(0)) => {}

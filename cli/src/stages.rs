@@ -268,9 +268,22 @@ async fn import(args: ImportArgs) -> Result<(), CliError> {
     let (mut rows, mut queued, mut already, mut refused) = (0u64, 0u64, 0u64, 0u64);
     let mut record = csv::StringRecord::new();
     loop {
-        let more = reader
-            .read_record(&mut record)
-            .map_err(|e| CliError::Settings(format!("{}: {e}", args.file.display())))?;
+        let more = match reader.read_record(&mut record) {
+            Ok(more) => more,
+            Err(e) => {
+                // What was read before the bad place is queued and said; then the error.
+                if !args.dry_run && !chunk.is_empty() {
+                    let done = db.queue_stages(&chunk)?;
+                    queued += done.queued as u64;
+                    already += done.already as u64;
+                }
+                progress.finish_and_clear();
+                crate::render::print(&format!(
+                    "{rows} row(s) read: queued {queued}, {already} queued or sent already, {refused} refused; then the file could not be read on\n"
+                ))?;
+                return Err(CliError::Settings(format!("{}: {e}", args.file.display())));
+            }
+        };
         if more {
             rows += 1;
             // Row numbers as a spreadsheet shows them: the header is row 1.

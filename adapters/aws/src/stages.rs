@@ -48,9 +48,17 @@ impl DynamoStages {
         keys: Vec<String>,
         projection: &str,
     ) -> Result<Vec<HashMap<String, AttributeValue>>, StoreError> {
+        let mut keys = keys;
+        // BatchGetItem refuses a key given twice.
+        keys.sort();
+        keys.dedup();
         let mut items = Vec::new();
         for chunk in keys.chunks(GET_BATCH) {
-            let mut wanted = KeysAndAttributes::builder().projection_expression(projection);
+            // Strongly consistent: a lead written a moment ago (its initial stage) is found,
+            // never refused `unknown_lead` by a stale read.
+            let mut wanted = KeysAndAttributes::builder()
+                .projection_expression(projection)
+                .consistent_read(true);
             for key in chunk {
                 wanted = wanted.keys(HashMap::from([(key_name.to_owned(), s(key))]));
             }

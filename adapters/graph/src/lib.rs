@@ -250,8 +250,8 @@ fn lead_page(page: Page<Lead>) -> LeadPage {
 }
 
 /// The Conversions API port over the Graph client: one request per call, with the secret's
-/// `conversions_token` as the book holds it at the call (a token `connect --dataset`
-/// rewrote is used at once after the secret's re-read).
+/// `conversions_token` as the book holds it at the call (locally, `serve` replaces the
+/// book when it reads the secret file again; the stages Lambda reads it at start).
 #[derive(Debug, Clone)]
 pub struct GraphConversions {
     client: GraphClient,

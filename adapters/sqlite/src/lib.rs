@@ -904,7 +904,13 @@ impl LeadStore for LocalDb {
                     )?;
                 }
                 // Its first stage too (docs/stages.md, "The initial stage"), at its creation.
-                if changed == 1 && let Some(name) = &initial {
+                if changed == 1
+                    && let Some(name) = &initial
+                    && leadpipe_core::stages::initial_stage_in_time(
+                        stored.lead.created_time.unix_timestamp(),
+                        now / 1_000,
+                    )
+                {
                     let stage = leadpipe_core::stages::StageChange::initial(
                         &stored.lead.id,
                         name,

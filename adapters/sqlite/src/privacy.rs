@@ -16,6 +16,9 @@ pub struct Erased {
     pub dead_letters: usize,
     /// Queued messages that named one of the leads.
     pub queued: usize,
+    /// Stage rows (queued, sent or refused) of the leads: stage names and values are the
+    /// business's data about the person.
+    pub stages: usize,
 }
 
 /// A first email that normalises to something (not blank), and a first phone with a digit:
@@ -43,6 +46,11 @@ impl LocalDb {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
                 "DELETE FROM outbox WHERE lead_id IN
+                   (SELECT lead_id FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1)",
+                params![now],
+            )?;
+            tx.execute(
+                "DELETE FROM stages WHERE lead_id IN
                    (SELECT lead_id FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1)",
                 params![now],
             )?;
@@ -207,6 +215,7 @@ impl LocalDb {
                     preview.lead_ids.push(id.clone());
                 }
                 preview.outbox += count("SELECT COUNT(*) FROM outbox WHERE lead_id = ?1")?;
+                preview.stages += count("SELECT COUNT(*) FROM stages WHERE lead_id = ?1")?;
                 let (dead, queued) = Self::messages_naming(conn, id)?;
                 preview.dead_letters += dead.len();
                 preview.queued += queued.len();
@@ -215,8 +224,8 @@ impl LocalDb {
         })
     }
 
-    /// Erases these leads everywhere the file keeps them: the leads table, the outbox, and
-    /// any dead letter or queued message naming them. One transaction: all or nothing.
+    /// Erases these leads everywhere the file keeps them: the leads table, the outbox, their
+    /// stages, and any dead letter or queued message naming them. One transaction: all or nothing.
     /// The erasure record of each id is written in the same transaction (docs/operate.md).
     pub fn erase(&self, lead_ids: &[String]) -> Result<Erased, LocalError> {
         let now = leadpipe_core::record::contract_time(time::OffsetDateTime::now_utc());
@@ -234,6 +243,8 @@ impl LocalDb {
                 }
                 erased.outbox +=
                     tx.execute("DELETE FROM outbox WHERE lead_id = ?1", params![id])?;
+                erased.stages +=
+                    tx.execute("DELETE FROM stages WHERE lead_id = ?1", params![id])?;
                 let (dead, queued) = Self::messages_naming(&tx, id)?;
                 for row in &dead {
                     tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![row])?;
@@ -296,6 +307,7 @@ impl leadpipe_core::erasure::Eraser for LocalDb {
             outbox: done.outbox,
             dead_letters: done.dead_letters,
             queued: done.queued,
+            stages: done.stages,
         })
     }
 

@@ -60,6 +60,8 @@ pub struct Erased {
     pub dead_letters: usize,
     /// Queued messages naming the leads.
     pub queued: usize,
+    /// The leads' stages back to Meta (the local file's stage rows).
+    pub stages: usize,
 }
 
 /// A store's side of an erasure.
@@ -107,6 +109,8 @@ pub struct ErasureReport {
     pub dead_letters: usize,
     /// Queued messages naming them.
     pub queued: usize,
+    /// Their stages back to Meta.
+    pub stages: usize,
     /// Stored leads this lookup cannot find (no key): the erasure may be incomplete.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsearchable: Option<u64>,
@@ -213,6 +217,7 @@ pub async fn forget<E: Eraser>(
         outbox: erased.outbox,
         dead_letters: erased.dead_letters,
         queued: erased.queued,
+        stages: erased.stages,
         unsearchable,
     })
 }

@@ -153,7 +153,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
             lead_event_source: lead_event_source.trim().to_owned(),
             test_event_code: self
                 .optional("CONVERSIONS_TEST_EVENT_CODE")
-                .map(|c| c.trim().to_owned()),
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty()),
         }))
     }
 }

@@ -9,7 +9,7 @@
 use crate::ports::{DeadLetterClass, StoreError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
 /// Meta refuses a request with any event older than this (CA/parameters/server-event).
@@ -672,7 +672,11 @@ where
             .collect::<Vec<_>>()
     };
     let ids: Vec<String> = stages.iter().map(StageChange::event_id).collect();
-    let sent_before = match ledger.already_sent(&ids).await {
+    // Each key once: a store's batch read refuses a key twice (DynamoDB's BatchGetItem).
+    let mut unique_ids = ids.clone();
+    unique_ids.sort();
+    unique_ids.dedup();
+    let sent_before = match ledger.already_sent(&unique_ids).await {
         Ok(sent) => sent,
         Err(e) => {
             let outcomes = retry_all(e.to_string());
@@ -692,11 +696,14 @@ where
         }
     };
     let mut outcomes: Vec<Option<StageOutcome>> = vec![None; stages.len()];
-    let mut seen = HashSet::new();
+    // Checked first, then one copy per event id among the stages that pass: a copy a CRM
+    // corrected in the same batch is the one sent, not the first one given.
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let mut copy_of: Vec<Option<usize>> = vec![None; stages.len()];
     let mut to_send: Vec<(usize, ConversionEvent)> = Vec::new();
     for (index, stage) in stages.iter().enumerate() {
-        let id = &ids[index];
-        if sent_before.contains(id) || !seen.insert(id.clone()) {
+        let id = ids[index].as_str();
+        if sent_before.contains(id) {
             outcomes[index] = Some(StageOutcome::AlreadySent);
             continue;
         }
@@ -705,6 +712,11 @@ where
             outcomes[index] = Some(StageOutcome::Refused(refusal));
             continue;
         }
+        if let Some(first) = first_of.get(id) {
+            copy_of[index] = Some(*first);
+            continue;
+        }
+        first_of.insert(id, index);
         if let Some(lead) = lead {
             to_send.push((
                 index,
@@ -725,7 +737,7 @@ where
                     outcomes[*index] = Some(StageOutcome::Sent);
                 }
                 // Recorded per request, at once: a crash loses at most this request's
-                // record, and Meta's event id makes its repeat one event.
+                // record (its stable event ids are what Meta deduplicates on).
                 let sent: Vec<StageChange> = group
                     .iter()
                     .map(|(index, _)| stages[*index].clone())
@@ -736,8 +748,9 @@ where
             }
             Err(e) => {
                 use leadpipe_graph::ErrorClass as G;
-                let splittable = matches!(e.class, G::BadRequest | G::NotFound);
-                if splittable && group.len() > 1 {
+                // Only a bad request can be one event's doing. A missing dataset (100/33),
+                // a token or a permission is the whole request's, whatever is in it.
+                if e.class == G::BadRequest && group.len() > 1 {
                     let (first, second) = group.split_at(group.len() / 2);
                     pending.push(second);
                     pending.push(first);
@@ -762,20 +775,54 @@ where
                             code_of(&e)
                         ),
                     }),
+                    G::NotFound => StageOutcome::Refused(StageRefusal {
+                        class: DeadLetterClass::NotFound,
+                        reason: format!(
+                            "the dataset does not exist or this token cannot see it ({}): check CONVERSIONS_DATASET_ID with `leadpipe connect --dataset ID`, then redrive",
+                            code_of(&e)
+                        ),
+                    }),
+                    // Meta's code only: its message can quote what was sent.
                     other => StageOutcome::Refused(StageRefusal {
                         class: DeadLetterClass::of_graph(other)
                             .unwrap_or(DeadLetterClass::BadRequest),
-                        reason: format!(
-                            "Meta refused this event alone ({}): {}",
-                            code_of(&e),
-                            e.message
-                        ),
+                        reason: format!("Meta refused this event alone ({})", code_of(&e)),
                     }),
                 };
+                let stop = matches!(outcome, StageOutcome::Retry { .. });
                 for (index, _) in group {
                     outcomes[*index] = Some(outcome.clone());
                 }
+                if stop {
+                    // Meta is down or asks to wait: the rest waits too, unsent.
+                    for rest in pending.drain(..) {
+                        for (index, _) in rest {
+                            outcomes[*index] = Some(outcome.clone());
+                        }
+                    }
+                }
             }
+        }
+    }
+    // A copy takes its first's fate; a refused copy of a stage sent here was sent.
+    let sent_here: HashSet<&str> = (0..stages.len())
+        .filter(|i| matches!(outcomes[*i], Some(StageOutcome::Sent)))
+        .map(|i| ids[i].as_str())
+        .collect();
+    for index in 0..stages.len() {
+        if let Some(first) = copy_of[index] {
+            outcomes[index] = Some(match &outcomes[first] {
+                Some(StageOutcome::Sent) => StageOutcome::AlreadySent,
+                Some(other) => other.clone(),
+                None => StageOutcome::Retry {
+                    reason: "not sent".into(),
+                    after: None,
+                },
+            });
+        } else if matches!(outcomes[index], Some(StageOutcome::Refused(_)))
+            && sent_here.contains(ids[index].as_str())
+        {
+            outcomes[index] = Some(StageOutcome::AlreadySent);
         }
     }
     let outcomes: Vec<StageOutcome> = outcomes
@@ -915,11 +962,18 @@ where
     report
 }
 
+/// Whether a lead created at `created_time` can still have its initial stage sent: one
+/// older than the 7 days (a backfill of old leads) would only be refused `expired`.
+pub fn initial_stage_in_time(created_time: i64, now: i64) -> bool {
+    now - created_time <= MAX_AGE_SECONDS - AGE_MARGIN_SECONDS
+}
+
 /// Each new lead's initial stage, from the leads table's stream (deliver on AWS): one per
-/// first write, at the lead's creation time.
+/// first write, at the lead's creation time; none for a lead too old to send it for.
 pub fn initial_stages(
     records: &[crate::lead_received::StreamRecord],
     name: &StageName,
+    now: i64,
 ) -> Vec<StageChange> {
     records
         .iter()
@@ -929,12 +983,12 @@ pub fn initial_stages(
                     &event.created_time,
                     &time::format_description::well_known::Rfc3339,
                 )
-                .ok()?;
-                Some(StageChange::initial(
-                    &event.lead_id,
-                    name,
-                    created.unix_timestamp(),
-                ))
+                .ok()?
+                .unix_timestamp();
+                if !initial_stage_in_time(created, now) {
+                    return None;
+                }
+                Some(StageChange::initial(&event.lead_id, name, created))
             }
             _ => None,
         })

@@ -123,21 +123,23 @@ impl<P: EventPublisher> DeliverApp<P> {
                 ),
             })
             .collect();
-        // Initial stages first: when they cannot be queued, nothing is published and the
-        // stream retries the batch whole (a stage queued twice is one event).
+        // Initial stages first. The lead events matter more: when the stage queue cannot
+        // take them, the leads are still delivered and the stages are said lost (log line,
+        // metric InitialStagesNotQueued); `leadpipe stage` can send one by hand.
+        let mut not_queued = 0u64;
         if let Some((queue, name)) = &self.initial_stage {
             use leadpipe_core::stages::StageQueue as _;
-            let stages = leadpipe_core::stages::initial_stages(&records, name);
+            let now = time::OffsetDateTime::now_utc().unix_timestamp();
+            let stages = leadpipe_core::stages::initial_stages(&records, name, now);
             if !stages.is_empty()
                 && let Err(err) = queue.queue_stages(&stages).await
             {
-                tracing::error!(error = %err, stages = stages.len(), "initial stages could not be queued; the stream retries the batch");
-                return DeliverReport {
-                    retry_from: records.first().map(|r| r.sequence.clone()),
-                    ..DeliverReport::default()
-                };
+                not_queued = stages.len() as u64;
+                let lead_ids: Vec<&str> = stages.iter().map(|s| s.lead_id.as_str()).collect();
+                tracing::error!(error = %err, stages = stages.len(), lead_ids = ?lead_ids, "initial stages could not be queued: these leads' first stage is not sent");
             }
         }
+        leadpipe_telemetry::emf::emit(&[("InitialStagesNotQueued", not_queued)]);
         let report = deliver_batch(&self.publisher, &records, &self.settings).await;
         leadpipe_telemetry::emf::emit(&report.metrics());
         if let Some(from) = &report.retry_from {

@@ -536,3 +536,97 @@ async fn post_stages_answers_as_the_contract_says() {
     .await;
     assert_eq!(a.status, 503, "nothing queued: the CRM must send again");
 }
+
+#[tokio::test]
+async fn copies_in_one_batch_are_one_event_and_a_corrected_copy_is_the_one_sent() {
+    let (leads, ledger, api) = world(&[("111", NOW - 3_600), ("222", NOW - 3_600)]);
+    let stages = [
+        // The CRM's first try is before the lead; its correction comes in the same batch.
+        stage("111", "Won", NOW - 7_200),
+        stage("111", "Won", NOW - 60),
+        stage("222", "Won", NOW - 60),
+        stage("222", "Won", NOW - 50),
+    ];
+    let (outcomes, report) = send_stages(
+        &leads,
+        &ledger,
+        &api,
+        &StageSettings::default(),
+        &stages,
+        NOW,
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        vec![
+            StageOutcome::AlreadySent,
+            StageOutcome::Sent,
+            StageOutcome::Sent,
+            StageOutcome::AlreadySent
+        ]
+    );
+    assert_eq!(api.taken().len(), 2);
+    assert_eq!(api.taken()[0].event_time, NOW - 60, "the corrected time");
+    assert_eq!(report.refused_total(), 0);
+}
+
+#[tokio::test]
+async fn a_missing_dataset_refuses_the_request_whole_without_splitting_it() {
+    use leadpipe_graph::{ErrorClass, GraphError};
+    let ids: Vec<String> = (0..64).map(|i| format!("{}", 5_000 + i)).collect();
+    let at: Vec<(&str, i64)> = ids.iter().map(|id| (id.as_str(), NOW - 3_600)).collect();
+    let (leads, ledger, api) = world(&at);
+    api.fail_next.lock().unwrap().push(GraphError {
+        code: Some(100),
+        subcode: Some(33),
+        ..GraphError::local("POST".into(), ErrorClass::NotFound, "no dataset")
+    });
+    let stages: Vec<StageChange> = ids.iter().map(|id| stage(id, "Won", NOW - 60)).collect();
+    let (outcomes, report) = send_stages(
+        &leads,
+        &ledger,
+        &api,
+        &StageSettings::default(),
+        &stages,
+        NOW,
+    )
+    .await;
+    assert_eq!(report.requests, 1, "one request, not 2N-1");
+    assert!(outcomes.iter().all(|o| matches!(o, StageOutcome::Refused(r) if r.class == DeadLetterClass::NotFound && r.reason.contains("CONVERSIONS_DATASET_ID"))));
+}
+
+#[tokio::test]
+async fn meta_down_leaves_the_rest_of_the_batch_unsent_for_later() {
+    use leadpipe_graph::{ErrorClass, GraphError};
+    let ids: Vec<String> = (0..250).map(|i| format!("{}", 7_000 + i)).collect();
+    let at: Vec<(&str, i64)> = ids.iter().map(|id| (id.as_str(), NOW - 3_600)).collect();
+    let (leads, ledger, api) = world(&at);
+    api.fail_next.lock().unwrap().push(GraphError::local(
+        "POST".into(),
+        ErrorClass::Transient,
+        "down",
+    ));
+    let stages: Vec<StageChange> = ids.iter().map(|id| stage(id, "Won", NOW - 60)).collect();
+    let (outcomes, report) = send_stages(
+        &leads,
+        &ledger,
+        &api,
+        &StageSettings::default(),
+        &stages,
+        NOW,
+    )
+    .await;
+    assert_eq!(report.requests, 1);
+    assert_eq!(report.retried, 250);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, StageOutcome::Retry { .. }))
+    );
+}
+
+#[test]
+fn a_lead_too_old_gets_no_initial_stage() {
+    assert!(initial_stage_in_time(NOW - 86_400, NOW));
+    assert!(!initial_stage_in_time(NOW - MAX_AGE_SECONDS, NOW));
+}
