@@ -151,6 +151,13 @@ pub struct DemoReport {
     pub stored_to_forwarded_ms: Option<(u64, u64)>,
     /// Leads per second the receiver got, from its first to its last.
     pub forward_rate: Option<u64>,
+    /// Stages Meta (the sandbox's dataset) took: each lead's initial stage and the later
+    /// ones the demo gives a share of leads (docs/stages.md).
+    pub stages_sent: u64,
+    /// Events the sandbox's dataset holds (it must match `stages_sent`).
+    pub stages_received: usize,
+    /// Stages refused and never sent, by class (the demo gives a few bad ones on purpose).
+    pub stages_refused: BTreeMap<String, i64>,
 }
 
 fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
@@ -230,6 +237,9 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     )?
     .record_latencies(forward_latencies.clone());
     let forwarding = tokio::spawn(forwarder.run(forward_stop.clone()));
+    let stage_sender = pipeline
+        .stage_sender()?
+        .map(|sender| tokio::spawn(sender.run(forward_stop.clone())));
 
     // 1. Meta delivers, imperfectly; 2. ingest drains the queue.
     let sent = deliver_and_ingest(&pipeline, &data, &args).await?;
@@ -237,11 +247,21 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     recover(&pipeline, &data, args.quiet).await;
     // 5. The receiver has every lead.
     drain_outbox(&pipeline, &receiver, args.quiet).await?;
+    // 6. Stages back to Meta: later stages for a share of leads, and a few bad ones.
+    later_stages(&pipeline, &data)?;
+    drain_stages(&pipeline, args.quiet).await?;
     forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = forwarding.await;
+    if let Some(sender) = stage_sender {
+        let _ = sender.await;
+    }
     // 4. Compare with the sandbox, field for field.
     let mut report = compare(&pipeline, &sandbox, data.leads.len(), &sent, &db)?;
     receiver.fill(&mut report);
+    let counts = pipeline.db.stage_counts()?;
+    report.stages_sent = counts.sent as u64;
+    report.stages_refused = counts.refused;
+    report.stages_received = sandbox.conversion_events().len();
     report.stored_to_forwarded_ms = percentiles(
         forward_latencies
             .lock()
@@ -254,6 +274,12 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
         return Err(CliError::Failed(format!(
             "{} lead(s) missing, {} differing, {} of {} forwarded",
             report.missing, report.mismatched, report.forwarded, report.stored
+        )));
+    }
+    if report.stages_received as u64 != report.stages_sent {
+        return Err(CliError::Failed(format!(
+            "{} stage(s) recorded as sent, {} received by the dataset",
+            report.stages_sent, report.stages_received
         )));
     }
     Ok(report)
@@ -378,6 +404,72 @@ async fn drain_outbox(
     Ok(())
 }
 
+/// Every fourth lead reaches `Qualified` a moment ago; two stages are bad on purpose, one
+/// dated before its lead (`before_lead`) and one for a lead nobody has (`unknown_lead`).
+fn later_stages(pipeline: &Pipeline, data: &Dataset) -> Result<(), CliError> {
+    use leadpipe_core::stages::{StageChange, StageName};
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let name = |n: &str| StageName::parse(n).map_err(|e| CliError::Failed(e.to_string()));
+    let (qualified, won) = (name("Qualified")?, name("Won")?);
+    let mut stages = Vec::new();
+    for lead in data.leads.iter().step_by(4) {
+        if let Ok(stage) = StageChange::new(
+            lead.id.clone(),
+            qualified.clone(),
+            now - 30,
+            None,
+            None,
+            now,
+        ) {
+            stages.push(stage);
+        }
+    }
+    if let Some(lead) = data.leads.first()
+        && let Ok(stage) = StageChange::new(
+            lead.id.clone(),
+            won.clone(),
+            lead.created_time - 3_600,
+            None,
+            None,
+            now,
+        )
+    {
+        stages.push(stage);
+    }
+    if let Ok(stage) = StageChange::new("999999999999999".into(), won, now - 30, None, None, now) {
+        stages.push(stage);
+    }
+    pipeline.db.queue_stages(&stages)?;
+    Ok(())
+}
+
+/// Waits until no stage is queued (the sender sends them), with a bar.
+async fn drain_stages(pipeline: &Pipeline, quiet: bool) -> Result<(), CliError> {
+    let counts = pipeline.db.stage_counts()?;
+    let total = counts.queued + counts.sent + counts.refused.values().sum::<i64>();
+    let progress = bar(quiet, total.max(0) as usize, "stages to Meta");
+    let mut last = (Instant::now(), -1i64);
+    loop {
+        let counts = pipeline.db.stage_counts()?;
+        let done = total - counts.queued;
+        progress.set_position(done.max(0) as u64);
+        if counts.queued == 0 {
+            break;
+        }
+        if done != last.1 {
+            last = (Instant::now(), done);
+        } else if last.0.elapsed() > Duration::from_secs(60) {
+            return Err(CliError::Failed(format!(
+                "stages stalled with {} queued",
+                counts.queued
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.finish();
+    Ok(())
+}
+
 /// The local pipeline on `db`, reading the sandbox with its page tokens, tuned so the
 /// sandbox's faults clear in milliseconds rather than minutes.
 fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeline, CliError> {
@@ -385,7 +477,7 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
         app_secret: SecretString::from(leadpipe_sandbox::server::demo_app_secret()),
         verify_token: Some(SecretString::from("demo-verify-token")),
         lookup_key: Some(SecretString::from(DEMO_LOOKUP_KEY)),
-        conversions_token: None,
+        conversions_token: Some(SecretString::from(leadpipe_sandbox::conversions::TOKEN)),
         stage_keys: Vec::new(),
         access_token: None,
         page_tokens: leadpipe_sandbox::server::tokens(data)
@@ -418,7 +510,15 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
         },
     };
     let policy = leadpipe_core::privacy::LeadPolicy::new(secrets.lookup_key.clone(), 0);
-    let pipeline = Pipeline::with_graph(db, secrets, graph, tuning)?;
+    // Stages back to the sandbox's Conversions API dataset, each new lead's initial one too.
+    let stages = leadpipe_core::settings::StagesConfig {
+        dataset_id: leadpipe_sandbox::conversions::DATASET_ID.to_owned(),
+        initial_stage: leadpipe_core::stages::StageName::parse("Lead")
+            .map_err(|e| CliError::Failed(e.to_string()))?,
+        lead_event_source: "leadpipe demo".to_owned(),
+        test_event_code: None,
+    };
+    let pipeline = Pipeline::with_graph(db, secrets, graph, tuning)?.with_stages(Some(stages));
     // Lookup keys as a real set-up writes them: `forget --email` works on the demo's data.
     pipeline.db.set_policy(policy);
     Ok(pipeline)
@@ -614,6 +714,33 @@ fn print_report(report: &DemoReport, db: &Path, keep: bool) -> Result<(), CliErr
             format!("{rate:>7} leads/s (bounded by ingest here)"),
         );
     }
+    row(
+        "stages sent to Meta",
+        format!(
+            "{:>7} (initial and later; the dataset has {})",
+            report.stages_sent, report.stages_received
+        ),
+    );
+    let refused: i64 = report.stages_refused.values().sum();
+    row(
+        "stages refused, never sent",
+        format!(
+            "{refused:>7}{}",
+            if refused == 0 {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    report
+                        .stages_refused
+                        .iter()
+                        .map(|(class, n)| format!("{class} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        ),
+    );
     row("time", format!("{:>6}s", report.seconds));
     if keep {
         row("data", db.display().to_string());

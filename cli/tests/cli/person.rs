@@ -312,10 +312,18 @@ fn status_says_what_the_local_pipeline_holds_and_when_a_person_is_needed() {
     let dir = temp_dir("status");
     let db = demo_db(&dir);
     let db_arg = db.to_str().unwrap();
+    // The demo gives two bad stages on purpose: they wait for a person, and are all that does.
     let out = leadpipe(&["status", "--db", db_arg], &[]);
     let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    assert!(stdout.contains("verdict: ok"), "{stdout}");
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("needs a person: 2 stage(s) were refused"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("before_lead") && stdout.contains("unknown_lead"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("queue          0 waiting, 0 in flight"),
         "{stdout}"
@@ -351,7 +359,7 @@ fn status_says_what_the_local_pipeline_holds_and_when_a_person_is_needed() {
     assert_eq!(report["dead_letters"][0]["count"], 1);
     assert_eq!(
         report["needs_a_person"],
-        serde_json::json!(["dead_letters"])
+        serde_json::json!(["dead_letters", "stages_refused"])
     );
     assert_eq!(report["verdict"], "needs_a_person");
     let human = text(&leadpipe(&["status", "--db", db_arg], &[]).stdout);
