@@ -158,6 +158,8 @@ pub struct DemoReport {
     pub stages_received: usize,
     /// Stages refused and never sent, by class (the demo gives a few bad ones on purpose).
     pub stages_refused: BTreeMap<String, i64>,
+    /// The later stages, queued at once, per second to the sandbox's dataset.
+    pub stage_rate: Option<u64>,
 }
 
 fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
@@ -248,8 +250,10 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     // 5. The receiver has every lead.
     drain_outbox(&pipeline, &receiver, args.quiet).await?;
     // 6. Stages back to Meta: later stages for a share of leads, and a few bad ones.
-    later_stages(&pipeline, &data)?;
+    let later = later_stages(&pipeline, &data)?;
+    let draining = Instant::now();
     drain_stages(&pipeline, args.quiet).await?;
+    let drained = draining.elapsed().as_secs_f64();
     forward_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = forwarding.await;
     if let Some(sender) = stage_sender {
@@ -262,6 +266,7 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     report.stages_sent = counts.sent as u64;
     report.stages_refused = counts.refused;
     report.stages_received = sandbox.conversion_events().len();
+    report.stage_rate = (later > 100 && drained > 0.0).then(|| (later as f64 / drained) as u64);
     report.stored_to_forwarded_ms = percentiles(
         forward_latencies
             .lock()
@@ -406,7 +411,7 @@ async fn drain_outbox(
 
 /// Every fourth lead reaches `Qualified` a moment ago; two stages are bad on purpose, one
 /// dated before its lead (`before_lead`) and one for a lead nobody has (`unknown_lead`).
-fn later_stages(pipeline: &Pipeline, data: &Dataset) -> Result<(), CliError> {
+fn later_stages(pipeline: &Pipeline, data: &Dataset) -> Result<usize, CliError> {
     use leadpipe_core::stages::{StageChange, StageName};
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let name = |n: &str| StageName::parse(n).map_err(|e| CliError::Failed(e.to_string()));
@@ -439,8 +444,7 @@ fn later_stages(pipeline: &Pipeline, data: &Dataset) -> Result<(), CliError> {
     if let Ok(stage) = StageChange::new("999999999999999".into(), won, now - 30, None, None, now) {
         stages.push(stage);
     }
-    pipeline.db.queue_stages(&stages)?;
-    Ok(())
+    Ok(pipeline.db.queue_stages(&stages)?.queued)
 }
 
 /// Waits until no stage is queued (the sender sends them), with a bar.
@@ -741,6 +745,12 @@ fn print_report(report: &DemoReport, db: &Path, keep: bool) -> Result<(), CliErr
             }
         ),
     );
+    if let Some(rate) = report.stage_rate {
+        row(
+            "stages rate",
+            format!("{rate:>7} stages/s (100 an event request, loopback)"),
+        );
+    }
     row("time", format!("{:>6}s", report.seconds));
     if keep {
         row("data", db.display().to_string());
