@@ -167,12 +167,45 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-async fn local(target: &TargetArgs) -> Result<LocalDb, CliError> {
-    match target.resolve().await? {
-        Target::Local(path) => Ok(LocalDb::open_existing(&path)?),
-        Target::Aws(..) => Err(CliError::Settings(
-            "stages on the stack come in as `Lead Stage Changed` events or POST /stages (docs/stages.md); this command queues into a local file: use --db".into(),
-        )),
+/// Where `stage` and `stages import` queue: the local file's `stages` table, or the
+/// stack's stage queue (output `StagesQueueUrl`), which its stages function drains.
+enum StageTarget {
+    Local(LocalDb),
+    Stack(leadpipe_aws::SqsEventQueue),
+}
+
+impl StageTarget {
+    async fn resolve(target: &TargetArgs) -> Result<Self, CliError> {
+        match target.resolve().await? {
+            Target::Local(path) => Ok(Self::Local(LocalDb::open_existing(&path)?)),
+            Target::Aws(config, names) => {
+                let url = names.stages_queue_url.ok_or_else(|| {
+                    CliError::Settings(
+                        "the stack has no StagesQueueUrl output (deploy this version's template), or give --db".into(),
+                    )
+                })?;
+                Ok(Self::Stack(leadpipe_aws::SqsEventQueue::new(&config, url)))
+            }
+        }
+    }
+
+    /// Queues `stages` durably: `(queued, queued or sent already)`. The stack's queue cannot
+    /// tell a repeat at the door; its stages function sends it once.
+    async fn queue(&self, stages: &[StageChange]) -> Result<(usize, usize), CliError> {
+        match self {
+            Self::Local(db) => {
+                let done = db.queue_stages(stages)?;
+                Ok((done.queued, done.already))
+            }
+            Self::Stack(queue) => {
+                use leadpipe_core::stages::StageQueue as _;
+                queue
+                    .queue_stages(stages)
+                    .await
+                    .map_err(|e| CliError::Unreachable(e.to_string()))?;
+                Ok((stages.len(), 0))
+            }
+        }
     }
 }
 
@@ -199,16 +232,16 @@ pub async fn stage(args: StageArgs) -> Result<(), CliError> {
         now,
     )
     .map_err(|e| CliError::Settings(e.to_string()))?;
-    let db = local(&args.target).await?;
-    let queued = db.queue_stages(std::slice::from_ref(&stage))?;
+    let target = StageTarget::resolve(&args.target).await?;
+    let (queued, _) = target.queue(std::slice::from_ref(&stage)).await?;
     if args.json {
         crate::render::print(&format!(
             "{}\n",
-            serde_json::json!({"lead_id": stage.lead_id, "event_id": stage.event_id(), "queued": queued.queued == 1})
+            serde_json::json!({"lead_id": stage.lead_id, "event_id": stage.event_id(), "queued": queued == 1})
         ))?;
-    } else if queued.queued == 1 {
+    } else if queued == 1 {
         crate::render::print(&format!(
-            "queued: lead {} at {}; `leadpipe serve` sends it (status shows it)\n",
+            "queued: lead {} at {}; `leadpipe serve` or the stack's stages function sends it (status shows it)\n",
             stage.lead_id,
             crate::render::unix_time(stage.stage_time)
         ))?;
@@ -232,7 +265,7 @@ pub async fn run(args: StagesArgs) -> Result<(), CliError> {
 const IMPORT_CHUNK: usize = 1_000;
 
 async fn import(args: ImportArgs) -> Result<(), CliError> {
-    let db = local(&args.target).await?;
+    let target = StageTarget::resolve(&args.target).await?;
     let file = std::fs::File::open(&args.file)
         .map_err(|e| CliError::Settings(format!("{} cannot be read: {e}", args.file.display())))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -273,9 +306,9 @@ async fn import(args: ImportArgs) -> Result<(), CliError> {
             Err(e) => {
                 // What was read before the bad place is queued and said; then the error.
                 if !args.dry_run && !chunk.is_empty() {
-                    let done = db.queue_stages(&chunk)?;
-                    queued += done.queued as u64;
-                    already += done.already as u64;
+                    let (new, seen) = target.queue(&chunk).await?;
+                    queued += new as u64;
+                    already += seen as u64;
                 }
                 progress.finish_and_clear();
                 crate::render::print(&format!(
@@ -327,9 +360,9 @@ async fn import(args: ImportArgs) -> Result<(), CliError> {
             if args.dry_run {
                 queued += chunk.len() as u64;
             } else {
-                let done = db.queue_stages(&chunk)?;
-                queued += done.queued as u64;
-                already += done.already as u64;
+                let (new, seen) = target.queue(&chunk).await?;
+                queued += new as u64;
+                already += seen as u64;
             }
             chunk.clear();
             progress.set_message(format!("{queued} queued"));
