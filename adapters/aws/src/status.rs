@@ -48,6 +48,33 @@ impl StackStatus {
         }
     }
 
+    /// A queue's approximate depth from its attributes (the oldest's age is the alarm's).
+    async fn queue_depth(&self, url: &str, what: &str) -> Result<QueueFacts, StoreError> {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .map_err(|e| failed(what, e))?;
+        let get = |n: QueueAttributeName| -> u64 {
+            attrs
+                .attributes()
+                .and_then(|a| a.get(&n))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(QueueFacts {
+            waiting: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
+            oldest_age_seconds: None,
+        })
+    }
+
     /// A DLQ's messages by class (read with a short visibility, given back at once); one
     /// SQS moved after `maxReceiveCount` (no attribute of ours) is `exhausted`.
     async fn dlq_groups(&self, dlq: &str) -> Result<Vec<DeadLetterGroup>, StoreError> {
@@ -92,29 +119,7 @@ impl StatusSource for StackStatus {
         let Some(url) = &self.queue_url else {
             return Ok(None);
         };
-        let attrs = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
-            .send()
-            .await
-            .map_err(|e| failed("the queue", e))?;
-        let get = |n: QueueAttributeName| -> u64 {
-            attrs
-                .attributes()
-                .and_then(|a| a.get(&n))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok(Some(QueueFacts {
-            waiting: get(QueueAttributeName::ApproximateNumberOfMessages),
-            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-            delayed: get(QueueAttributeName::ApproximateNumberOfMessagesDelayed),
-            oldest_age_seconds: None,
-        }))
+        self.queue_depth(url, "the queue").await.map(Some)
     }
 
     async fn dead_letters(&self) -> Result<Option<Vec<DeadLetterGroup>>, StoreError> {
@@ -128,23 +133,8 @@ impl StatusSource for StackStatus {
         let (Some(queue), Some(dlq)) = (&self.stages_queue_url, &self.stages_dlq_url) else {
             return Ok(None);
         };
-        let attrs = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(queue)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-            .send()
-            .await
-            .map_err(|e| failed("the stage queue", e))?;
-        let queued: u64 = [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-        ]
-        .iter()
-        .filter_map(|n| attrs.attributes().and_then(|a| a.get(n)))
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
+        let depth = self.queue_depth(queue, "the stage queue").await?;
+        let queued = depth.waiting + depth.in_flight;
         // The ledger's `stage#` items, counted (a `Select=COUNT` scan of the state table).
         let mut sent = 0u64;
         if let Some(table) = &self.state_table {

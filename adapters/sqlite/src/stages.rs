@@ -161,12 +161,11 @@ impl LocalDb {
                             params![claim.event_id, refusal.class.as_str(), refusal.reason],
                         )?;
                     }
-                    StageOutcome::Retry { reason, after } if claim.attempts >= MAX_STAGE_ATTEMPTS => {
+                    StageOutcome::Retry { reason, .. } if claim.attempts >= MAX_STAGE_ATTEMPTS => {
                         tx.execute(
                             "UPDATE stages SET state = 'refused', reason_class = 'exhausted', reason = ?2 WHERE event_id = ?1",
                             params![claim.event_id, format!("tried {} times; last: {reason}", claim.attempts)],
                         )?;
-                        let _ = after;
                     }
                     StageOutcome::Retry { after, .. } => {
                         // 2 s, 4 s, … capped at 10 min; Meta's own wait when it gave one.
