@@ -753,23 +753,8 @@ async fn business_accounts(
 /// pipeline's queue (core's rule, `leadpipe_core::tokens::healed_by_connect`), locally with
 /// `--db` and on the stack with `--stack`; a dry run counts them. False when it failed.
 async fn heal(args: &ConnectArgs, fixed: &std::collections::BTreeSet<String>) -> bool {
-    use leadpipe_core::ports::DeadLetterClass;
-    let wanted = |class: &str, body: &str| {
-        DeadLetterClass::parse(class)
-            .is_some_and(|c| leadpipe_core::tokens::healed_by_connect(c, body, fixed))
-    };
-    let said = |n: usize| {
-        if args.dry_run {
-            ok(format!(
-                "would bring back {n} lead(s) of these pages that waited as token or permission dead letters"
-            ));
-        } else {
-            ok(format!(
-                "brought back {n} lead(s) of these pages that waited as token or permission dead letters; other pages' and classes' stay"
-            ));
-        }
-    };
-    if let Some(path) = &args.db {
+    use crate::operate::{Piles, Target};
+    let target = if let Some(path) = &args.db {
         if !path.exists() {
             note(format!(
                 "{} does not exist yet: no dead letter to bring back",
@@ -777,47 +762,16 @@ async fn heal(args: &ConnectArgs, fixed: &std::collections::BTreeSet<String>) ->
             ));
             return true;
         }
-        let db = if args.dry_run {
-            leadpipe_local::LocalDb::open_existing_read_only(path)
-        } else {
-            leadpipe_local::LocalDb::open_existing(path)
-        };
-        match db.map_err(CliError::from).and_then(|db| {
-            db.redrive_where(wanted, args.dry_run)
-                .map_err(CliError::from)
-        }) {
-            Ok(n) => said(n),
-            Err(e) => {
-                fail(format!(
-                    "the dead letters in {} could not be brought back: {e}",
-                    path.display()
-                ));
-                return false;
-            }
-        }
+        Target::Local(path.clone())
     } else if let Some(stack) = &args.stack {
         let config = leadpipe_aws::sdk_config().await;
-        let names = match crate::operate::AwsNames::default()
+        match crate::operate::AwsNames::default()
             .over_stack(&config, Some(stack))
             .await
         {
-            Ok(names) => names,
+            Ok(names) => Target::Aws(Box::new(config), names),
             Err(e) => {
                 fail(format!("the stack's queues could not be found: {e}"));
-                return false;
-            }
-        };
-        let (Some(dlq), Some(queue)) = (&names.dlq_url, &names.queue_url) else {
-            fail("the stack has no queue or DLQ output: nothing could be brought back");
-            return false;
-        };
-        let sqs = leadpipe_aws::SqsClient::new(&config);
-        match leadpipe_aws::operate::redrive_where(&sqs, dlq, queue, wanted, args.dry_run).await {
-            Ok(done) => said(done.moved),
-            Err(e) => {
-                fail(format!(
-                    "the stack's dead letters could not be brought back: {e}"
-                ));
                 return false;
             }
         }
@@ -825,6 +779,29 @@ async fn heal(args: &ConnectArgs, fixed: &std::collections::BTreeSet<String>) ->
         note(
             "leads that waited as token or permission dead letters come back with `leadpipe redrive --reason-class token` (or give connect --db/--stack to do it)",
         );
+        return true;
+    };
+    let piles = match Piles::of(target, args.dry_run) {
+        Ok(piles) => piles,
+        Err(e) => {
+            fail(format!("the dead letters could not be reached: {e}"));
+            return false;
+        }
+    };
+    let pick = leadpipe_core::redrive::Pick::HealedPages(fixed);
+    match leadpipe_core::redrive::redrive(&piles, pick, args.dry_run).await {
+        Ok(report) if args.dry_run => ok(format!(
+            "would bring back {} lead(s) of these pages that waited as token or permission dead letters",
+            report.leads.moved
+        )),
+        Ok(report) => ok(format!(
+            "brought back {} lead(s) of these pages that waited as token or permission dead letters; other pages' and classes' stay",
+            report.leads.moved
+        )),
+        Err(e) => {
+            fail(format!("the dead letters could not be brought back: {e}"));
+            return false;
+        }
     }
     true
 }

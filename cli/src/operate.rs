@@ -4,6 +4,7 @@
 
 use crate::CliError;
 use leadpipe_aws::operate as aws_ops;
+use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::privacy::LeadPolicy;
 use leadpipe_local::LocalDb;
 use secrecy::SecretString;
@@ -291,16 +292,33 @@ fn open_local(path: &std::path::Path, dry_run: bool) -> Result<LocalDb, CliError
 
 // ---- redrive -----------------------------------------------------------------------------
 
+/// A dead-letter class as a flag's value: clap offers core's one list
+/// (`DeadLetterClass::ALL`), the list `status` prints from, so the two cannot drift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassArg(pub DeadLetterClass);
+
+static CLASS_ARGS: std::sync::LazyLock<Vec<ClassArg>> =
+    std::sync::LazyLock::new(|| DeadLetterClass::ALL.map(ClassArg).to_vec());
+
+impl clap::ValueEnum for ClassArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &CLASS_ARGS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.as_str()))
+    }
+}
+
 /// Arguments of `leadpipe redrive`.
 #[derive(Debug, clap::Args)]
 pub struct RedriveArgs {
     /// Where.
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Only dead letters of this class (every class `status` prints: malformed, not_found,
-    /// permission, token, bad_request, too_large, unreadable, exhausted, refused).
-    #[arg(long)]
-    pub reason_class: Option<String>,
+    /// Only dead letters of this class (every class `status` prints).
+    #[arg(long, value_enum)]
+    pub reason_class: Option<ClassArg>,
     /// Count what would move; move nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -309,93 +327,93 @@ pub struct RedriveArgs {
     pub json: bool,
 }
 
-/// Moves dead letters back to the queue (and forwarding's back to the outbox).
-pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
-    use leadpipe_core::ports::DeadLetterClass;
-    let class = match &args.reason_class {
-        None => None,
-        Some(name) => Some(DeadLetterClass::parse(name).ok_or_else(|| {
-            CliError::Settings(format!(
-                "--reason-class {} is not a class: use one of {}",
-                crate::render::line(name),
-                DeadLetterClass::ALL
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-        })?),
-    };
-    let mut forwards = 0;
-    let mut stages = 0;
-    let (moved, left, failed) = match args.target.resolve().await? {
-        Target::Local(path) => {
-            let db = open_local(&path, args.dry_run)?;
-            // Forwarding's dead letters are `refused` or `exhausted`; they go back to the
-            // outbox, the queue's back to the queue.
-            if class
-                .is_none_or(|c| matches!(c, DeadLetterClass::Refused | DeadLetterClass::Exhausted))
-            {
-                forwards = db.outbox_redrive(class, args.dry_run)?;
-            }
-            // Stages' dead letters go back to the stage queue (docs/stages.md).
-            stages = db.redrive_stages(class, args.dry_run)?;
-            (
-                db.redrive(class.map(DeadLetterClass::as_str), args.dry_run)?,
-                0,
-                0,
-            )
-        }
-        Target::Aws(config, names) => {
-            let dlq = need(&names.dlq_url, "the dead-letter queue", "--dlq-url")?;
-            let queue = need(&names.queue_url, "the lead events queue", "--queue-url")?;
-            let sqs = leadpipe_aws::SqsClient::new(&config);
-            let done = aws_ops::redrive(
-                &sqs,
-                dlq,
-                queue,
-                class.map(DeadLetterClass::as_str),
-                args.dry_run,
-            )
-            .await?;
-            // The stages' DLQ goes back to the stage queue (docs/stages.md).
-            let (mut left, mut failed) = (done.left, done.failed);
-            if let (Some(stages_dlq), Some(stages_queue)) =
-                (&names.stages_dlq_url, &names.stages_queue_url)
-            {
-                let staged = aws_ops::redrive(
-                    &sqs,
-                    stages_dlq,
-                    stages_queue,
-                    class.map(DeadLetterClass::as_str),
-                    args.dry_run,
-                )
-                .await?;
-                stages = staged.moved;
-                left += staged.left;
-                failed += staged.failed;
-            }
-            (done.moved, left, failed)
-        }
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"dry_run": args.dry_run, "moved": moved, "forwards": forwards, "stages": stages, "left": left, "failed": failed})
-        );
-    } else {
-        let verb = if args.dry_run { "would move" } else { "moved" };
-        println!("{verb} {moved} dead letter(s) back to the queue; {left} left in the DLQ");
-        if forwards > 0 {
-            println!("{verb} {forwards} forwarding dead letter(s) back to the outbox");
-        }
-        if stages > 0 {
-            println!("{verb} {stages} refused stage(s) back to the stage queue");
+/// The dead letters of a target, for core's `redrive`.
+pub enum Piles {
+    /// The SQLite file.
+    Local(LocalDb),
+    /// The stack's DLQs.
+    Stack(leadpipe_aws::operate::StackDeadLetters),
+}
+
+impl leadpipe_core::redrive::DeadLetterPiles for Piles {
+    async fn move_back(
+        &self,
+        pile: leadpipe_core::redrive::Pile,
+        pick: &leadpipe_core::redrive::Pick<'_>,
+        dry_run: bool,
+    ) -> Result<leadpipe_core::redrive::Moved, leadpipe_core::ports::Cause> {
+        match self {
+            Piles::Local(db) => db.move_back(pile, pick, dry_run).await,
+            Piles::Stack(stack) => stack.move_back(pile, pick, dry_run).await,
         }
     }
-    if failed > 0 {
+}
+
+impl Piles {
+    /// The target's piles; on the stack its lead queue and DLQ must be known, the stage
+    /// queue's pair is used when the stack has one.
+    pub fn of(target: Target, dry_run: bool) -> Result<Self, CliError> {
+        Ok(match target {
+            Target::Local(path) => Piles::Local(open_local(&path, dry_run)?),
+            Target::Aws(config, names) => {
+                let dlq = need(&names.dlq_url, "the dead-letter queue", "--dlq-url")?;
+                let queue = need(&names.queue_url, "the lead events queue", "--queue-url")?;
+                Piles::Stack(leadpipe_aws::operate::StackDeadLetters {
+                    sqs: leadpipe_aws::SqsClient::new(&config),
+                    leads: Some((dlq.to_owned(), queue.to_owned())),
+                    stages: names
+                        .stages_dlq_url
+                        .clone()
+                        .zip(names.stages_queue_url.clone()),
+                })
+            }
+        })
+    }
+}
+
+/// `redrive`'s failure as the CLI's: a pile that could not be reached, with what moved.
+pub fn redrive_failed(err: leadpipe_core::redrive::RedriveError) -> CliError {
+    let done = &err.done;
+    CliError::Unreachable(format!(
+        "{err}; moved before it: {} lead, {} forwarding, {} stage dead letter(s)",
+        done.leads.moved, done.forwards.moved, done.stages.moved
+    ))
+}
+
+/// Moves dead letters back to the queue (and forwarding's back to the outbox, the stages'
+/// to the stage queue): core's `redrive`, rendered.
+pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
+    let piles = Piles::of(args.target.resolve().await?, args.dry_run)?;
+    let pick = leadpipe_core::redrive::Pick::of(args.reason_class.map(|c| c.0));
+    let report = leadpipe_core::redrive::redrive(&piles, pick, args.dry_run)
+        .await
+        .map_err(redrive_failed)?;
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        let verb = if args.dry_run { "would move" } else { "moved" };
+        println!(
+            "{verb} {} dead letter(s) back to the queue; {} left in the DLQ",
+            report.leads.moved,
+            report.left()
+        );
+        if report.forwards.moved > 0 {
+            println!(
+                "{verb} {} forwarding dead letter(s) back to the outbox",
+                report.forwards.moved
+            );
+        }
+        if report.stages.moved > 0 {
+            println!(
+                "{verb} {} refused stage(s) back to the stage queue",
+                report.stages.moved
+            );
+        }
+    }
+    if report.failed() > 0 {
         return Err(CliError::Failed(format!(
-            "{failed} dead letter(s) could not be sent back; they are still in the DLQ: run redrive again"
+            "{} dead letter(s) could not be sent back; they are still in the DLQ: run redrive again",
+            report.failed()
         )));
     }
     Ok(())

@@ -240,55 +240,61 @@ pub async fn erase_dead_letters_naming(
     Ok(naming.len())
 }
 
-/// What a filtered redrive did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Redriven {
-    /// Moved back to the queue.
-    pub moved: usize,
-    /// Left in the DLQ (another class, or its send failed).
-    pub left: usize,
-    /// Sends that failed (each message stays in the DLQ).
-    pub failed: usize,
+/// The stack's dead letters for core's `redrive`: the lead DLQ back to the lead queue, the
+/// stages' DLQ back to the stage queue (each as `(dlq url, queue url)`, absent when the
+/// stack has none); the stack keeps no forwarding pile (EventBridge retries for it).
+#[derive(Debug, Clone)]
+pub struct StackDeadLetters {
+    /// The SQS client.
+    pub sqs: aws_sdk_sqs::Client,
+    /// `(DeadLetterQueueUrl, QueueUrl)`.
+    pub leads: Option<(String, String)>,
+    /// `(StagesDeadLetterQueueUrl, StagesQueueUrl)`.
+    pub stages: Option<(String, String)>,
 }
 
-/// Moves the DLQ's messages of `reason_class` (all when `None`) back to the queue, each
-/// deleted only after its copy was sent; `dry_run` only counts.
-pub async fn redrive(
+impl leadpipe_core::redrive::DeadLetterPiles for StackDeadLetters {
+    async fn move_back(
+        &self,
+        pile: leadpipe_core::redrive::Pile,
+        pick: &leadpipe_core::redrive::Pick<'_>,
+        dry_run: bool,
+    ) -> Result<leadpipe_core::redrive::Moved, Cause> {
+        use leadpipe_core::redrive::Pile;
+        let urls = match pile {
+            Pile::Leads => &self.leads,
+            Pile::Stages => &self.stages,
+            Pile::Forwards => &None,
+        };
+        match urls {
+            Some((dlq, queue)) => redrive_picked(&self.sqs, dlq, queue, pick, dry_run)
+                .await
+                .map_err(Cause::from_error),
+            None => Ok(Default::default()),
+        }
+    }
+}
+
+/// Moves the DLQ's messages `pick` picks back to the queue, each deleted only after its
+/// copy was sent; `dry_run` only counts. A message without our class attribute is one SQS
+/// moved after `maxReceiveCount` (`exhausted`).
+async fn redrive_picked(
     sqs: &aws_sdk_sqs::Client,
     dlq_url: &str,
     queue_url: &str,
-    reason_class: Option<&str>,
+    pick: &leadpipe_core::redrive::Pick<'_>,
     dry_run: bool,
-) -> Result<Redriven, QueueError> {
-    redrive_where(
-        sqs,
-        dlq_url,
-        queue_url,
-        |class, _| reason_class.is_none_or(|c| class == c),
-        dry_run,
-    )
-    .await
-}
-
-/// Moves the DLQ's messages `wanted` picks (by class and body) back to the queue, each
-/// deleted only after its copy was sent; `dry_run` only counts. A message without our
-/// class attribute is one SQS moved after `maxReceiveCount` (`exhausted`).
-pub async fn redrive_where(
-    sqs: &aws_sdk_sqs::Client,
-    dlq_url: &str,
-    queue_url: &str,
-    wanted: impl Fn(&str, &str) -> bool,
-    dry_run: bool,
-) -> Result<Redriven, QueueError> {
+) -> Result<leadpipe_core::redrive::Moved, QueueError> {
+    use leadpipe_core::dead_letter::DeadLetterClass;
     let taken = take_all(sqs, dlq_url, 300).await?;
-    let mut result = Redriven::default();
+    let mut result = leadpipe_core::redrive::Moved::default();
     let mut keep = Vec::new();
     for m in taken {
-        let class = m
-            .reason_class
-            .as_deref()
-            .unwrap_or(leadpipe_core::ports::DeadLetterClass::Exhausted.as_str());
-        let wanted = wanted(class, &m.body);
+        let class = match m.reason_class.as_deref() {
+            None => Some(DeadLetterClass::Exhausted),
+            Some(name) => DeadLetterClass::parse(name),
+        };
+        let wanted = pick.picks(class, &m.body);
         if !wanted || dry_run {
             if wanted {
                 result.moved += 1;

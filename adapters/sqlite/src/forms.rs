@@ -1,7 +1,8 @@
 //! The forms catalog in the SQLite file (core's `forms::FormStore`): a row per form with its
 //! latest version as JSON, and the forms' names and countries for `status` and `forget`.
 
-use crate::{LocalDb, has_column};
+use crate::LocalDb;
+use crate::schema::has_column;
 use leadpipe_core::forms::{Form, FormStore};
 use leadpipe_core::ports::{Cause, StoreError};
 use rusqlite::{OptionalExtension, params};

@@ -1,54 +1,27 @@
-//! `leadpipe redrive` on the SQLite file: dead letters back to the queue, in one
-//! transaction, so none is lost or doubled by a crash midway.
+//! `redrive` on the SQLite file (core's `redrive` over [`DeadLetterPiles`]): the lead
+//! queue's dead letters back to the queue, forwarding's back to the outbox, the stages'
+//! back to the stage queue; each pile in one transaction, so none is lost or doubled by a
+//! crash midway.
 
 use crate::{LocalDb, LocalError, now_unix_ms};
+use leadpipe_core::dead_letter::DeadLetterClass;
+use leadpipe_core::failure::Cause;
+use leadpipe_core::redrive::{DeadLetterPiles, Moved, Pick, Pile};
 use rusqlite::params;
 
-impl LocalDb {
-    /// Moves the dead letters of `reason_class` (all when `None`) back to the queue; with
-    /// `dry_run`, only counts them. Returns how many.
-    pub fn redrive(&self, reason_class: Option<&str>, dry_run: bool) -> Result<usize, LocalError> {
-        let now = now_unix_ms();
-        if dry_run {
-            // Reads only: a dry run works on a file opened read-only.
-            return self.with(|conn| {
-                conn.query_row(
-                    "SELECT COUNT(*) FROM dead_letters WHERE ?1 IS NULL OR reason_class = ?1
-                       OR (?1 = 'exhausted' AND reason_class = 'max_receives')",
-                    params![reason_class],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map(|n| n as usize)
-            });
-        }
-        self.with(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let rows: Vec<(i64, String)> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, body FROM dead_letters WHERE ?1 IS NULL OR reason_class = ?1 ORDER BY id",
-                )?;
-                stmt.query_map(params![reason_class], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
-            for (id, body) in &rows {
-                tx.execute(
-                    "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
-                    params![body, now],
-                )?;
-                tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
-            }
-            tx.commit()?;
-            Ok(rows.len())
-        })
+/// A stored class: files from before the class had its contract name say `max_receives`
+/// until they are opened to write (adapters/sqlite/src/schema.rs, step 5).
+fn stored_class(name: &str) -> Option<DeadLetterClass> {
+    match name {
+        "max_receives" => Some(DeadLetterClass::Exhausted),
+        other => DeadLetterClass::parse(other),
     }
+}
 
-    /// Moves the dead letters `wanted` picks (by class and body) back to the queue, in one
-    /// transaction; with `dry_run`, only counts them. Returns how many.
-    pub fn redrive_where(
-        &self,
-        wanted: impl Fn(&str, &str) -> bool,
-        dry_run: bool,
-    ) -> Result<usize, LocalError> {
+impl LocalDb {
+    /// Moves the lead queue's dead letters `pick` picks back to the queue, in one
+    /// transaction; with `dry_run`, only counts them.
+    fn redrive_leads(&self, pick: &Pick<'_>, dry_run: bool) -> Result<Moved, LocalError> {
         let now = now_unix_ms();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(if dry_run {
@@ -56,27 +29,31 @@ impl LocalDb {
             } else {
                 rusqlite::TransactionBehavior::Immediate
             })?;
-            let rows: Vec<(i64, String)> = {
+            let mut picked = Vec::new();
+            let mut left = 0;
+            {
                 let mut stmt =
                     tx.prepare("SELECT id, reason_class, body FROM dead_letters ORDER BY id")?;
-                stmt.query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                })?
-                .filter_map(|row| match row {
-                    Ok((id, class, body)) if wanted(&class, &body) => Some(Ok((id, body))),
-                    Ok(_) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<rusqlite::Result<_>>()?
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let (id, class, body): (i64, String, String) =
+                        (row.get(0)?, row.get(1)?, row.get(2)?);
+                    if pick.picks(stored_class(&class), &body) {
+                        picked.push((id, body));
+                    } else {
+                        left += 1;
+                    }
+                }
+            }
+            let moved = Moved {
+                moved: picked.len(),
+                left,
+                failed: 0,
             };
             if dry_run {
-                return Ok(rows.len());
+                return Ok(moved);
             }
-            for (id, body) in &rows {
+            for (id, body) in &picked {
                 tx.execute(
                     "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
                     params![body, now],
@@ -84,7 +61,23 @@ impl LocalDb {
                 tx.execute("DELETE FROM dead_letters WHERE id = ?1", params![id])?;
             }
             tx.commit()?;
-            Ok(rows.len())
+            Ok(moved)
         })
+    }
+}
+
+impl DeadLetterPiles for LocalDb {
+    async fn move_back(&self, pile: Pile, pick: &Pick<'_>, dry_run: bool) -> Result<Moved, Cause> {
+        let moved = |n| Moved {
+            moved: n,
+            ..Moved::default()
+        };
+        match pile {
+            Pile::Leads => self.redrive_leads(pick, dry_run),
+            // Forwarding and stages are picked by class only (core's `Pick::reaches`).
+            Pile::Forwards => self.outbox_redrive(pick.class(), dry_run).map(moved),
+            Pile::Stages => self.redrive_stages(pick.class(), dry_run).map(moved),
+        }
+        .map_err(Cause::from_error)
     }
 }

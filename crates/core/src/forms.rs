@@ -9,7 +9,7 @@
 //! call per lead. What a lead was answered against is copied into the lead when it is
 //! stored (`crate::readable`), so a form edited later does not relabel old leads.
 
-use crate::ports::StoreError;
+use crate::failure::StoreError;
 use leadpipe_graph::{GraphError, LeadgenForm};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

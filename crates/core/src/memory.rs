@@ -1,7 +1,7 @@
 //! In-memory adapters, for unit tests and benchmarks of the use cases.
 
 use crate::event::LeadEvent;
-use crate::ports::{EventQueue, QueueError};
+use crate::ports::{EventQueue, QueueError, StoreError};
 use std::sync::Mutex;
 
 /// A queue that keeps events in a `Vec`, and can be told to fail.
@@ -628,5 +628,195 @@ impl crate::stages::ConversionsApi for MemoryConversions {
             taken.extend(events.iter().cloned());
         }
         Ok(events.len() as u64)
+    }
+}
+
+/// Stored leads for `export`'s rule: filtered as the stores filter, and made to fail on
+/// demand.
+#[derive(Debug, Default)]
+pub struct MemoryLeadScan {
+    rows: Vec<crate::lead_row::LeadRow>,
+    forms: Vec<crate::forms::Form>,
+    failing: std::sync::atomic::AtomicBool,
+    field_name_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl MemoryLeadScan {
+    /// These rows, in this order, and no forms.
+    pub fn new(rows: Vec<crate::lead_row::LeadRow>) -> Self {
+        Self {
+            rows,
+            ..Default::default()
+        }
+    }
+
+    /// From now on every read fails as an unreachable store.
+    pub fn fail(&self) {
+        self.failing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many field-name passes were read.
+    pub fn field_name_reads(&self) -> usize {
+        self.field_name_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("the scan is down".into()));
+        }
+        Ok(())
+    }
+
+    fn selected<'a>(
+        &'a self,
+        filter: &'a crate::lead_row::LeadFilter,
+    ) -> impl Iterator<Item = &'a crate::lead_row::LeadRow> {
+        self.rows.iter().filter(move |r| {
+            filter
+                .form_id
+                .as_ref()
+                .is_none_or(|f| r.form_id.as_ref() == Some(f))
+                && filter.since.as_ref().is_none_or(|s| &r.created_time >= s)
+                && filter.until.as_ref().is_none_or(|u| &r.created_time < u)
+        })
+    }
+}
+
+impl crate::export::LeadScan for MemoryLeadScan {
+    async fn field_names(
+        &self,
+        filter: &crate::lead_row::LeadFilter,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        self.check()?;
+        self.field_name_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self
+            .selected(filter)
+            .flat_map(|r| r.fields.keys().cloned())
+            .collect())
+    }
+
+    async fn catalog(&self) -> Result<Vec<crate::forms::Form>, StoreError> {
+        self.check()?;
+        Ok(self.forms.clone())
+    }
+
+    async fn each_lead<E: From<StoreError> + Send>(
+        &self,
+        filter: &crate::lead_row::LeadFilter,
+        mut each: impl FnMut(crate::lead_row::LeadRow) -> Result<(), E> + Send,
+    ) -> Result<usize, E> {
+        self.check()?;
+        let mut seen = 0;
+        for row in self.selected(filter) {
+            seen += 1;
+            each(row.clone())?;
+        }
+        Ok(seen)
+    }
+}
+
+/// Dead letters in three piles, for `redrive`'s rule: what was moved back is kept apart, a
+/// pile can fail whole, or refuse each move.
+#[derive(Debug, Default)]
+pub struct MemoryDeadLetters {
+    piles: Mutex<std::collections::HashMap<PileKey, MemoryPile>>,
+}
+
+type PileKey = &'static str;
+
+#[derive(Debug, Default)]
+struct MemoryPile {
+    waiting: Vec<(Option<crate::dead_letter::DeadLetterClass>, String)>,
+    back: Vec<String>,
+    asked: usize,
+    failing: bool,
+    refusing: bool,
+}
+
+impl MemoryDeadLetters {
+    fn with<T>(
+        &self,
+        pile: crate::redrive::Pile,
+        f: impl FnOnce(&mut MemoryPile) -> T,
+    ) -> Option<T> {
+        self.piles
+            .lock()
+            .ok()
+            .map(|mut piles| f(piles.entry(pile.as_str()).or_default()))
+    }
+
+    /// A dead letter of `class` (`None`: one this build does not know) in `pile`.
+    pub fn add(
+        &self,
+        pile: crate::redrive::Pile,
+        class: Option<crate::dead_letter::DeadLetterClass>,
+        body: &str,
+    ) {
+        self.with(pile, |p| p.waiting.push((class, body.to_owned())));
+    }
+
+    /// The bodies moved back from `pile`, in order.
+    pub fn back(&self, pile: crate::redrive::Pile) -> Vec<String> {
+        self.with(pile, |p| p.back.clone()).unwrap_or_default()
+    }
+
+    /// How many dead letters wait in `pile`.
+    pub fn waiting(&self, pile: crate::redrive::Pile) -> usize {
+        self.with(pile, |p| p.waiting.len()).unwrap_or_default()
+    }
+
+    /// How often `pile` was asked to move.
+    pub fn asked(&self, pile: crate::redrive::Pile) -> usize {
+        self.with(pile, |p| p.asked).unwrap_or_default()
+    }
+
+    /// Every later move of `pile` fails whole.
+    pub fn fail(&self, pile: crate::redrive::Pile) {
+        self.with(pile, |p| p.failing = true);
+    }
+
+    /// Every later move of a dead letter of `pile` fails, each staying where it is.
+    pub fn refuse_moves(&self, pile: crate::redrive::Pile) {
+        self.with(pile, |p| p.refusing = true);
+    }
+}
+
+impl crate::redrive::DeadLetterPiles for MemoryDeadLetters {
+    async fn move_back(
+        &self,
+        pile: crate::redrive::Pile,
+        pick: &crate::redrive::Pick<'_>,
+        dry_run: bool,
+    ) -> Result<crate::redrive::Moved, crate::failure::Cause> {
+        self.with(pile, |p| {
+            p.asked += 1;
+            if p.failing {
+                return Err("the pile is down".into());
+            }
+            let mut moved = crate::redrive::Moved::default();
+            let mut stay = Vec::new();
+            for (class, body) in std::mem::take(&mut p.waiting) {
+                if !pick.picks(class, &body) {
+                    moved.left += 1;
+                    stay.push((class, body));
+                } else if dry_run {
+                    moved.moved += 1;
+                    stay.push((class, body));
+                } else if p.refusing {
+                    moved.failed += 1;
+                    moved.left += 1;
+                    stay.push((class, body));
+                } else {
+                    moved.moved += 1;
+                    p.back.push(body);
+                }
+            }
+            p.waiting = stay;
+            Ok(moved)
+        })
+        .unwrap_or_else(|| Err("the piles are poisoned".into()))
     }
 }

@@ -1,75 +1,9 @@
 //! The narrow traits that adapters (SQS, SQLite, memory) implement.
 
+pub use crate::dead_letter::{DeadLetterClass, DeadLetterReason};
 use crate::event::LeadEvent;
+pub use crate::failure::{Cause, StoreError};
 use std::future::Future;
-
-/// What lies under a port's failure: a message for people (never a secret or a lead value)
-/// and, when an adapter had one, the error itself, kept for `source()` chains. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Cause {
-    message: String,
-    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
-}
-
-impl Cause {
-    /// The error, described by its own `Display`.
-    pub fn from_error(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self {
-            message: error.to_string(),
-            source: Some(std::sync::Arc::new(error)),
-        }
-    }
-
-    /// The error, with a description of the adapter's own (an SDK's `Display` can be as
-    /// terse as "service error").
-    pub fn described(
-        message: impl Into<String>,
-        error: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(std::sync::Arc::new(error)),
-        }
-    }
-}
-
-impl From<String> for Cause {
-    fn from(message: String) -> Self {
-        Self {
-            message,
-            source: None,
-        }
-    }
-}
-
-impl From<&str> for Cause {
-    fn from(message: &str) -> Self {
-        message.to_owned().into()
-    }
-}
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Cause {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
-
-/// Two causes are the same failure when they say the same.
-impl PartialEq for Cause {
-    fn eq(&self, other: &Self) -> bool {
-        self.message == other.message
-    }
-}
-
-impl Eq for Cause {}
 
 /// Why events could not all be queued. The webhook answers 5xx on any of these so that
 /// Meta delivers the post again; nothing is acknowledged that is not queued.
@@ -150,17 +84,6 @@ pub enum PutOutcome {
     },
 }
 
-/// Why the store could not write.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    /// The store did not answer.
-    #[error("the lead store could not be reached: {0}")]
-    Unavailable(#[source] Cause),
-    /// The store answered with a refusal.
-    #[error("the lead store refused the write: {0}")]
-    Rejected(#[source] Cause),
-}
-
 /// The leads table: idempotent writes keyed by lead id.
 pub trait LeadStore: Send + Sync {
     /// Writes each lead unless it is there already. The result has one entry per lead, in
@@ -230,106 +153,6 @@ pub struct LeadPage {
     pub unreadable: Vec<leadpipe_graph::ParseError>,
     /// The next page, when there is one.
     pub next: Option<PageCursor>,
-}
-
-/// The `leadpipe_reason_class` of a dead letter (docs/architecture.md, "Dead letters").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeadLetterClass {
-    /// The message body is not a lead event, or its ids are not Graph ids.
-    Malformed,
-    /// The lead is gone or invisible to the token.
-    NotFound,
-    /// The token lacks a permission.
-    Permission,
-    /// The token is expired or revoked.
-    Token,
-    /// Meta refused the request for another reason.
-    BadRequest,
-    /// The lead does not fit in a DynamoDB item even without `raw`.
-    TooLarge,
-    /// Meta's answer for the lead has a shape the parser refuses.
-    Unreadable,
-    /// The message used up its receives without success (the SQLite queue's own limit; on
-    /// AWS what SQS moved to the DLQ after `maxReceiveCount`, with no attribute of ours).
-    Exhausted,
-    /// A destination (the forward URL) refused the lead with a permanent answer.
-    Refused,
-    /// A stage names a lead the store does not hold (docs/stages.md).
-    UnknownLead,
-    /// A stage dated before its lead was created: Meta would drop it without a word.
-    BeforeLead,
-    /// A stage that would be older than 7 days when sent: it would sink the whole request.
-    Expired,
-}
-
-impl DeadLetterClass {
-    /// Every class, in the contract's order.
-    pub const ALL: [Self; 12] = [
-        Self::Malformed,
-        Self::NotFound,
-        Self::Permission,
-        Self::Token,
-        Self::BadRequest,
-        Self::TooLarge,
-        Self::Unreadable,
-        Self::Exhausted,
-        Self::Refused,
-        Self::UnknownLead,
-        Self::BeforeLead,
-        Self::Expired,
-    ];
-
-    /// The attribute's value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::NotFound => "not_found",
-            Self::Permission => "permission",
-            Self::Token => "token",
-            Self::BadRequest => "bad_request",
-            Self::TooLarge => "too_large",
-            Self::Unreadable => "unreadable",
-            Self::Exhausted => "exhausted",
-            Self::Refused => "refused",
-            Self::UnknownLead => "unknown_lead",
-            Self::BeforeLead => "before_lead",
-            Self::Expired => "expired",
-        }
-    }
-
-    /// The class named `name`, if it is one.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
-    /// The dead-letter class of a permanent Graph failure; `None` for the retryable ones.
-    pub fn of_graph(class: leadpipe_graph::ErrorClass) -> Option<Self> {
-        use leadpipe_graph::ErrorClass as G;
-        match class {
-            G::Transient | G::RateLimited => None,
-            G::Token => Some(Self::Token),
-            G::Permission => Some(Self::Permission),
-            G::NotFound => Some(Self::NotFound),
-            G::BadRequest => Some(Self::BadRequest),
-            G::Unreadable => Some(Self::Unreadable),
-        }
-    }
-}
-
-impl std::fmt::Display for DeadLetterClass {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why a message leaves the queue for the dead-letter queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterReason {
-    /// The `leadpipe_reason_class` attribute.
-    pub class: DeadLetterClass,
-    /// One line for the operator: what failed and what to do. Never lead contents.
-    pub detail: String,
 }
 
 /// The queue operations ingest needs besides receiving: park a message, or dead-letter it.

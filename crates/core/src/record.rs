@@ -5,8 +5,6 @@
 
 use crate::ports::StoredLead;
 use std::collections::BTreeMap;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 /// The optional string attributes, in the contract's order; absent ones are left out.
 pub const OPTIONAL_ATTRIBUTES: [&str; 9] = [
@@ -21,15 +19,7 @@ pub const OPTIONAL_ATTRIBUTES: [&str; 9] = [
     "retailer_item_id",
 ];
 
-/// RFC 3339 UTC to the second, as the contract's example: `2015-02-28T08:49:14Z`.
-pub fn contract_time(at: OffsetDateTime) -> String {
-    let at = at
-        .to_offset(time::UtcOffset::UTC)
-        .replace_nanosecond(0)
-        .unwrap_or(at);
-    at.format(&Rfc3339)
-        .unwrap_or_else(|_| at.unix_timestamp().to_string())
-}
+pub use crate::when::contract_time;
 
 /// A lead's attributes as every store keeps them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -275,7 +275,7 @@ pub fn judge_token(
     access: Option<&leadpipe_graph::HasLeadAccess>,
     now: time::OffsetDateTime,
 ) -> PageTokenHealth {
-    let checked_at = crate::record::contract_time(now);
+    let checked_at = crate::when::contract_time(now);
     let health = |state, expires_at, reason: Option<String>| PageTokenHealth {
         page_id: page_id.to_owned(),
         state,
@@ -322,11 +322,11 @@ pub fn judge_token(
 /// letter back: a `token` or `permission` one of one of those pages. Leads of other pages
 /// and other classes stay where they are.
 pub fn healed_by_connect(
-    class: crate::ports::DeadLetterClass,
+    class: crate::dead_letter::DeadLetterClass,
     body: &str,
     pages: &std::collections::BTreeSet<String>,
 ) -> bool {
-    use crate::ports::DeadLetterClass as C;
+    use crate::dead_letter::DeadLetterClass as C;
     matches!(class, C::Token | C::Permission)
         && crate::event::LeadEvent::from_message_body(body)
             .is_ok_and(|e| pages.contains(&e.page_id))
@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn connect_brings_back_only_that_pages_token_and_permission_dead_letters() {
-        use crate::ports::DeadLetterClass as C;
+        use crate::dead_letter::DeadLetterClass as C;
         let body = |page: &str| {
             format!(
                 r#"{{"leadgen_id":"1","page_id":"{page}","received_at":"2026-12-01T00:00:00Z"}}"#

@@ -4,6 +4,17 @@
 //! --since/--until`, the on-demand backfill request).
 
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// RFC 3339 UTC to the second, as the contract's example: `2015-02-28T08:49:14Z`.
+pub fn contract_time(at: OffsetDateTime) -> String {
+    let at = at
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(at);
+    at.format(&Rfc3339)
+        .unwrap_or_else(|_| at.unix_timestamp().to_string())
+}
 
 /// What a time flag accepts, for its error message.
 pub const ACCEPTED: &str = "unix seconds, RFC 3339 (2026-12-01T09:00:00Z), a date (2026-12-01, midnight UTC) or a span back from now (90s, 30m, 24h, 7d, 2w)";
