@@ -1,6 +1,7 @@
 //! `leadpipe export`: the leads as CSV (one column per form field) or JSON lines.
 
 use crate::CliError;
+use leadpipe_core::export::{AnswerColumns, RowSink, export};
 use leadpipe_local::{LeadRow, LocalDb, OPTIONAL_COLUMNS};
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -76,8 +77,7 @@ pub const TRAILING_COLUMNS: [&str; 4] = [
     "ingested_at",
     "raw",
 ];
-/// Prefix of the per-field columns.
-pub const FIELD_PREFIX: &str = "field:";
+pub use leadpipe_core::export::FIELD_PREFIX;
 
 /// A CSV cell that no spreadsheet runs as a formula (OWASP's CSV-injection rule, narrowed
 /// to what a spreadsheet would evaluate): a value starting with `=`, `@`, tab or CR gets a
@@ -137,37 +137,6 @@ pub fn decode_values(cell: &str) -> Vec<String> {
 }
 
 /// The answer columns: `(key, header)` each, and whether cells show the choices' text.
-#[derive(Debug, Clone, Default)]
-pub struct AnswerColumns {
-    columns: Vec<(String, String)>,
-    labels: bool,
-}
-
-impl AnswerColumns {
-    /// `field:<key>` columns by name, with Meta's raw values.
-    pub fn by_key(keys: BTreeSet<String>) -> Self {
-        Self {
-            columns: keys
-                .into_iter()
-                .map(|k| {
-                    let header = format!("{FIELD_PREFIX}{k}");
-                    (k, header)
-                })
-                .collect(),
-            labels: false,
-        }
-    }
-
-    /// Columns headed by the questions' labels of `forms` (core's rule), with the choices'
-    /// text as the person saw them.
-    pub fn by_label(keys: BTreeSet<String>, forms: &[leadpipe_core::forms::Form]) -> Self {
-        Self {
-            columns: leadpipe_core::readable::labelled_columns(forms, &keys),
-            labels: true,
-        }
-    }
-}
-
 /// Writes rows one at a time in either format; CSV's columns are fixed up front from the
 /// field names, so nothing but the current row is held.
 pub struct RowWriter<W: Write> {
@@ -176,40 +145,54 @@ pub struct RowWriter<W: Write> {
 }
 
 enum Inner<W: Write> {
-    Csv(Box<csv::Writer<W>>),
+    /// The writer, and whether its header is written.
+    Csv(Box<csv::Writer<W>>, bool),
     Jsonl(W),
 }
 
 impl<W: Write> RowWriter<W> {
-    /// A writer of `format` with these answer columns (CSV; JSONL ignores them).
-    pub fn new(format: Format, answers: AnswerColumns, out: W) -> Result<Self, CliError> {
+    /// A writer of `format`; a CSV's header is written when its answer columns are given
+    /// (core's `export` gives them before the first row).
+    pub fn new(format: Format, out: W) -> Self {
         let inner = match format {
             Format::Jsonl => Inner::Jsonl(out),
-            Format::Csv => {
-                let mut writer = csv::Writer::from_writer(out);
-                let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
-                header.extend(OPTIONAL_COLUMNS.iter().map(|s| s.to_string()));
-                header.extend(
-                    leadpipe_core::readable::Contact::PARTS
-                        .iter()
-                        .map(|p| format!("{CONTACT_PREFIX}{p}")),
-                );
-                header.extend(answers.columns.iter().map(|(_, h)| h.clone()));
-                header.extend(TRAILING_COLUMNS.iter().map(|s| s.to_string()));
-                writer
-                    .write_record(header.iter().map(|h| cell(h).into_owned()))
-                    .map_err(csv_error)?;
-                Inner::Csv(Box::new(writer))
-            }
+            Format::Csv => Inner::Csv(Box::new(csv::Writer::from_writer(out)), false),
         };
-        Ok(Self { inner, answers })
+        Self {
+            inner,
+            answers: AnswerColumns::default(),
+        }
+    }
+
+    fn header(&mut self) -> Result<(), CliError> {
+        let Inner::Csv(writer, headed) = &mut self.inner else {
+            return Ok(());
+        };
+        if *headed {
+            return Ok(());
+        }
+        let mut header: Vec<String> = FIXED_COLUMNS.iter().map(|s| s.to_string()).collect();
+        header.extend(OPTIONAL_COLUMNS.iter().map(|s| s.to_string()));
+        header.extend(
+            leadpipe_core::readable::Contact::PARTS
+                .iter()
+                .map(|p| format!("{CONTACT_PREFIX}{p}")),
+        );
+        header.extend(self.answers.headers().map(str::to_owned));
+        header.extend(TRAILING_COLUMNS.iter().map(|s| s.to_string()));
+        writer
+            .write_record(header.iter().map(|h| cell(h).into_owned()))
+            .map_err(csv_error)?;
+        *headed = true;
+        Ok(())
     }
 
     /// Writes one lead.
     pub fn write(&mut self, row: &LeadRow) -> Result<(), CliError> {
+        self.header()?;
         match &mut self.inner {
             Inner::Jsonl(out) => writeln!(out, "{}", row_json(row)).map_err(CliError::Output),
-            Inner::Csv(writer) => {
+            Inner::Csv(writer, _) => {
                 let mut record = vec![
                     row.lead_id.clone(),
                     row.created_time.clone(),
@@ -229,17 +212,11 @@ impl<W: Write> RowWriter<W> {
                         .iter()
                         .map(|p| contact.part(p).unwrap_or_default().to_owned()),
                 );
-                let labels = self.answers.labels;
-                record.extend(self.answers.columns.iter().map(|(key, _)| {
-                    let shown = labels
-                        .then(|| row.readable.answers.iter().find(|a| &a.key == key))
-                        .flatten()
-                        .map(|a| &a.values);
-                    shown
-                        .or_else(|| row.fields.get(key))
-                        .map(|v| encode_values(v))
-                        .unwrap_or_default()
-                }));
+                record.extend(
+                    self.answers
+                        .values(row)
+                        .map(|v| v.map(encode_values).unwrap_or_default()),
+                );
                 record.push(row.custom_disclaimer_responses.to_string());
                 record.push(row.source.clone());
                 record.push(row.ingested_at.clone());
@@ -252,18 +229,37 @@ impl<W: Write> RowWriter<W> {
     }
 
     /// Flushes what is buffered.
-    pub fn finish(self) -> Result<(), CliError> {
+    pub fn finish(mut self) -> Result<(), CliError> {
+        self.header()?;
         match self.inner {
             Inner::Jsonl(mut out) => out.flush().map_err(CliError::Output),
-            Inner::Csv(mut writer) => writer.flush().map_err(CliError::Output),
+            Inner::Csv(mut writer, _) => writer.flush().map_err(CliError::Output),
         }
+    }
+}
+
+impl<W: Write + Send> RowSink for RowWriter<W> {
+    type Error = CliError;
+
+    fn wants_columns(&self) -> bool {
+        matches!(self.inner, Inner::Csv(..))
+    }
+
+    fn columns(&mut self, answers: AnswerColumns) -> Result<(), CliError> {
+        self.answers = answers;
+        self.header()
+    }
+
+    fn row(&mut self, row: LeadRow) -> Result<(), CliError> {
+        self.write(&row)
     }
 }
 
 /// Writes `rows` as CSV.
 pub fn write_csv<W: Write>(rows: &[LeadRow], out: W) -> Result<(), CliError> {
     let fields: BTreeSet<String> = rows.iter().flat_map(|r| r.fields.keys().cloned()).collect();
-    let mut writer = RowWriter::new(Format::Csv, AnswerColumns::by_key(fields), out)?;
+    let mut writer = RowWriter::new(Format::Csv, out);
+    writer.answers = AnswerColumns::by_key(fields);
     for row in rows {
         writer.write(row)?;
     }
@@ -353,9 +349,11 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
             .map(|v| contract_time_arg("--until", v))
             .transpose()?,
     };
-    let out: Box<dyn Write> = match &args.out {
+    // Send: the store's scan may run on any worker (the buffer below makes the unlocked
+    // handle as cheap as a lock).
+    let out: Box<dyn Write + Send> = match &args.out {
         Some(path) => Box::new(create_out(path, args.force)?),
-        None => Box::new(std::io::stdout().lock()),
+        None => Box::new(std::io::stdout()),
     };
     let out = std::io::BufWriter::new(out);
     let progress = indicatif::ProgressBar::new_spinner();
@@ -368,6 +366,10 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
     {
         progress.set_style(style);
     }
+    let mut writer = Counted {
+        rows: RowWriter::new(args.format, out),
+        progress: &progress,
+    };
     let written = if args.stack.is_some() || args.leads_table.is_some() {
         let config = leadpipe_aws::sdk_config().await;
         let names = crate::operate::AwsNames {
@@ -377,16 +379,16 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
         .over_stack(&config, args.stack.as_deref())
         .await
         .map_err(|e| CliError::Unreachable(e.to_string()))?;
-        crate::export_aws::export(
-            &config,
-            &names,
-            &filter,
-            args.format,
-            args.labels,
-            out,
-            &progress,
-        )
-        .await?
+        let scan = leadpipe_aws::export::StackLeads {
+            client: leadpipe_aws::DynamoClient::new(&config),
+            table: names.leads_table.clone().ok_or_else(|| {
+                CliError::Settings("the stack has no LeadsTableName output".into())
+            })?,
+            state_table: names.state_table.clone(),
+        };
+        export(&scan, &filter, args.labels, &mut writer)
+            .await
+            .map_err(unreachable)?
     } else {
         if !args.db.exists() {
             return Err(CliError::Settings(format!(
@@ -395,22 +397,43 @@ pub async fn run(args: ExportArgs) -> Result<(), CliError> {
             )));
         }
         let db = LocalDb::open_read_only(&args.db)?;
-        let answers = if args.labels {
-            AnswerColumns::by_label(db.field_names(&filter)?, &db.catalog()?)
-        } else {
-            AnswerColumns::by_key(db.field_names(&filter)?)
-        };
-        let mut writer = RowWriter::new(args.format, answers, out)?;
-        let n = db.each_lead(&filter, |row| {
-            progress.inc(1);
-            writer.write(&row)
-        })?;
-        writer.finish()?;
-        n
+        export(&db, &filter, args.labels, &mut writer).await?
     };
+    writer.rows.finish()?;
     progress.finish_and_clear();
     tracing::info!(leads = written, "export done");
     Ok(())
+}
+
+/// The printer, ticking the spinner at each lead.
+struct Counted<'a, W: Write> {
+    rows: RowWriter<W>,
+    progress: &'a indicatif::ProgressBar,
+}
+
+impl<W: Write + Send> RowSink for Counted<'_, W> {
+    type Error = CliError;
+
+    fn wants_columns(&self) -> bool {
+        self.rows.wants_columns()
+    }
+
+    fn columns(&mut self, answers: AnswerColumns) -> Result<(), CliError> {
+        self.rows.columns(answers)
+    }
+
+    fn row(&mut self, row: LeadRow) -> Result<(), CliError> {
+        self.progress.inc(1);
+        self.rows.row(row)
+    }
+}
+
+/// The stack's store failing is AWS unreachable (exit 2 with the cause).
+fn unreachable(e: CliError) -> CliError {
+    match e {
+        CliError::Store(e) => CliError::Unreachable(e.to_string()),
+        other => other,
+    }
 }
 
 #[cfg(test)]

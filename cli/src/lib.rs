@@ -8,7 +8,6 @@ pub mod connect;
 pub mod demo;
 pub mod doctor;
 pub mod export;
-pub mod export_aws;
 pub mod forward;
 pub mod operate;
 pub mod pipeline;

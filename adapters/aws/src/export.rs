@@ -238,3 +238,36 @@ async fn scan_segment(
         }
     }
 }
+
+/// The stack's leads table (and its state table's forms catalog) as core's export reads
+/// them.
+#[derive(Debug, Clone)]
+pub struct StackLeads {
+    /// The DynamoDB client.
+    pub client: aws_sdk_dynamodb::Client,
+    /// The leads table.
+    pub table: String,
+    /// The state table, for the columns by label; without it they are headed by key.
+    pub state_table: Option<String>,
+}
+
+impl leadpipe_core::export::LeadScan for StackLeads {
+    async fn field_names(&self, filter: &LeadFilter) -> Result<BTreeSet<String>, StoreError> {
+        field_names(&self.client, &self.table, filter).await
+    }
+
+    async fn catalog(&self) -> Result<Vec<leadpipe_core::forms::Form>, StoreError> {
+        match &self.state_table {
+            Some(state) => catalog(&self.client, state).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn each_lead<E: From<StoreError> + Send>(
+        &self,
+        filter: &LeadFilter,
+        each: impl FnMut(LeadRow) -> Result<(), E> + Send,
+    ) -> Result<usize, E> {
+        each_lead(&self.client, &self.table, filter, each).await
+    }
+}

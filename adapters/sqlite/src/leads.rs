@@ -265,3 +265,51 @@ impl LeadStore for LocalDb {
         .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))
     }
 }
+
+impl From<LocalError> for StoreError {
+    fn from(e: LocalError) -> Self {
+        match e {
+            // A damaged row is the store's answer, not its absence.
+            LocalError::Corrupt { .. } => StoreError::Rejected(Cause::from_error(e)),
+            other => StoreError::Unavailable(Cause::from_error(other)),
+        }
+    }
+}
+
+/// A scan's failure: the file's, or the one the caller's `each` returned.
+enum ScanStop<E> {
+    File(LocalError),
+    Each(E),
+}
+
+impl<E> From<LocalError> for ScanStop<E> {
+    fn from(e: LocalError) -> Self {
+        Self::File(e)
+    }
+}
+
+impl leadpipe_core::export::LeadScan for LocalDb {
+    async fn field_names(
+        &self,
+        filter: &LeadFilter,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        Ok(LocalDb::field_names(self, filter)?)
+    }
+
+    async fn catalog(&self) -> Result<Vec<leadpipe_core::forms::Form>, StoreError> {
+        Ok(LocalDb::catalog(self)?)
+    }
+
+    async fn each_lead<E: From<StoreError> + Send>(
+        &self,
+        filter: &LeadFilter,
+        mut each: impl FnMut(LeadRow) -> Result<(), E> + Send,
+    ) -> Result<usize, E> {
+        LocalDb::each_lead(self, filter, |row| each(row).map_err(ScanStop::Each)).map_err(|stop| {
+            match stop {
+                ScanStop::File(e) => E::from(StoreError::from(e)),
+                ScanStop::Each(e) => e,
+            }
+        })
+    }
+}
