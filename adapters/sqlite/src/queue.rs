@@ -154,3 +154,52 @@ impl QueueControl for LocalQueueControl {
             .map_err(|e| QueueError::Unavailable(Cause::from_error(e)))
     }
 }
+
+impl leadpipe_core::ports::LeaseQueue for LocalDb {
+    async fn send(&self, bodies: &[String]) -> Result<(), QueueError> {
+        let now = now_unix_ms();
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for body in bodies {
+                tx.execute(
+                    "INSERT INTO queue (body, visible_at, enqueued_at) VALUES (?1, ?2, ?2)",
+                    params![body, now],
+                )?;
+            }
+            tx.commit()
+        })
+        .map_err(|e| QueueError::Unavailable(Cause::from_error(e)))
+    }
+
+    async fn lease(
+        &self,
+        max: usize,
+        visibility: Duration,
+        max_receives: u32,
+    ) -> Result<Vec<leadpipe_core::ports::LeasedMessage>, QueueError> {
+        Ok(
+            LocalDb::lease(self, max, visibility, i64::from(max_receives))
+                .map_err(|e| QueueError::Unavailable(Cause::from_error(e)))?
+                .into_iter()
+                .map(|m| leadpipe_core::ports::LeasedMessage {
+                    receipt: m.id.to_string(),
+                    body: m.body,
+                    receive_count: u32::try_from(m.receive_count).unwrap_or(u32::MAX),
+                })
+                .collect(),
+        )
+    }
+
+    async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
+        let ids = receipts
+            .iter()
+            .map(|r| r.parse::<i64>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| QueueError::Rejected {
+                failed: receipts.len(),
+                total: receipts.len(),
+                reason: "not a local receipt".into(),
+            })?;
+        LocalDb::ack(self, &ids).map_err(|e| QueueError::Unavailable(Cause::from_error(e)))
+    }
+}

@@ -1,7 +1,9 @@
 //! The SQLite stores through the same contract cases as the memory and DynamoDB ones.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use leadpipe_core::contract::{checkpoint_never_moves_back, first_write_wins};
+use leadpipe_core::contract::{
+    a_queue_keeps_its_leases, checkpoint_never_moves_back, first_write_wins,
+};
 use leadpipe_local::LocalDb;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,4 +30,5 @@ async fn the_sqlite_stores_keep_the_contract() {
     .await
     .unwrap();
     checkpoint_never_moves_back(&db, "form#1").await.unwrap();
+    a_queue_keeps_its_leases(&db).await.unwrap();
 }

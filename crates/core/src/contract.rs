@@ -2,7 +2,12 @@
 //! fakes here, SQLite in leadpipe-local's tests, DynamoDB (on moto) in leadpipe-aws's.
 //! Each case returns what broke, in words, so a test of any adapter reads the same.
 
-use crate::ports::{CheckpointStore, LeadSourceKind, LeadStore, PutOutcome, RunFacts, StoredLead};
+use crate::dead_letter::DeadLetterClass;
+use crate::ports::{
+    CheckpointStore, LeadSourceKind, LeadStore, LeaseQueue, PutOutcome, RunFacts, StoredLead,
+};
+use crate::redrive::{DeadLetterPiles, Pick, Pile};
+use std::time::Duration;
 use time::OffsetDateTime;
 
 /// A lead as Graph would give it, with `id` and a form.
@@ -123,6 +128,112 @@ pub async fn checkpoint_never_moves_back<C: CheckpointStore>(
     Ok(())
 }
 
+/// The queue's contract, on an empty queue: a lease hides a message from the next lease,
+/// an ack deletes it, the receive after the last allowed one dead-letters it as
+/// `exhausted`, and redrive brings it back with its receives counted from zero.
+pub async fn a_queue_keeps_its_leases<Q: LeaseQueue + DeadLetterPiles>(
+    queue: &Q,
+) -> Result<(), String> {
+    const LONG: Duration = Duration::from_secs(600);
+    // A lease of zero ends at once: the message is visible to the next lease.
+    const NONE: Duration = Duration::ZERO;
+    let lease = async |visibility: Duration, what: &str| {
+        queue
+            .lease(10, visibility, 3)
+            .await
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    let bodies = |leased: &[crate::ports::LeasedMessage]| {
+        leased.iter().map(|m| m.body.clone()).collect::<Vec<_>>()
+    };
+    queue
+        .send(&["held".to_owned(), "acked".to_owned()])
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+
+    let first = lease(NONE, "the first lease").await?;
+    let mut got = bodies(&first);
+    got.sort();
+    if got != ["acked", "held"] || first.iter().any(|m| m.receive_count != 1) {
+        return Err(format!(
+            "the first lease should hand out both once, gave {first:?}"
+        ));
+    }
+    let acked: Vec<String> = first
+        .iter()
+        .filter(|m| m.body == "acked")
+        .map(|m| m.receipt.clone())
+        .collect();
+    queue.ack(&acked).await.map_err(|e| format!("ack: {e}"))?;
+
+    // Only `held` is left; lease it for long: hidden from the next lease.
+    let second = lease(LONG, "the second lease").await?;
+    if bodies(&second) != ["held"] || second.first().map(|m| m.receive_count) != Some(2) {
+        return Err(format!(
+            "after the ack only `held` (2nd receive) should come, gave {second:?}"
+        ));
+    }
+    let hidden = lease(NONE, "a lease during the first's").await?;
+    if !hidden.is_empty() {
+        return Err(format!(
+            "a leased message must stay hidden, gave {hidden:?}"
+        ));
+    }
+    let receipts: Vec<String> = second.iter().map(|m| m.receipt.clone()).collect();
+    queue
+        .ack(&receipts)
+        .await
+        .map_err(|e| format!("ack: {e}"))?;
+    queue
+        .ack(&receipts)
+        .await
+        .map_err(|e| format!("a second ack of the same receipt: {e}"))?;
+
+    // `spent`: three receives allowed; the fourth lease dead-letters it.
+    queue
+        .send(&["spent".to_owned()])
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    for receive in 1..=3 {
+        let got = lease(NONE, "a receive").await?;
+        if bodies(&got) != ["spent"] || got.first().map(|m| m.receive_count) != Some(receive) {
+            return Err(format!(
+                "receive {receive} should hand out `spent`, gave {got:?}"
+            ));
+        }
+    }
+    let fourth = lease(NONE, "the receive past the limit").await?;
+    if !fourth.is_empty() {
+        return Err(format!(
+            "past its receives `spent` must be a dead letter, gave {fourth:?}"
+        ));
+    }
+    let exhausted = Pick::Class(DeadLetterClass::Exhausted);
+    let counted = queue
+        .move_back(Pile::Leads, &exhausted, true)
+        .await
+        .map_err(|e| format!("count the dead letters: {e}"))?;
+    if counted.moved != 1 {
+        return Err(format!(
+            "one `exhausted` dead letter expected, found {counted:?}"
+        ));
+    }
+    let moved = queue
+        .move_back(Pile::Leads, &exhausted, false)
+        .await
+        .map_err(|e| format!("redrive: {e}"))?;
+    if moved.moved != 1 {
+        return Err(format!("redrive should move `spent` back, did {moved:?}"));
+    }
+    let back = lease(LONG, "the lease after redrive").await?;
+    if bodies(&back) != ["spent"] || back.first().map(|m| m.receive_count) != Some(1) {
+        return Err(format!(
+            "redrive should return `spent` with fresh receives, gave {back:?}"
+        ));
+    }
+    Ok(())
+}
+
 fn expect(got: &[PutOutcome], want: &[PutOutcome], what: &str) -> Result<(), String> {
     if got == want {
         Ok(())
@@ -134,7 +245,7 @@ fn expect(got: &[PutOutcome], want: &[PutOutcome], what: &str) -> Result<(), Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{MemoryCheckpoints, MemoryLeadStore};
+    use crate::memory::{MemoryCheckpoints, MemoryLeadStore, MemoryLeaseQueue};
 
     #[tokio::test]
     async fn the_memory_stores_keep_the_contract() {
@@ -147,6 +258,13 @@ mod tests {
         .await
         .unwrap();
         checkpoint_never_moves_back(&MemoryCheckpoints::default(), "form#1")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_memory_queue_keeps_the_contract() {
+        a_queue_keeps_its_leases(&MemoryLeaseQueue::default())
             .await
             .unwrap();
     }

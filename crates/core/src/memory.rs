@@ -820,3 +820,113 @@ impl crate::redrive::DeadLetterPiles for MemoryDeadLetters {
         .unwrap_or_else(|| Err("the piles are poisoned".into()))
     }
 }
+
+/// A leasing queue with its dead letters, by the same rules as the SQLite file's.
+#[derive(Debug, Default)]
+pub struct MemoryLeaseQueue {
+    state: Mutex<LeaseState>,
+}
+
+#[derive(Debug, Default)]
+struct LeaseState {
+    next_id: u64,
+    /// `(id, body, visible at, receives)`.
+    messages: Vec<(u64, String, std::time::Instant, u32)>,
+    /// `(class, body)`.
+    dead: Vec<(crate::dead_letter::DeadLetterClass, String)>,
+}
+
+impl MemoryLeaseQueue {
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, LeaseState>, QueueError> {
+        self.state
+            .lock()
+            .map_err(|_| QueueError::Unavailable("memory queue poisoned".into()))
+    }
+}
+
+impl LeaseState {
+    fn push(&mut self, body: String) {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.messages.push((id, body, std::time::Instant::now(), 0));
+    }
+}
+
+impl crate::ports::LeaseQueue for MemoryLeaseQueue {
+    async fn send(&self, bodies: &[String]) -> Result<(), QueueError> {
+        let mut state = self.state()?;
+        for body in bodies {
+            state.push(body.clone());
+        }
+        Ok(())
+    }
+
+    async fn lease(
+        &self,
+        max: usize,
+        visibility: std::time::Duration,
+        max_receives: u32,
+    ) -> Result<Vec<crate::ports::LeasedMessage>, QueueError> {
+        let now = std::time::Instant::now();
+        let mut state = self.state()?;
+        let (spent, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut state.messages)
+            .into_iter()
+            .partition(|(_, _, visible, receives)| *visible <= now && *receives >= max_receives);
+        state.messages = kept;
+        for (_, body, _, _) in spent {
+            state
+                .dead
+                .push((crate::dead_letter::DeadLetterClass::Exhausted, body));
+        }
+        let mut leased = Vec::new();
+        for (id, body, visible, receives) in state.messages.iter_mut() {
+            if leased.len() == max || *visible > now {
+                continue;
+            }
+            *visible = now + visibility;
+            *receives += 1;
+            leased.push(crate::ports::LeasedMessage {
+                receipt: id.to_string(),
+                body: body.clone(),
+                receive_count: *receives,
+            });
+        }
+        Ok(leased)
+    }
+
+    async fn ack(&self, receipts: &[String]) -> Result<(), QueueError> {
+        let mut state = self.state()?;
+        state
+            .messages
+            .retain(|(id, ..)| !receipts.contains(&id.to_string()));
+        Ok(())
+    }
+}
+
+impl crate::redrive::DeadLetterPiles for MemoryLeaseQueue {
+    async fn move_back(
+        &self,
+        pile: crate::redrive::Pile,
+        pick: &crate::redrive::Pick<'_>,
+        dry_run: bool,
+    ) -> Result<crate::redrive::Moved, crate::failure::Cause> {
+        let mut moved = crate::redrive::Moved::default();
+        if pile != crate::redrive::Pile::Leads {
+            return Ok(moved);
+        }
+        let mut state = self.state().map_err(crate::failure::Cause::from_error)?;
+        for (class, body) in std::mem::take(&mut state.dead) {
+            if !pick.picks(Some(class), &body) {
+                moved.left += 1;
+                state.dead.push((class, body));
+            } else if dry_run {
+                moved.moved += 1;
+                state.dead.push((class, body));
+            } else {
+                moved.moved += 1;
+                state.push(body);
+            }
+        }
+        Ok(moved)
+    }
+}

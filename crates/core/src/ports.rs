@@ -155,6 +155,36 @@ pub struct LeadPage {
     pub next: Option<PageCursor>,
 }
 
+/// A queue message handed to a consumer, hidden from the others until its lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedMessage {
+    /// What [`LeaseQueue::ack`] takes.
+    pub receipt: String,
+    /// The message body.
+    pub body: String,
+    /// How often it was leased, this time included.
+    pub receive_count: u32,
+}
+
+/// A queue a consumer leases from (the SQLite file's, as `serve` drains it; SQS's receive
+/// keeps the same contract, `crate::contract::a_queue_keeps_its_leases`).
+pub trait LeaseQueue: Send + Sync {
+    /// Queues each body as a message, visible at once.
+    fn send(&self, bodies: &[String]) -> impl Future<Output = Result<(), QueueError>> + Send;
+
+    /// Up to `max` visible messages, each hidden for `visibility`. A visible message already
+    /// leased `max_receives` times is dead-lettered (`exhausted`) instead of handed out.
+    fn lease(
+        &self,
+        max: usize,
+        visibility: std::time::Duration,
+        max_receives: u32,
+    ) -> impl Future<Output = Result<Vec<LeasedMessage>, QueueError>> + Send;
+
+    /// Deletes handled messages; a receipt already deleted is no error.
+    fn ack(&self, receipts: &[String]) -> impl Future<Output = Result<(), QueueError>> + Send;
+}
+
 /// The queue operations ingest needs besides receiving: park a message, or dead-letter it.
 pub trait QueueControl: Send + Sync {
     /// Sends `body` to the dead-letter queue with its reason as message attributes.
