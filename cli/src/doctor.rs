@@ -1,17 +1,17 @@
 //! `leadpipe doctor`: the read-only check of a real setup, page by page, with the secret's
 //! own page tokens: the token (valid, expiry, scopes), the app's leadgen subscription, lead
-//! access in Meta's words, and the forms. The checks are `connect`'s (steps 1, 3 and 4),
-//! run without changing anything.
+//! access in Meta's words, and the forms. The checks are connect's (`crate::checks`), run
+//! without changing anything. A read that failed is a check not made: the verdict then
+//! cannot be "ready", and is no finding about the setup either (exit 2, not 1).
 
-use crate::connect::{
-    PageRow, Subscribe, check_token, fail, page_steps, print_table, report_scopes, when,
-};
+use crate::checks::{Findings, Level, Subscribe, check_token, page_steps, report_scopes};
+use crate::report::{PageRow, fail, print_table, when};
 use crate::{CliError, DoctorArgs, load_secrets};
 use leadpipe_core::settings::Env;
 use leadpipe_graph::GraphClient;
 
 /// Runs the checks and prints one line each, a table, then a verdict; fails when anything
-/// needs doing.
+/// needs doing (1), or when a check could not be made (2).
 pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
     let secrets = load_secrets(args.secret_file.as_ref())?;
     let env = Env::process();
@@ -27,7 +27,7 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
             "no page to check: add page_tokens to the secret or pass --page".into(),
         ));
     }
-    let mut problems = 0;
+    let (mut problems, mut unchecked) = (0, 0);
     let mut rows = Vec::new();
     for page in &pages {
         println!("page {}", crate::render::line(page));
@@ -47,20 +47,26 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
         let info = match client.debug_token(token, token).await {
             Ok(info) => info,
             Err(e) => {
-                fail(format!("the token check failed: {e}"));
-                problems += 1;
+                let mut found = Findings::default();
+                found.unchecked(format!("the token: {e}"));
+                found.print();
+                unchecked += 1;
                 rows.push(row);
                 continue;
             }
         };
-        if !check_token(&info, None) {
+        let token_found = check_token(&info, None);
+        token_found.print();
+        if token_found.count(Level::Problem) > 0 {
             problems += 1;
             rows.push(row);
             continue;
         }
-        problems += report_scopes(&info);
+        let scopes = report_scopes(&info);
+        scopes.print();
+        problems += scopes.count(Level::Problem);
         row.token_expiry = when(info.expires_at);
-        page_steps(
+        let found = page_steps(
             &client,
             Subscribe::CheckOnly,
             info.app_id.as_deref(),
@@ -69,21 +75,27 @@ pub async fn run(args: DoctorArgs) -> Result<(), CliError> {
             &mut row,
         )
         .await;
-        if !row.ready() {
+        found.print();
+        unchecked += found.count(Level::Unchecked);
+        if found.count(Level::Problem) > 0 {
             problems += 1;
         }
         rows.push(row);
     }
     print_table(&rows, false);
-    if problems == 0 {
+    if problems > 0 {
+        Err(CliError::Failed(format!(
+            "verdict: {problems} problem(s) above; fix them and run doctor again"
+        )))
+    } else if unchecked > 0 {
+        Err(CliError::Unreachable(format!(
+            "verdict: unknown: {unchecked} check(s) could not be made (see `? could not check` above); run doctor again"
+        )))
+    } else {
         println!(
             "verdict: ready: leads from {} page(s) can be received and read",
             pages.len()
         );
         Ok(())
-    } else {
-        Err(CliError::Failed(format!(
-            "verdict: {problems} problem(s) above; fix them and run doctor again"
-        )))
     }
 }

@@ -4,6 +4,7 @@
 // GraphError is large but only built after a network round trip (see leadpipe-graph).
 #![allow(clippy::result_large_err)]
 
+pub mod checks;
 pub mod connect;
 pub mod demo;
 pub mod doctor;
@@ -12,6 +13,7 @@ pub mod forward;
 pub mod operate;
 pub mod pipeline;
 pub mod render;
+pub mod report;
 pub mod stages;
 pub mod status;
 

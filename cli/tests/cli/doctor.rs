@@ -7,6 +7,11 @@ use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox};
 use crate::support::BINARY;
 
 async fn doctor(sandbox: &Sandbox, data: &Dataset, name: &str) -> (bool, String) {
+    let (code, text) = doctor_code(sandbox, data, name).await;
+    (code == Some(0), text)
+}
+
+async fn doctor_code(sandbox: &Sandbox, data: &Dataset, name: &str) -> (Option<i32>, String) {
     let tokens: serde_json::Map<String, serde_json::Value> = leadpipe_sandbox::server::tokens(data)
         .into_iter()
         .map(|(p, t)| (p, serde_json::json!(t)))
@@ -32,7 +37,7 @@ async fn doctor(sandbox: &Sandbox, data: &Dataset, name: &str) -> (bool, String)
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    (out.status.success(), text)
+    (out.status.code(), text)
 }
 
 #[tokio::test]
@@ -97,6 +102,39 @@ async fn doctor_names_a_page_without_the_apps_subscription_and_changes_nothing()
         "{text}"
     );
     assert!(sandbox.subscribed_pages().is_empty(), "doctor only reads");
+}
+
+#[tokio::test]
+async fn a_read_that_failed_is_a_check_not_made_never_a_finding() {
+    let data = Dataset::generate(&DatasetSpec {
+        pages: 1,
+        leads: 2,
+        ..DatasetSpec::default()
+    });
+    let page = data.pages[0].0.clone();
+    let sandbox = Sandbox::start(
+        data.clone(),
+        Faults {
+            unreadable_subscriptions: vec![page],
+            ..Faults::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (code, text) = doctor_code(&sandbox, &data, "unreadable").await;
+    // Not "does not get the webhooks": Graph never said so.
+    assert!(!text.contains("does not get"), "{text}");
+    assert!(
+        text.contains("? could not check: whether the app gets this page's leadgen webhooks"),
+        "{text}"
+    );
+    assert!(text.contains("check(s) could not be made"), "{text}");
+    assert!(!text.contains("verdict: ready"), "{text}");
+    assert_eq!(
+        code,
+        Some(2),
+        "an error, not a verdict about the setup: {text}"
+    );
 }
 
 #[tokio::test]

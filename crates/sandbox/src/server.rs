@@ -25,6 +25,9 @@ pub struct Faults {
     pub expired_token_pages: Vec<String>,
     /// Pages whose token has no lead access.
     pub denied_pages: Vec<String>,
+    /// Pages whose `GET /{page}/subscribed_apps` fails with a transient 500 every time: a
+    /// read that cannot tell whether the app is subscribed.
+    pub unreadable_subscriptions: Vec<String>,
     /// Added to every answer.
     pub latency: Duration,
     /// The `estimated_time_to_regain_access` (minutes) rate-limit answers carry; 0 means 1.
@@ -476,7 +479,16 @@ async fn handle(
         ("GET", [node]) => read_form(&state, data, node, &page_of_token)
             .unwrap_or_else(|| read_lead(&state, data, node, &page_of_token)),
         ("GET", [page, "leadgen_forms"]) => leadgen_forms(data, page),
-        ("GET", [page, "subscribed_apps"]) => subscribed_apps(&state, page),
+        ("GET", [page, "subscribed_apps"]) => {
+            let unreadable = state
+                .faults
+                .read()
+                .is_ok_and(|f| f.unreadable_subscriptions.iter().any(|p| p == page));
+            if unreadable {
+                return graph_error(500, 2, None, "An unexpected error has occurred.", true);
+            }
+            subscribed_apps(&state, page)
+        }
         ("POST", [page, "subscribed_apps"]) => {
             subscribe_page(&state, data, page, &page_of_token, &params)
         }
