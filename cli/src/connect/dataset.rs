@@ -1,7 +1,7 @@
 //! `connect --dataset`: the Conversions API token checked against its dataset (its name
 //! read) and stored (docs/stages.md).
 
-use super::ConnectArgs;
+use super::args::ConnectArgs;
 use super::secret::SecretPlace;
 use super::secret::random_hex;
 use crate::CliError;

@@ -2,7 +2,7 @@
 //! what it holds under a lock or a version check, written privately (0600, through a link);
 //! and where it looks for the test lead (the SQLite file or the stack's table).
 
-use super::ConnectArgs;
+use super::args::ConnectArgs;
 use crate::CliError;
 use crate::report::PageRow;
 use secrecy::{ExposeSecret, SecretString};

@@ -1,7 +1,7 @@
 //! connect's last step: a test lead on an active form, waited for where `serve` or the
 //! stack stores it, then deleted at Meta.
 
-use super::ConnectArgs;
+use super::args::ConnectArgs;
 use super::secret::Store;
 use crate::checks::AllItems;
 use crate::report::{PageRow, fail, note, ok};
