@@ -203,7 +203,7 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
     if let Some(checkpoints) = &status.checkpoints {
         let _ = writeln!(t, "checkpoints    {}", checkpoints.len());
         for c in checkpoints {
-            let _ = writeln!(t, "  {:<28} read to {}", line(&c.key), c.read_to);
+            let _ = writeln!(t, "  {:<28} read to {}", c.key.to_string(), c.read_to);
             if let Some(name) = &c.name {
                 let _ = writeln!(t, "  {:<28} \"{}\"", "", line(&clip(name, 46)));
             }

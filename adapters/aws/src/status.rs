@@ -204,10 +204,9 @@ impl StatusSource for StackStatus {
                         _ => 0,
                     }
                 };
-                let key = s("pk");
-                if !(key.starts_with("form#") || key.starts_with("ad#")) {
+                let Some(key) = leadpipe_core::backfill::CheckpointKey::parse(&s("pk")) else {
                     continue;
-                }
+                };
                 checkpoints.push(CheckpointFacts {
                     key,
                     read_to: time::OffsetDateTime::from_unix_timestamp(n("checkpoint"))

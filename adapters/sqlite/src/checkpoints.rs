@@ -1,33 +1,54 @@
 //! Backfill's checkpoints with their last run's facts, and the page tokens' health.
 
 use crate::{LocalDb, LocalError};
+use leadpipe_core::backfill::CheckpointKey;
 use leadpipe_core::ports::{Cause, CheckpointStore, RunFacts, StoreError};
 use leadpipe_core::record::contract_time;
+use leadpipe_core::status::{CheckpointFacts, LastRun};
 use rusqlite::{OptionalExtension, params};
 use time::OffsetDateTime;
 
 impl LocalDb {
-    /// Every checkpoint with its last run's facts:
-    /// `(key, checkpoint, updated_at, leads read, new, already present)`.
-    #[allow(clippy::type_complexity)]
-    pub fn checkpoints(&self) -> Result<Vec<(String, i64, String, i64, i64, i64)>, LocalError> {
-        self.with(|conn| {
+    /// Every checkpoint with its last run's facts, by key (`form#` or `ad#`; a row with
+    /// another key is no checkpoint and is left out).
+    pub fn checkpoints(&self) -> Result<Vec<CheckpointFacts>, LocalError> {
+        let rows = self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT pk, checkpoint, updated_at, last_run_leads_read, last_run_new,
                         last_run_already_present FROM state ORDER BY pk",
             )?;
             stmt.query_map([], |r| {
+                let count = |i| r.get::<_, i64>(i).map(|n| n.max(0) as u64);
                 Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    CheckpointFacts {
+                        key: CheckpointKey::new(leadpipe_core::backfill::NodeKind::Form, "0"),
+                        read_to: String::new(),
+                        updated_at: r.get(2)?,
+                        last_run: LastRun {
+                            leads_read: count(3)?,
+                            new: count(4)?,
+                            already_present: count(5)?,
+                        },
+                        name: None,
+                    },
                 ))
             })?
-            .collect()
-        })
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(pk, checkpoint, facts)| {
+                Some(CheckpointFacts {
+                    key: CheckpointKey::parse(&pk)?,
+                    read_to: OffsetDateTime::from_unix_timestamp(checkpoint)
+                        .map(contract_time)
+                        .unwrap_or_default(),
+                    ..facts
+                })
+            })
+            .collect())
     }
 }
 

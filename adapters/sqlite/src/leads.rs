@@ -129,22 +129,6 @@ impl LocalDb {
         })
     }
 
-    /// Leads stored since `since` (RFC 3339 UTC, as `ingested_at` is written), per form
-    /// (`None`: leads with no form).
-    pub fn leads_stored_since(
-        &self,
-        since: &str,
-    ) -> Result<Vec<(Option<String>, i64)>, LocalError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT form_id, COUNT(*) FROM leads WHERE ingested_at >= ?1
-                 GROUP BY form_id ORDER BY form_id",
-            )?;
-            stmt.query_map(params![since], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-    }
-
     /// When the lead was stored (`ingested_at`), or `None` when it is not in the file.
     pub fn ingested_at(&self, lead_id: &str) -> Result<Option<String>, LocalError> {
         self.with(|conn| {

@@ -29,8 +29,8 @@ pub mod schema;
 mod stages;
 mod status;
 pub use outbox::{OutboxItem, OutboxSummary};
-pub use privacy::Erased;
-pub use queue::{Leased, LocalQueueControl};
+pub use privacy::{Erased, Unkeyed};
+pub use queue::{DeadLetterRow, Leased, LocalQueueControl};
 pub use stages::{ClaimedStage, MAX_STAGE_ATTEMPTS, StageCounts, StagesQueued};
 
 /// Why the database could not be opened.

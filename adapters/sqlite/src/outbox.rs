@@ -222,17 +222,6 @@ impl LocalDb {
             })
         })
     }
-
-    /// The dead letters of the outbox: `(lead_id, reason)`.
-    pub fn outbox_dead_letters(&self) -> Result<Vec<(String, String)>, LocalError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT lead_id, COALESCE(last_error, '') FROM outbox WHERE state = 'dead' ORDER BY rowid",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-    }
 }
 
 #[cfg(test)]

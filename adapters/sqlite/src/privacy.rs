@@ -32,6 +32,15 @@ fn unkeyed_condition() -> String {
     )
 }
 
+/// Stored leads with an email (a phone) but no lookup key for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unkeyed {
+    /// With an email and no `email_key`.
+    pub by_email: u64,
+    /// With a phone and no `phone_key`.
+    pub by_phone: u64,
+}
+
 impl LocalDb {
     /// From now on, leads are written with `policy`'s lookup keys and expiry.
     pub fn set_policy(&self, policy: LeadPolicy) {
@@ -90,8 +99,8 @@ impl LocalDb {
     }
 
     /// Stored leads that have an email (a phone) but no lookup key for it: `forget --email`
-    /// (`--phone`) cannot find them. `(by email, by phone)`.
-    pub fn unkeyed(&self) -> Result<(i64, i64), LocalError> {
+    /// (`--phone`) cannot find them.
+    pub fn unkeyed(&self) -> Result<Unkeyed, LocalError> {
         self.with(|conn| {
             conn.query_row(
                 &format!(
@@ -100,7 +109,12 @@ impl LocalDb {
                      FROM leads WHERE json_valid(fields)"
                 ),
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    Ok(Unkeyed {
+                        by_email: r.get::<_, i64>(0)?.max(0) as u64,
+                        by_phone: r.get::<_, i64>(1)?.max(0) as u64,
+                    })
+                },
             )
         })
     }
@@ -316,10 +330,10 @@ impl leadpipe_core::erasure::Eraser for LocalDb {
         by: leadpipe_core::erasure::FoundBy,
     ) -> Result<Option<u64>, leadpipe_core::ports::StoreError> {
         use leadpipe_core::erasure::FoundBy;
-        let (by_email, by_phone) = self.unkeyed().map_err(store_error)?;
+        let unkeyed = self.unkeyed().map_err(store_error)?;
         Ok(match by {
-            FoundBy::EmailKey => Some(by_email as u64),
-            FoundBy::PhoneKey => Some(by_phone as u64),
+            FoundBy::EmailKey => Some(unkeyed.by_email),
+            FoundBy::PhoneKey => Some(unkeyed.by_phone),
             FoundBy::LeadId => None,
         })
     }
@@ -467,7 +481,14 @@ mod tests {
         ])
         .await
         .unwrap();
-        assert_eq!(db.unkeyed().unwrap(), (2, 0), "stored with no lookup key");
+        assert_eq!(
+            db.unkeyed().unwrap(),
+            Unkeyed {
+                by_email: 2,
+                by_phone: 0
+            },
+            "stored with no lookup key"
+        );
         let policy = LeadPolicy::new(Some(SecretString::from("lk")), 0);
         let key = policy.email_key("ada@example.org");
         assert!(db.leads_by_lookup(key.as_deref(), None).unwrap().is_empty());
@@ -476,7 +497,7 @@ mod tests {
             2,
             "in batches of one"
         );
-        assert_eq!(db.unkeyed().unwrap(), (0, 0));
+        assert_eq!(db.unkeyed().unwrap(), Unkeyed::default());
         assert_eq!(db.leads_by_lookup(key.as_deref(), None).unwrap(), ["1"]);
         assert_eq!(
             db.add_lookup_keys(&policy, 10).unwrap(),

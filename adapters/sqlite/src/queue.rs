@@ -4,9 +4,21 @@
 use crate::{LocalDb, LocalError, now_unix_ms};
 use leadpipe_core::ports::{Cause, DeadLetterReason, QueueControl, QueueError};
 use leadpipe_core::record::contract_time;
+use leadpipe_core::status::DeadLetterGroup;
 use rusqlite::params;
 use std::time::Duration;
 use time::OffsetDateTime;
+
+/// A dead letter as the file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRow {
+    /// The queue message body.
+    pub body: String,
+    /// Its class's name (`leadpipe_core::dead_letter::DeadLetterClass`).
+    pub reason_class: String,
+    /// What failed and what to do; never lead contents.
+    pub reason: String,
+}
 
 /// A leased queue message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,27 +88,24 @@ impl LocalDb {
         self.with(|conn| conn.query_row("SELECT COUNT(*) FROM queue", [], |r| r.get(0)))
     }
 
-    /// `(body, class, reason)` of every dead letter.
-    pub fn dead_letters(&self) -> Result<Vec<(String, String, String)>, LocalError> {
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, LocalError> {
         self.with(|conn| {
             let mut stmt =
                 conn.prepare("SELECT body, reason_class, reason FROM dead_letters ORDER BY id")?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect()
+            stmt.query_map([], |r| {
+                Ok(DeadLetterRow {
+                    body: r.get(0)?,
+                    reason_class: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })?
+            .collect()
         })
     }
 
-    /// Messages waiting (visible or leased) and when the oldest was queued (unix ms).
-    pub fn queue_stats(&self) -> Result<(i64, Option<i64>), LocalError> {
-        self.with(|conn| {
-            conn.query_row("SELECT COUNT(*), MIN(enqueued_at) FROM queue", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-        })
-    }
-
-    /// Dead letters by reason class: `(class, count, newest reason, newest time)`.
-    pub fn dead_letter_summary(&self) -> Result<Vec<(String, i64, String, String)>, LocalError> {
+    /// Dead letters by class, the largest first, each with its newest reason and time.
+    pub fn dead_letter_summary(&self) -> Result<Vec<DeadLetterGroup>, LocalError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 // `max_receives` is what files from before the class had its contract name
@@ -108,8 +117,15 @@ impl LocalDb {
                        FROM dead_letters GROUP BY class) c ON d.id = c.newest
                  ORDER BY c.n DESC, c.class",
             )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect()
+            stmt.query_map([], |r| {
+                Ok(DeadLetterGroup {
+                    reason_class: r.get(0)?,
+                    count: r.get::<_, i64>(1)?.max(0) as u64,
+                    newest_reason: r.get(2)?,
+                    newest_at: Some(r.get(3)?),
+                })
+            })?
+            .collect()
         })
     }
 }

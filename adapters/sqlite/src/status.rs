@@ -4,7 +4,7 @@
 use crate::{LocalDb, LocalError, now_unix_ms};
 use leadpipe_core::ports::{Cause, StoreError};
 use leadpipe_core::status::{
-    CheckpointFacts, DeadLetterGroup, FormLeads, ForwardingFacts, LastRun, QueueFacts, StatusSource,
+    CheckpointFacts, DeadLetterGroup, FormLeads, ForwardingFacts, QueueFacts, StatusSource,
 };
 use rusqlite::params;
 
@@ -71,46 +71,11 @@ impl StatusSource for LocalDb {
     }
 
     async fn dead_letters(&self) -> Result<Option<Vec<DeadLetterGroup>>, StoreError> {
-        self.dead_letter_summary()
-            .map(|rows| {
-                Some(
-                    rows.into_iter()
-                        .map(|(class, n, reason, at)| DeadLetterGroup {
-                            reason_class: class,
-                            count: n as u64,
-                            newest_reason: reason,
-                            newest_at: Some(at),
-                        })
-                        .collect(),
-                )
-            })
-            .map_err(unavailable)
+        self.dead_letter_summary().map(Some).map_err(unavailable)
     }
 
     async fn checkpoints(&self) -> Result<Option<Vec<CheckpointFacts>>, StoreError> {
-        self.checkpoints()
-            .map(|rows| {
-                Some(
-                    rows.into_iter()
-                        .map(
-                            |(key, checkpoint, updated_at, read, new, present)| CheckpointFacts {
-                                key,
-                                read_to: time::OffsetDateTime::from_unix_timestamp(checkpoint)
-                                    .map(leadpipe_core::record::contract_time)
-                                    .unwrap_or_default(),
-                                updated_at,
-                                last_run: LastRun {
-                                    leads_read: read as u64,
-                                    new: new as u64,
-                                    already_present: present as u64,
-                                },
-                                name: None,
-                            },
-                        )
-                        .collect(),
-                )
-            })
-            .map_err(unavailable)
+        LocalDb::checkpoints(self).map(Some).map_err(unavailable)
     }
 
     async fn leads_per_form(

@@ -600,7 +600,7 @@ async fn connect_brings_back_only_the_fixed_pages_token_and_permission_dead_lett
         .dead_letters()
         .unwrap()
         .into_iter()
-        .map(|(body, class, _)| (body, class))
+        .map(|d| (d.body, d.reason_class))
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(
@@ -690,7 +690,7 @@ async fn a_token_invalidated_while_leads_arrive_is_healed_by_connect_and_no_lead
         db.dead_letters()
             .unwrap()
             .iter()
-            .all(|(_, class, _)| class == "token"),
+            .all(|d| d.reason_class == "token"),
         "the page's leads wait as token dead letters; the other page's are stored"
     );
 

@@ -156,7 +156,7 @@ async fn forget_by_email_erases_exactly_the_persons_leads_everywhere() {
         db.dead_letters()
             .unwrap()
             .iter()
-            .all(|(body, _, _)| !body.contains("\"102\""))
+            .all(|d| !d.body.contains("\"102\""))
     );
 
     // By phone: Grace shares Ada's old number; only her lead is left with it.
@@ -228,7 +228,7 @@ async fn redrive_moves_one_class_back_to_the_queue() {
         .dead_letters()
         .unwrap()
         .into_iter()
-        .map(|(_, class, _)| class)
+        .map(|d| d.reason_class)
         .collect();
     assert_eq!(left, ["not_found"]);
     assert_eq!(db.queue_len().unwrap(), 2);

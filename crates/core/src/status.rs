@@ -42,7 +42,7 @@ pub struct DeadLetterGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointFacts {
     /// `form#<id>` or `ad#<id>`.
-    pub key: String,
+    pub key: crate::backfill::CheckpointKey,
     /// Leads created before this were read (RFC 3339 UTC).
     pub read_to: String,
     /// When the last run saved it (RFC 3339).
@@ -228,12 +228,13 @@ pub async fn pipeline_status<S: StatusSource>(
     }
     let mut checkpoints = source.checkpoints().await?;
     if let Some(all) = &mut checkpoints {
-        all.sort_by(|a, b| a.key.cmp(&b.key));
+        // By the key as written (`ad#…` before `form#…`), as the stores list them.
+        all.sort_by_cached_key(|c| c.key.to_string());
     }
     let forms: Vec<String> = checkpoints
         .iter()
         .flatten()
-        .filter_map(|c| c.key.strip_prefix("form#").map(str::to_owned))
+        .filter_map(|c| c.key.form_id().map(str::to_owned))
         .collect();
     let since = |back: u64| crate::record::contract_time(now - Duration::from_secs(back));
     let mut leads_per_form = source
@@ -242,11 +243,7 @@ pub async fn pipeline_status<S: StatusSource>(
     // Names beside ids; a catalog that cannot be read leaves them null, never fails status.
     let names = source.form_names().await.unwrap_or_default();
     for c in checkpoints.iter_mut().flatten() {
-        c.name = c
-            .key
-            .strip_prefix("form#")
-            .and_then(|id| names.get(id))
-            .cloned();
+        c.name = c.key.form_id().and_then(|id| names.get(id)).cloned();
     }
     for f in leads_per_form.iter_mut().flatten() {
         f.name = f.form_id.as_ref().and_then(|id| names.get(id)).cloned();
@@ -317,6 +314,7 @@ pub async fn pipeline_status<S: StatusSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backfill::{CheckpointKey, NodeKind};
 
     #[derive(Default)]
     struct Facts {
@@ -446,14 +444,14 @@ mod tests {
             }),
             checkpoints: Some(vec![
                 CheckpointFacts {
-                    key: "form#9".into(),
+                    key: CheckpointKey::new(NodeKind::Form, "9"),
                     read_to: "x".into(),
                     updated_at: "x".into(),
                     last_run: LastRun::default(),
                     name: None,
                 },
                 CheckpointFacts {
-                    key: "ad#1".into(),
+                    key: CheckpointKey::new(NodeKind::Ad, "1"),
                     read_to: "x".into(),
                     updated_at: "x".into(),
                     last_run: LastRun::default(),
@@ -470,7 +468,11 @@ mod tests {
         assert_eq!(status.verdict, Verdict::NeedsAPerson);
         let dead = status.dead_letters.unwrap();
         assert_eq!(dead[0].reason_class, "exhausted", "the largest first");
-        assert_eq!(status.checkpoints.unwrap()[0].key, "ad#1", "by key");
+        assert_eq!(
+            status.checkpoints.unwrap()[0].key.to_string(),
+            "ad#1",
+            "by key"
+        );
         assert_eq!(
             *facts.asked_forms.lock().unwrap(),
             ["9"],

@@ -291,7 +291,7 @@ impl BackfillPlan {
 }
 
 /// What backfill reads a node's leads from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeKind {
     /// A lead form (`GET /{form-id}/leads`).
@@ -312,7 +312,58 @@ impl NodeKind {
 
     /// The state table's key for this node's checkpoint: `form#<id>` or `ad#<id>`.
     pub fn checkpoint_key(self, id: &str) -> String {
-        format!("{}#{id}", self.as_str())
+        CheckpointKey::new(self, id).to_string()
+    }
+}
+
+/// A checkpoint's key in the state table, `form#<id>` or `ad#<id>`: read back with
+/// [`parse`](Self::parse), the inverse of [`NodeKind::checkpoint_key`]. Other items share
+/// the table (`formdef#`, `token#`, `stage#`); they are no checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckpointKey {
+    /// A form's or an ad's.
+    pub kind: NodeKind,
+    /// Its Graph id.
+    pub id: String,
+}
+
+impl CheckpointKey {
+    /// The key of `kind`'s node `id`.
+    pub fn new(kind: NodeKind, id: &str) -> Self {
+        Self {
+            kind,
+            id: id.to_owned(),
+        }
+    }
+
+    /// `form#<id>` or `ad#<id>` with a Graph id (digits); `None` for any other key.
+    pub fn parse(key: &str) -> Option<Self> {
+        let (kind, id) = key.split_once('#')?;
+        let kind = match kind {
+            "form" => NodeKind::Form,
+            "ad" => NodeKind::Ad,
+            _ => return None,
+        };
+        (!id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| Self::new(kind, id))
+    }
+
+    /// The form's id, for a form's checkpoint.
+    pub fn form_id(&self) -> Option<&str> {
+        (self.kind == NodeKind::Form).then_some(self.id.as_str())
+    }
+}
+
+impl std::fmt::Display for CheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.kind.as_str(), self.id)
+    }
+}
+
+/// Written as the key itself (`status --json`'s `checkpoints[].key`).
+impl Serialize for CheckpointKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 

@@ -617,3 +617,37 @@ async fn each_run_judges_every_page_token_and_counts_the_ones_a_person_must_fix(
         "Meta's reason, never the token"
     );
 }
+
+#[test]
+fn a_checkpoint_key_reads_back_what_its_node_kind_wrote_and_nothing_else() {
+    use super::{CheckpointKey, NodeKind};
+    for kind in [NodeKind::Form, NodeKind::Ad] {
+        let key = kind.checkpoint_key("123");
+        assert_eq!(
+            CheckpointKey::parse(&key),
+            Some(CheckpointKey::new(kind, "123"))
+        );
+        assert_eq!(CheckpointKey::new(kind, "123").to_string(), key);
+    }
+    assert_eq!(
+        CheckpointKey::parse("form#9").and_then(|k| k.form_id().map(str::to_owned)),
+        Some("9".to_owned())
+    );
+    assert_eq!(CheckpointKey::parse("ad#9").unwrap().form_id(), None);
+    for other in [
+        "formdef#9",
+        "token#1",
+        "stage#lp-1",
+        "form#",
+        "form#9x",
+        "ad",
+        "#9",
+        "form#9#1",
+    ] {
+        assert_eq!(CheckpointKey::parse(other), None, "{other}");
+    }
+    assert_eq!(
+        serde_json::to_value(CheckpointKey::new(NodeKind::Ad, "7")).unwrap(),
+        serde_json::json!("ad#7")
+    );
+}
