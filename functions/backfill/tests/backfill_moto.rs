@@ -80,7 +80,7 @@ fn app_with(moto: &Moto, graph: &wiremock::MockServer, settings: BackfillSetting
         source(graph),
         DynamoLeadStore::from_client(moto.ddb.clone(), &moto.leads_table),
         DynamoCheckpointStore::from_client(moto.ddb.clone(), &moto.state_table),
-        moto.dead_letters(),
+        moto.dead_letter_queue(),
         vec![PAGE_A.to_owned(), PAGE_B.to_owned()],
         settings,
         Duration::from_secs(1),
@@ -97,7 +97,7 @@ async fn three_forms_on_two_pages_with_paged_leads_all_land() {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let data = Arc::new(Mutex::new(three_forms(now)));
     let graph = graph_stand_in(data.clone()).await;
-    let moto = Moto::new().await;
+    let moto = Moto::new("bf").await;
     let app = app(&moto, &graph, 600);
 
     let summary = app.run(&scheduled(), &Never).await.unwrap();
@@ -145,7 +145,7 @@ async fn a_run_cut_by_its_deadline_and_the_next_together_store_every_lead_once()
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let data = Arc::new(Mutex::new(three_forms(now)));
     let graph = graph_stand_in(data.clone()).await;
-    let moto = Moto::new().await;
+    let moto = Moto::new("bf").await;
     // One slice per form, so the Graph pages are easy to count.
     let app = app_with(
         &moto,
@@ -190,11 +190,11 @@ async fn a_lead_in_the_checkpoint_second_is_not_lost() {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let data = Arc::new(Mutex::new(three_forms(now)));
     let graph = graph_stand_in(data.clone()).await;
-    let moto = Moto::new().await;
+    let moto = Moto::new("bf").await;
     let source = source(&graph);
     let store = DynamoLeadStore::from_client(moto.ddb.clone(), &moto.leads_table);
     let checkpoints = DynamoCheckpointStore::from_client(moto.ddb.clone(), &moto.state_table);
-    let dead_letters = moto.dead_letters();
+    let dead_letters = moto.dead_letter_queue();
     let forms = leadpipe_core::forms::FormCatalog::new(
         source.clone(),
         leadpipe_aws::DynamoFormStore::from_client(moto.ddb.clone(), &moto.state_table),
@@ -244,7 +244,7 @@ async fn a_denied_page_is_skipped_with_its_diagnosis_and_the_other_runs() {
     dataset.denied_pages.push(PAGE_A.into());
     let data = Arc::new(Mutex::new(dataset));
     let graph = graph_stand_in(data.clone()).await;
-    let moto = Moto::new().await;
+    let moto = Moto::new("bf").await;
 
     let summary = app(&moto, &graph, 600)
         .run(&scheduled(), &Never)
@@ -270,7 +270,7 @@ async fn a_from_to_window_rereads_only_that_window_and_ads_read_the_same_way() {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let data = Arc::new(Mutex::new(three_forms(now)));
     let graph = graph_stand_in(data.clone()).await;
-    let moto = Moto::new().await;
+    let moto = Moto::new("bf").await;
     let app = app(&moto, &graph, 600);
 
     // Form 502's leads are at now-1h .. now-12h; ask for [now-5h, now-2h): 3 leads.

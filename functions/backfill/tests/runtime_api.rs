@@ -19,7 +19,7 @@ async fn the_binary_runs_a_scheduled_backfill_through_the_runtime_api() {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let data = Arc::new(Mutex::new(three_forms(now)));
     let graph = graph_stand_in(data).await;
-    let moto = Moto::new().await;
+    let moto = Moto::new("bf").await;
     // The SECRET_ARN path: the secret lives in moto's Secrets Manager.
     let config = leadpipe_aws::sdk_config().await;
     let secrets = aws_sdk_secretsmanager_client(&config);

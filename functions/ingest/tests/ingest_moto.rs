@@ -43,7 +43,7 @@ fn app(moto: &Moto, graph: &wiremock::MockServer, store_client: aws_sdk_dynamodb
     .unwrap();
     IngestApp::new(
         GraphLeadFetcher::new(client, secrets()),
-        DynamoLeadStore::from_client(store_client, &moto.table),
+        DynamoLeadStore::from_client(store_client, &moto.leads_table),
         SqsQueueControl::new(moto.sqs.clone(), &moto.queue_url, &moto.dlq_url),
     )
 }
@@ -67,7 +67,7 @@ fn lambda_event(event: SqsEvent) -> lambda_runtime::LambdaEvent<SqsEvent> {
 #[tokio::test]
 #[ignore = "needs moto: run scripts/test"]
 async fn a_batch_of_ten_stores_seven_and_reports_exactly_the_failed_ones() {
-    let moto = Moto::new().await;
+    let moto = Moto::new("ingest").await;
     let graph = graph_stand_in().await;
     let app = app(&moto, &graph, moto.ddb.clone());
 
@@ -128,7 +128,7 @@ async fn a_batch_of_ten_stores_seven_and_reports_exactly_the_failed_ones() {
 #[tokio::test]
 #[ignore = "needs moto: run scripts/test"]
 async fn the_same_message_twice_leaves_one_item_with_the_first_ingest() {
-    let moto = Moto::new().await;
+    let moto = Moto::new("ingest").await;
     let graph = graph_stand_in().await;
     let app = app(&moto, &graph, moto.ddb.clone());
     let records = moto.deliver(&[event_body("4001")]).await;
@@ -160,7 +160,7 @@ async fn the_same_message_twice_leaves_one_item_with_the_first_ingest() {
 #[tokio::test]
 #[ignore = "needs moto: run scripts/test"]
 async fn dynamodb_unreachable_fails_every_message_and_stores_nothing() {
-    let moto = Moto::new().await;
+    let moto = Moto::new("ingest").await;
     let graph = graph_stand_in().await;
     let config = leadpipe_aws::sdk_config().await;
     let unreachable = aws_sdk_dynamodb::Client::from_conf(
@@ -188,7 +188,7 @@ async fn dynamodb_unreachable_fails_every_message_and_stores_nothing() {
 #[tokio::test]
 #[ignore = "needs moto: run scripts/test"]
 async fn a_refused_token_dead_letters_with_its_reason() {
-    let moto = Moto::new().await;
+    let moto = Moto::new("ingest").await;
     let graph = wiremock::MockServer::start().await;
     wiremock::Mock::given(wiremock::matchers::method("POST"))
         .respond_with(wiremock::ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": {

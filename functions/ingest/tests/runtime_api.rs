@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(30);
 #[tokio::test]
 #[ignore = "needs moto: run scripts/test"]
 async fn the_binary_ingests_an_sqs_event_through_the_runtime_api() {
-    let moto = Moto::new().await;
+    let moto = Moto::new("ingest").await;
     let graph = graph_stand_in().await;
     let api = RuntimeApi::start("leadpipe-ingest").await.unwrap();
     let mut env = leadpipe_lambda_harness::aws_env();
@@ -24,7 +24,7 @@ async fn the_binary_ingests_an_sqs_event_through_the_runtime_api() {
         [
             ("QUEUE_URL", moto.queue_url.clone()),
             ("DLQ_URL", moto.dlq_url.clone()),
-            ("LEADS_TABLE", moto.table.clone()),
+            ("LEADS_TABLE", moto.leads_table.clone()),
             ("STATE_TABLE", moto.state_table.clone()),
             ("APP_SECRET", APP_SECRET.to_owned()),
             ("ACCESS_TOKEN", ACCESS_TOKEN.to_owned()),

@@ -3,6 +3,9 @@
 //! is a failed test, so it panics with what went wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod aws;
+pub mod aws_path;
+
 use leadpipe_lambda_harness::{FunctionProcess, RuntimeApi};
 use std::path::PathBuf;
 use std::time::Duration;

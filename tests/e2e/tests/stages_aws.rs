@@ -8,13 +8,11 @@
 //! lost to the one Meta refuses; each refused stage waits in the stages' DLQ with its class.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use leadpipe_core::ports::{LeadSourceKind, LeadStore, StoredLead};
+use leadpipe_e2e::aws::Aws;
 use leadpipe_e2e::start;
-use leadpipe_lambda_harness::events::{
-    HttpEvent, HttpFront, dynamodb_stream_event, sqs_event_from,
-};
-use leadpipe_lambda_harness::{TcpProxy, dead_letters, moto_endpoint, unique_name};
+use leadpipe_lambda_harness::dead_letters;
+use leadpipe_lambda_harness::events::{HttpEvent, HttpFront};
 use leadpipe_sandbox::{Dataset, DatasetSpec, Faults, Sandbox, conversions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -26,10 +24,9 @@ const WAIT: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs moto: run scripts/test"]
 async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
-    let moto = moto_endpoint().unwrap();
-    let config = leadpipe_aws::sdk_config().await;
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let ddb = aws_sdk_dynamodb::Client::new(&config);
+    let aws = Aws::new().await;
+    let config = aws.config.clone();
+    let sqs = aws.sqs.clone();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let data = Dataset::generate(&DatasetSpec {
         leads: 24,
@@ -41,71 +38,19 @@ async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
         .unwrap();
 
     // ---- the stack: tables, the stage queue and its DLQ, the bus and the rule ----------------
-    let leads_table = unique_name("stages-leads");
-    let state_table = unique_name("stages-state");
-    leadpipe_aws::dynamo::create_leads_table(&ddb, &leads_table)
-        .await
-        .unwrap();
-    leadpipe_aws::dynamo::create_state_table(&ddb, &state_table)
-        .await
-        .unwrap();
-    let queue = |name: &'static str| {
-        let sqs = sqs.clone();
-        async move {
-            sqs.create_queue()
-                .queue_name(unique_name(name))
-                .send()
-                .await
-                .unwrap()
-                .queue_url
-                .unwrap()
-        }
-    };
-    let (stages_url, dlq_url) = (queue("stages").await, queue("stages-dlq").await);
-    let stages_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&stages_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
-        .unwrap();
+    let (leads_table, state_table) = aws.tables("stages").await;
+    let (stages_url, dlq_url) = (
+        aws.queue("stages", &[]).await,
+        aws.queue("stages-dlq", &[]).await,
+    );
+    let bus = aws
+        .bus_to_queue(
+            "stages",
+            serde_json::json!({"detail-type": ["Lead Stage Changed"], "source": [{"anything-but": ["leadpipe"]}]}),
+            &stages_url,
+        )
+        .await;
     let eventbridge = aws_sdk_eventbridge::Client::new(&config);
-    let bus = unique_name("stages-bus");
-    eventbridge
-        .create_event_bus()
-        .name(&bus)
-        .send()
-        .await
-        .unwrap();
-    let rule = unique_name("stages-rule");
-    eventbridge
-        .put_rule()
-        .name(&rule)
-        .event_bus_name(&bus)
-        .event_pattern(
-            serde_json::json!({"detail-type": ["Lead Stage Changed"], "source": [{"anything-but": ["leadpipe"]}]})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    eventbridge
-        .put_targets()
-        .rule(&rule)
-        .event_bus_name(&bus)
-        .targets(
-            aws_sdk_eventbridge::types::Target::builder()
-                .id("stages")
-                .arn(&stages_arn)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
 
     // ---- the leads, stored as ingest stores them ---------------------------------------------
     let store = leadpipe_aws::DynamoLeadStore::new(&config, leads_table.clone());
@@ -130,19 +75,13 @@ async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
     store.put_leads(&stored).await.unwrap();
 
     // The stack's secret, as `connect --dataset` and the stage keys leave it.
-    let secret_arn = aws_sdk_secretsmanager::Client::new(&config)
-        .create_secret()
-        .name(unique_name("stages-secret"))
-        .secret_string(
-            serde_json::json!({"app_secret": APP_SECRET, "verify_token": "vt",
-                "conversions_token": conversions::TOKEN, "stage_keys": ["old-unused-key-000", KEY]})
-            .to_string(),
+    let secret_arn = aws
+        .secret(
+            "stages-secret",
+            &serde_json::json!({"app_secret": APP_SECRET, "verify_token": "vt",
+                "conversions_token": conversions::TOKEN, "stage_keys": ["old-unused-key-000", KEY]}),
         )
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+        .await;
 
     // ---- functions, each behind a recording proxy (the least-privilege test reads it) ----------
     let mut env = leadpipe_lambda_harness::aws_env();
@@ -168,78 +107,17 @@ async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
         env.push(("AWS_ENDPOINT_URL".into(), url.to_owned()));
         env
     };
-    let stages_proxy = TcpProxy::start(moto.trim_start_matches("http://").to_owned())
-        .await
-        .unwrap();
-    let webhook_proxy = TcpProxy::start(moto.trim_start_matches("http://").to_owned())
-        .await
-        .unwrap();
-    let deliver_proxy = TcpProxy::start(moto.trim_start_matches("http://").to_owned())
-        .await
-        .unwrap();
+    let stages_proxy = aws.recorder(&aws.endpoint).await;
+    let webhook_proxy = aws.recorder(&aws.endpoint).await;
+    let deliver_proxy = aws.recorder(&aws.endpoint).await;
     let stages_fn = start("leadpipe-stages", &with_endpoint(&stages_proxy.url)).await;
     let webhook = start("leadpipe-webhook", &with_endpoint(&webhook_proxy.url)).await;
     let deliver = start("leadpipe-deliver", &with_endpoint(&deliver_proxy.url)).await;
 
     // ---- initial stages: the leads table's stream through deliver ------------------------------
-    let streams = aws_sdk_dynamodbstreams::Client::new(&config);
-    let stream_arn = ddb
-        .describe_table()
-        .table_name(&leads_table)
-        .send()
-        .await
-        .unwrap()
-        .table
-        .unwrap()
-        .latest_stream_arn
-        .unwrap();
-    let shards = streams
-        .describe_stream()
-        .stream_arn(&stream_arn)
-        .send()
-        .await
-        .unwrap()
-        .stream_description
-        .unwrap()
-        .shards
-        .unwrap_or_default();
-    let mut records = Vec::new();
-    for shard in shards {
-        let iterator = streams
-            .get_shard_iterator()
-            .stream_arn(&stream_arn)
-            .shard_id(shard.shard_id.unwrap())
-            .shard_iterator_type(aws_sdk_dynamodbstreams::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .unwrap()
-            .shard_iterator
-            .unwrap();
-        let got = streams
-            .get_records()
-            .shard_iterator(iterator)
-            .send()
-            .await
-            .unwrap();
-        records.extend(got.records.unwrap_or_default());
-    }
-    assert_eq!(records.len(), data.leads.len());
-    let answer = deliver
-        .api
-        .invoke(
-            &dynamodb_stream_event(&records, &stream_arn),
-            Duration::from_secs(30),
-            WAIT,
-        )
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(
-        answer["batchItemFailures"],
-        serde_json::json!([]),
-        "{answer}"
-    );
+    let streamed = aws.stream_through(&leads_table, &deliver, 1000).await;
+    assert_eq!(streamed.records, data.leads.len());
+    assert_eq!(streamed.retried, 0, "deliver reported no failed record");
 
     // ---- CRM stages: on the bus, and through POST /stages ------------------------------------
     // Meta will refuse any request holding lead 3: it alone must wait.
@@ -324,15 +202,7 @@ async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut empty = 0;
     while Instant::now() < deadline {
-        let got = sqs
-            .receive_message()
-            .queue_url(&stages_url)
-            .max_number_of_messages(10)
-            .visibility_timeout(5)
-            .send()
-            .await
-            .unwrap();
-        if got.messages().is_empty() {
+        if aws.pump_once(&stages_url, &stages_fn, 5).await == 0 {
             empty += 1;
             if empty >= 3 && sandbox.conversion_events().len() >= expected.len() {
                 break;
@@ -340,40 +210,6 @@ async fn stages_reach_meta_once_from_the_bus_post_and_deliver() {
             continue;
         }
         empty = 0;
-        let batch: Vec<(String, String, String)> = got
-            .messages()
-            .iter()
-            .map(|m| {
-                (
-                    m.message_id().unwrap().to_owned(),
-                    m.receipt_handle().unwrap().to_owned(),
-                    m.body().unwrap().to_owned(),
-                )
-            })
-            .collect();
-        let answer = stages_fn
-            .api
-            .invoke(&sqs_event_from(&batch), Duration::from_secs(30), WAIT)
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
-        let failed: BTreeSet<String> = answer["batchItemFailures"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["itemIdentifier"].as_str().unwrap().to_owned())
-            .collect();
-        for (id, handle, _) in &batch {
-            if !failed.contains(id) {
-                sqs.delete_message()
-                    .queue_url(&stages_url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
     }
 
     let mut by: BTreeMap<(String, String), usize> = BTreeMap::new();

@@ -1,8 +1,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use leadpipe_lambda_harness::{moto_endpoint, unique_name};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -165,90 +163,4 @@ pub fn three_forms(now: i64) -> Dataset {
     data
 }
 
-pub struct Moto {
-    pub ddb: aws_sdk_dynamodb::Client,
-    pub sqs: aws_sdk_sqs::Client,
-    pub leads_table: String,
-    pub state_table: String,
-    pub dlq_url: String,
-}
-
-impl Moto {
-    pub async fn new() -> Self {
-        moto_endpoint().expect("moto");
-        let config = leadpipe_aws::sdk_config().await;
-        let ddb = aws_sdk_dynamodb::Client::new(&config);
-        let sqs = aws_sdk_sqs::Client::new(&config);
-        let dlq_url = sqs
-            .create_queue()
-            .queue_name(unique_name("bf-dlq"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let leads_table = unique_name("bf-leads");
-        let state_table = unique_name("bf-state");
-        leadpipe_aws::dynamo::create_leads_table(&ddb, &leads_table)
-            .await
-            .unwrap();
-        leadpipe_aws::dynamo::create_state_table(&ddb, &state_table)
-            .await
-            .unwrap();
-        Self {
-            ddb,
-            sqs,
-            leads_table,
-            state_table,
-            dlq_url,
-        }
-    }
-
-    /// The backfill side's dead-letter queue on moto.
-    pub fn dead_letters(&self) -> leadpipe_aws::sqs::SqsQueueControl {
-        leadpipe_aws::sqs::SqsQueueControl::dead_letters_only(self.sqs.clone(), &self.dlq_url)
-    }
-
-    /// Every dead letter: (body, reason class, reason).
-    pub async fn dead_letters_received(&self) -> Vec<(String, String, String)> {
-        leadpipe_lambda_harness::dead_letters(&self.sqs, &self.dlq_url)
-            .await
-            .unwrap()
-    }
-
-    pub async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {
-        let mut out = HashMap::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .ddb
-                .scan()
-                .table_name(&self.leads_table)
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .unwrap();
-            for item in page.items() {
-                out.insert(item["lead_id"].as_s().unwrap().clone(), item.clone());
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return out;
-            }
-        }
-    }
-
-    pub async fn checkpoint(&self, key: &str) -> Option<i64> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.state_table)
-            .key("pk", AttributeValue::S(key.into()))
-            .send()
-            .await
-            .unwrap();
-        out.item()
-            .and_then(|i| i.get("checkpoint"))
-            .map(|v| v.as_n().unwrap().parse().unwrap())
-    }
-}
+pub use leadpipe_lambda_harness::Moto;

@@ -1,7 +1,6 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use leadpipe_lambda_harness::{moto_endpoint, unique_name};
 use std::collections::HashMap;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
@@ -10,113 +9,7 @@ pub const APP_SECRET: &str = "ingest-app-secret-91c2";
 pub const ACCESS_TOKEN: &str = "EAAingestpagetoken77";
 pub const PAGE: &str = "104857600000001";
 
-pub struct Moto {
-    pub sqs: aws_sdk_sqs::Client,
-    pub ddb: aws_sdk_dynamodb::Client,
-    pub queue_url: String,
-    pub dlq_url: String,
-    pub table: String,
-    pub state_table: String,
-}
-
-impl Moto {
-    pub async fn new() -> Self {
-        moto_endpoint().expect("moto");
-        let config = leadpipe_aws::sdk_config().await;
-        let sqs = aws_sdk_sqs::Client::new(&config);
-        let ddb = aws_sdk_dynamodb::Client::new(&config);
-        let queue_url = sqs
-            .create_queue()
-            .queue_name(unique_name("ingest"))
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-                "1",
-            )
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let dlq_url = sqs
-            .create_queue()
-            .queue_name(unique_name("ingest-dlq"))
-            .send()
-            .await
-            .unwrap()
-            .queue_url
-            .unwrap();
-        let table = unique_name("leads");
-        leadpipe_aws::dynamo::create_leads_table(&ddb, &table)
-            .await
-            .unwrap();
-        let state_table = unique_name("state");
-        leadpipe_aws::dynamo::create_state_table(&ddb, &state_table)
-            .await
-            .unwrap();
-        Self {
-            sqs,
-            ddb,
-            queue_url,
-            dlq_url,
-            table,
-            state_table,
-        }
-    }
-
-    /// Sends the bodies and receives them back, as the event source mapping would.
-    pub async fn deliver(&self, bodies: &[String]) -> Vec<(String, String, String)> {
-        for body in bodies {
-            self.sqs
-                .send_message()
-                .queue_url(&self.queue_url)
-                .message_body(body)
-                .send()
-                .await
-                .unwrap();
-        }
-        let mut received = Vec::new();
-        while received.len() < bodies.len() {
-            let out = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.queue_url)
-                .max_number_of_messages(10)
-                .visibility_timeout(1)
-                .send()
-                .await
-                .unwrap();
-            for m in out.messages() {
-                received.push((
-                    m.message_id().unwrap().to_owned(),
-                    m.receipt_handle().unwrap().to_owned(),
-                    m.body().unwrap().to_owned(),
-                ));
-            }
-        }
-        received
-    }
-
-    pub async fn items(&self) -> HashMap<String, HashMap<String, AttributeValue>> {
-        let out = self
-            .ddb
-            .scan()
-            .table_name(&self.table)
-            .send()
-            .await
-            .unwrap();
-        out.items()
-            .iter()
-            .map(|item| (item["lead_id"].as_s().unwrap().clone(), item.clone()))
-            .collect()
-    }
-
-    /// Every dead-lettered message: (body, reason class, reason).
-    pub async fn dead_letters(&self) -> Vec<(String, String, String)> {
-        leadpipe_lambda_harness::dead_letters(&self.sqs, &self.dlq_url)
-            .await
-            .unwrap()
-    }
-}
+pub use leadpipe_lambda_harness::Moto;
 
 pub fn event_body(leadgen_id: &str) -> String {
     format!(

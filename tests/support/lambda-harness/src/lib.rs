@@ -8,12 +8,14 @@
 #![warn(missing_docs)]
 pub mod events;
 
+pub mod moto;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+pub use moto::Moto;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path as FsPath;
