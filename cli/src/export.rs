@@ -218,7 +218,7 @@ impl<W: Write> RowWriter<W> {
                         .map(|v| v.map(encode_values).unwrap_or_default()),
                 );
                 record.push(row.custom_disclaimer_responses.to_string());
-                record.push(row.source.clone());
+                record.push(row.source.as_str().to_owned());
                 record.push(row.ingested_at.clone());
                 record.push(row.raw.clone());
                 writer
@@ -494,7 +494,7 @@ mod tests {
             ]),
             custom_disclaimer_responses: serde_json::json!([]),
             raw: "{}".into(),
-            source: "webhook".into(),
+            source: leadpipe_core::ports::LeadSourceKind::Webhook,
             ingested_at: "2026-01-01T00:00:01Z".into(),
             readable: Default::default(),
         };

@@ -689,7 +689,7 @@ pub fn row_from_item(item: &HashMap<String, AttributeValue>) -> Option<LeadRow> 
         fields,
         custom_disclaimer_responses: serde_json::Value::Array(disclaimers),
         raw: s("raw").unwrap_or_default(),
-        source: s("source")?,
+        source: leadpipe_core::ports::LeadSourceKind::parse(&s("source")?)?,
         ingested_at: s("ingested_at")?,
         readable: readable_from_item(item),
     })
@@ -794,7 +794,7 @@ mod tests {
         assert_eq!(row.created_time, record.created_time);
         assert_eq!(row.page_id, record.page_id);
         assert_eq!(row.form_id.as_deref(), record.form_id);
-        assert_eq!(row.source, record.source);
+        assert_eq!(row.source.as_str(), record.source);
         assert_eq!(row.ingested_at, record.ingested_at);
         assert_eq!(row.raw, record.raw);
         let optional: BTreeMap<&str, String> = record

@@ -56,14 +56,21 @@ impl LocalDb {
                     column,
                     source,
                 };
+                // `webhook` or `backfill`, read by the enum's own names.
+                let source: String = r.get(17)?;
                 let parsed = serde_json::from_str(&fields)
                     .map_err(|e| corrupt("fields", e))
                     .and_then(|fields| {
                         serde_json::from_str(&disclaimers)
                             .map(|d| (fields, d))
                             .map_err(|e| corrupt("custom_disclaimer_responses", e))
+                    })
+                    .and_then(|(fields, d)| {
+                        serde_json::from_value(serde_json::Value::String(source))
+                            .map(|source| (fields, d, source))
+                            .map_err(|e| corrupt("source", e))
                     });
-                let (fields, custom_disclaimer_responses) = match parsed {
+                let (fields, custom_disclaimer_responses, source) = match parsed {
                     Ok(parsed) => parsed,
                     Err(e) => {
                         failure = Some(e.into());
@@ -80,7 +87,7 @@ impl LocalDb {
                     fields,
                     custom_disclaimer_responses,
                     raw: r.get(16)?,
-                    source: r.get(17)?,
+                    source,
                     ingested_at: r.get(18)?,
                     // Written by this code only; a row it cannot read is one stored before.
                     readable: r

@@ -24,7 +24,7 @@ async fn the_sqlite_stores_keep_the_contract() {
                     &time::format_description::well_known::Rfc3339,
                 )
                 .unwrap();
-                (r.source, at.unix_timestamp())
+                (r.source.as_str().to_owned(), at.unix_timestamp())
             })
     })
     .await

@@ -136,7 +136,7 @@ mod tests {
                 .collect(),
             custom_disclaimer_responses: serde_json::json!([]),
             raw: "{}".into(),
-            source: "webhook".into(),
+            source: crate::ports::LeadSourceKind::Webhook,
             ingested_at: "2026-12-01T09:00:01Z".into(),
             readable: Default::default(),
         }

@@ -25,8 +25,8 @@ pub struct LeadRow {
     pub custom_disclaimer_responses: serde_json::Value,
     /// The lead's JSON as Graph returned it.
     pub raw: String,
-    /// `webhook` or `backfill`.
-    pub source: String,
+    /// How it reached the store.
+    pub source: crate::ports::LeadSourceKind,
     /// When it was first written, RFC 3339 UTC.
     pub ingested_at: String,
     /// The form's name, the answers by label, the contact (empty for leads stored before).

@@ -49,6 +49,13 @@ impl LeadSourceKind {
             Self::Backfill => "backfill",
         }
     }
+
+    /// The source named `name` (`webhook` or `backfill`), if it is one.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Webhook, Self::Backfill]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 /// A lead as the store keeps it: Graph's lead plus what only leadpipe knows.
