@@ -242,6 +242,33 @@ fn expect(got: &[PutOutcome], want: &[PutOutcome], what: &str) -> Result<(), Str
     }
 }
 
+/// A lead event (v1) for destination tests: lead `id` on form `form_id`, a person with
+/// `email` (contact and field), a phone, a name, and one labelled answer `services`.
+pub fn sample_lead_event(
+    id: &str,
+    form_id: &str,
+    email: &str,
+) -> crate::lead_received::LeadReceived {
+    let json = serde_json::json!({
+        "version": "1", "lead_id": id, "created_time": "2026-12-01T09:00:00Z",
+        "page_id": "77", "form_id": form_id, "campaign_name": "Winter solar", "ad_name": "Roof A",
+        "platform": "ig", "is_organic": false,
+        "fields": {"email": [email], "full_name": ["Jane Doe"], "phone_number": ["+351 912 345 678"],
+                   "which_services": ["solar", "battery"]},
+        "custom_disclaimer_responses": [], "source": "webhook",
+        "ingested_at": "2026-12-01T09:00:02Z", "form_name": "Solar quote",
+        "answers": [{"key": "which_services", "label": "Which services?", "values": ["Solar panels", "Battery"]}],
+        "contact": {"email": email, "phone": "+351912345678", "full_name": "Jane Doe",
+                    "first_name": "Jane", "last_name": "Doe"}
+    });
+    serde_json::from_value(json).unwrap_or_else(|e| unreachable_event(&e.to_string()))
+}
+
+#[allow(clippy::panic)]
+fn unreachable_event(why: &str) -> crate::lead_received::LeadReceived {
+    panic!("the sample lead event literal always reads: {why}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@
 //!   dead-letters a page's leads.
 //! * [`privacy`]: lookup keys (HMAC of email and phone) and retention, for `forget` and TTL.
 //! * [`stages`]: lead stages back to Meta through the Conversions API, checked and sent once.
+//! * [`destinations`]: CRMs and chats a lead goes to: the file, the mapping, the forwarder.
 //! * [`secrets`] and [`settings`]: the typed settings every binary reads once at start.
 
 #![warn(missing_docs)]
@@ -31,6 +32,7 @@ pub mod backfill;
 pub mod contact;
 pub mod contract;
 pub mod dead_letter;
+pub mod destinations;
 pub mod erasure;
 pub mod event;
 pub mod export;

@@ -930,3 +930,243 @@ impl crate::redrive::DeadLetterPiles for MemoryLeaseQueue {
         Ok(moved)
     }
 }
+
+/// Per destination and lead, the forwarder's states, on a clock the test gives.
+#[derive(Debug, Default)]
+pub struct MemoryDeliveries {
+    state: Mutex<DeliveriesState>,
+}
+
+#[derive(Debug, Default)]
+struct DeliveriesState {
+    /// `(destination, lead id)` → entry, in queueing order.
+    entries: Vec<((String, String), DeliveryEntry)>,
+    pauses: std::collections::HashMap<String, i64>,
+}
+
+#[derive(Debug)]
+struct DeliveryEntry {
+    lead: crate::lead_received::LeadReceived,
+    queued_at_ms: i64,
+    leased_until: i64,
+    state: crate::destinations::DeliveryState,
+}
+
+impl MemoryDeliveries {
+    fn with<T>(&self, f: impl FnOnce(&mut DeliveriesState) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    fn entry<'a>(
+        state: &'a mut DeliveriesState,
+        destination: &str,
+        lead_id: &str,
+    ) -> Option<&'a mut DeliveryEntry> {
+        state
+            .entries
+            .iter_mut()
+            .find(|((d, l), _)| d == destination && l == lead_id)
+            .map(|(_, e)| e)
+    }
+
+    /// Queues `leads` for `destination` at `now_ms` (again, for a replay: a fresh start).
+    pub fn queue(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        leads: &[crate::lead_received::LeadReceived],
+        now_ms: i64,
+    ) {
+        self.with(|state| {
+            for lead in leads {
+                let fresh = DeliveryEntry {
+                    lead: lead.clone(),
+                    queued_at_ms: now_ms,
+                    leased_until: 0,
+                    state: crate::destinations::DeliveryState::Pending {
+                        attempts: 0,
+                        at_ms: now_ms,
+                        reason: None,
+                    },
+                };
+                match Self::entry(state, destination.as_str(), &lead.lead_id) {
+                    Some(entry) => *entry = fresh,
+                    None => state
+                        .entries
+                        .push(((destination.to_string(), lead.lead_id.clone()), fresh)),
+                }
+            }
+        });
+    }
+
+    /// `(attempts, due at)` of a pending lead.
+    pub fn pending(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        lead_id: &str,
+    ) -> Option<(u32, i64)> {
+        self.with(
+            |state| match Self::entry(state, destination.as_str(), lead_id) {
+                Some(DeliveryEntry {
+                    state:
+                        crate::destinations::DeliveryState::Pending {
+                            attempts, at_ms, ..
+                        },
+                    ..
+                }) => Some((*attempts, *at_ms)),
+                _ => None,
+            },
+        )
+        .flatten()
+    }
+
+    /// `(class, reason)` of a dead lead.
+    pub fn dead(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        lead_id: &str,
+    ) -> Option<(crate::dead_letter::DeadLetterClass, String)> {
+        self.with(
+            |state| match Self::entry(state, destination.as_str(), lead_id) {
+                Some(DeliveryEntry {
+                    state: crate::destinations::DeliveryState::Dead { class, reason },
+                    ..
+                }) => Some((*class, reason.clone())),
+                _ => None,
+            },
+        )
+        .flatten()
+    }
+
+    /// The leads delivered to `destination`.
+    pub fn delivered(&self, destination: &crate::destinations::DestinationName) -> Vec<String> {
+        self.with(|state| {
+            state
+                .entries
+                .iter()
+                .filter(|((d, _), e)| {
+                    d == destination.as_str()
+                        && matches!(e.state, crate::destinations::DeliveryState::Delivered(_))
+                })
+                .map(|((_, l), _)| l.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl crate::destinations::DeliveryLedger for MemoryDeliveries {
+    async fn due(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        now_ms: i64,
+        max: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<crate::destinations::Due>, StoreError> {
+        let lease = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self.with(|state| {
+            let mut due = Vec::new();
+            for ((d, _), entry) in state.entries.iter_mut() {
+                if due.len() == max || d != destination.as_str() || entry.leased_until > now_ms {
+                    continue;
+                }
+                if let crate::destinations::DeliveryState::Pending {
+                    attempts, at_ms, ..
+                } = entry.state
+                    && at_ms <= now_ms
+                {
+                    entry.leased_until = now_ms.saturating_add(lease);
+                    due.push(crate::destinations::Due {
+                        lead: entry.lead.clone(),
+                        attempts,
+                        queued_at_ms: entry.queued_at_ms,
+                    });
+                }
+            }
+            due
+        })
+        .ok_or_else(|| crate::destinations::unavailable("the deliveries are poisoned"))
+    }
+
+    async fn record(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        states: &[(String, crate::destinations::DeliveryState)],
+    ) -> Result<(), StoreError> {
+        self.with(|state| {
+            for (lead_id, new) in states {
+                if let Some(entry) = Self::entry(state, destination.as_str(), lead_id) {
+                    entry.state = new.clone();
+                    entry.leased_until = 0;
+                }
+            }
+        })
+        .ok_or_else(|| crate::destinations::unavailable("the deliveries are poisoned"))
+    }
+
+    async fn paused_until(
+        &self,
+        destination: &crate::destinations::DestinationName,
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .with(|state| state.pauses.get(destination.as_str()).copied())
+            .flatten())
+    }
+
+    async fn pause(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        until_ms: i64,
+        _reason: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|state| state.pauses.insert(destination.to_string(), until_ms));
+        Ok(())
+    }
+}
+
+/// A destination that answers what the test scripted, in order (then `Delivered`), and
+/// counts each call's leads.
+#[derive(Debug, Default)]
+pub struct ScriptedDestination {
+    answers: Mutex<std::collections::VecDeque<crate::destinations::Outcome>>,
+    calls: Mutex<Vec<usize>>,
+}
+
+impl ScriptedDestination {
+    /// Answers these outcomes, lead by lead, then delivers.
+    pub fn answering(answers: Vec<crate::destinations::Outcome>) -> Self {
+        Self {
+            answers: Mutex::new(answers.into()),
+            calls: Mutex::default(),
+        }
+    }
+
+    /// Each call's number of leads.
+    pub fn calls(&self) -> Vec<usize> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl crate::destinations::Destination for ScriptedDestination {
+    async fn deliver(
+        &self,
+        leads: &[crate::destinations::MappedLead],
+    ) -> Vec<crate::destinations::Outcome> {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(leads.len());
+        }
+        let mut answers = self.answers.lock().ok();
+        leads
+            .iter()
+            .map(|_| {
+                answers
+                    .as_mut()
+                    .and_then(|a| a.pop_front())
+                    .unwrap_or(crate::destinations::Outcome::Delivered(None))
+            })
+            .collect()
+    }
+
+    async fn check(&self) -> Result<String, String> {
+        Ok("scripted".into())
+    }
+}
