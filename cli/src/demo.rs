@@ -483,6 +483,7 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
         lookup_key: Some(SecretString::from(DEMO_LOOKUP_KEY)),
         conversions_token: Some(SecretString::from(leadpipe_sandbox::conversions::TOKEN)),
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: None,
         page_tokens: leadpipe_sandbox::server::tokens(data)
             .into_iter()

@@ -40,6 +40,7 @@ pub(crate) async fn connect_dataset(args: &ConnectArgs, dataset: &str) -> Result
         lookup_key: None,
         conversions_token: None,
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: None,
         page_tokens: Default::default(),
     };

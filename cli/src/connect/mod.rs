@@ -86,6 +86,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         lookup_key: None,
         conversions_token: None,
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: None,
         page_tokens: Default::default(),
     };

@@ -34,6 +34,60 @@ pub struct AppSecrets {
     /// rotated.
     #[serde(default)]
     pub stage_keys: Vec<SecretString>,
+    /// Each destination's credentials by its name (docs/destinations.md): `token`,
+    /// `client_id` + `client_secret`, `webhook_url` or `key`, by kind.
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationSecret>,
+}
+
+/// One destination's credentials; `Debug` shows none.
+#[derive(Clone, Default, serde::Deserialize)]
+pub struct DestinationSecret {
+    /// HubSpot's Service Key or private app token; Pipedrive's API token.
+    #[serde(default)]
+    pub token: Option<SecretString>,
+    /// Salesforce's External Client App consumer key.
+    #[serde(default)]
+    pub client_id: Option<SecretString>,
+    /// Its consumer secret.
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    /// Slack's incoming webhook URL (the URL is the credential).
+    #[serde(default)]
+    pub webhook_url: Option<SecretString>,
+    /// The webhook destination's signing key.
+    #[serde(default)]
+    pub key: Option<SecretString>,
+}
+
+impl std::fmt::Debug for DestinationSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |v: &Option<SecretString>| v.is_some();
+        f.debug_struct("DestinationSecret")
+            .field("token", &set(&self.token))
+            .field("client_id", &set(&self.client_id))
+            .field("client_secret", &set(&self.client_secret))
+            .field("webhook_url", &set(&self.webhook_url))
+            .field("key", &set(&self.key))
+            .finish()
+    }
+}
+
+impl DestinationSecret {
+    /// The credential named `key` (`token`, `client_id`, ...), when it is set and not
+    /// empty.
+    pub fn get(&self, key: &str) -> Option<&SecretString> {
+        use secrecy::ExposeSecret;
+        match key {
+            "token" => self.token.as_ref(),
+            "client_id" => self.client_id.as_ref(),
+            "client_secret" => self.client_secret.as_ref(),
+            "webhook_url" => self.webhook_url.as_ref(),
+            "key" => self.key.as_ref(),
+            _ => None,
+        }
+        .filter(|s| !s.expose_secret().is_empty())
+    }
 }
 
 /// Why the secrets could not be read. Never carries a secret's value.

@@ -113,6 +113,8 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                         .collect()
                 })
                 .unwrap_or_default(),
+            // A destination's credentials live in the secret file or Secrets Manager only.
+            destinations: BTreeMap::new(),
         })
     }
 

@@ -346,6 +346,7 @@ mod tests {
             lookup_key: None,
             conversions_token: None,
             stage_keys: Vec::new(),
+            destinations: Default::default(),
         }
     }
 

@@ -9,10 +9,12 @@
 //! `GET /oauth/access_token` (token exchange), `GET /me/accounts`, `POST /{app}/subscriptions`
 //! (with the challenge to the callback, and a signed webhook for each test lead after),
 //! `POST /{dataset}/events` and `GET /{dataset}` (the Conversions API, [`conversions`]).
+//! [`crm`]: stand-ins of HubSpot, Salesforce, Pipedrive and Slack for the destinations.
 
 #![warn(missing_docs)]
 pub mod accounts;
 pub mod conversions;
+pub mod crm;
 pub mod data;
 pub mod sender;
 pub mod server;

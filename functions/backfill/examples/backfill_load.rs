@@ -157,6 +157,7 @@ async fn main() {
         lookup_key: None,
         conversions_token: None,
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: None,
         page_tokens: BTreeMap::from([("7001".to_owned(), SecretString::from("bench-token"))]),
     };

@@ -56,6 +56,7 @@ fn source(graph: &wiremock::MockServer) -> GraphBackfillSource {
         lookup_key: None,
         conversions_token: None,
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: None,
         page_tokens: BTreeMap::from([
             (PAGE_A.to_owned(), SecretString::from(TOKEN_A)),

@@ -76,6 +76,7 @@ async fn main() {
         lookup_key: None,
         conversions_token: None,
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: Some(SecretString::from("bench-token")),
         page_tokens: BTreeMap::new(),
     };

@@ -24,6 +24,7 @@ fn secrets() -> AppSecrets {
         lookup_key: None,
         conversions_token: None,
         stage_keys: Vec::new(),
+        destinations: Default::default(),
         access_token: Some(SecretString::from(ACCESS_TOKEN)),
         page_tokens: BTreeMap::new(),
     }
