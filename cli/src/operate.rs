@@ -409,6 +409,12 @@ pub async fn redrive(args: RedriveArgs) -> Result<(), CliError> {
                 report.stages.moved
             );
         }
+        if report.destinations.moved > 0 {
+            println!(
+                "{verb} {} destination dead letter(s) back to their destinations",
+                report.destinations.moved
+            );
+        }
     }
     if report.failed() > 0 {
         return Err(CliError::Failed(format!(

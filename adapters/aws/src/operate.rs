@@ -264,7 +264,8 @@ impl leadpipe_core::redrive::DeadLetterPiles for StackDeadLetters {
         let urls = match pile {
             Pile::Leads => &self.leads,
             Pile::Stages => &self.stages,
-            Pile::Forwards => &None,
+            // The stack has no destinations' pile yet (docs/destinations.md).
+            Pile::Forwards | Pile::Destinations => &None,
         };
         match urls {
             Some((dlq, queue)) => redrive_picked(&self.sqs, dlq, queue, pick, dry_run)

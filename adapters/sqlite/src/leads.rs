@@ -163,6 +163,11 @@ impl LeadStore for LocalDb {
             .read()
             .map(|s| s.clone())
             .unwrap_or_default();
+        let destinations = self
+            .destinations
+            .read()
+            .map(|d| d.clone())
+            .unwrap_or_default();
         let now = now_unix_ms();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -229,6 +234,12 @@ impl LeadStore for LocalDb {
                         "INSERT OR IGNORE INTO outbox (lead_id, body, created_at, next_at) VALUES (?1, ?2, ?3, ?3)",
                         params![record.lead_id, LeadReceived::from_record(&record).to_json(), now],
                     )?;
+                }
+                // And each destination that takes it (docs/destinations.md), in the same
+                // transaction: a lead stored is a lead every destination gets.
+                if changed == 1 && !destinations.is_empty() {
+                    let event = LeadReceived::from_record(&record);
+                    crate::deliveries::queue_in(&tx, &destinations, &event, now)?;
                 }
                 // Its first stage too (docs/stages.md, "The initial stage"), at its creation.
                 if changed == 1

@@ -18,6 +18,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 mod checkpoints;
+mod deliveries;
 mod forms;
 mod leads;
 mod outbox;
@@ -28,6 +29,7 @@ mod redrive;
 pub mod schema;
 mod stages;
 mod status;
+pub use deliveries::DestinationCounts;
 pub use outbox::{OutboxItem, OutboxSummary};
 pub use privacy::{Erased, Unkeyed};
 pub use queue::{DeadLetterRow, Leased, LocalQueueControl};
@@ -87,6 +89,9 @@ pub struct LocalDb {
     /// The initial stage a first insert also queues (`serve` with a Conversions dataset),
     /// in the same transaction.
     initial_stage: Arc<std::sync::RwLock<Option<leadpipe_core::stages::StageName>>>,
+    /// The destinations a first insert also queues the lead for (`serve --destinations`),
+    /// in the same transaction: `(name, forms)`, no forms meaning every lead.
+    destinations: Arc<std::sync::RwLock<Vec<deliveries::Wanted>>>,
 }
 
 pub use leadpipe_core::lead_row::{LeadFilter, LeadRow};
@@ -128,6 +133,7 @@ impl LocalDb {
             outbox: Arc::default(),
             policy: Arc::default(),
             initial_stage: Arc::default(),
+            destinations: Arc::default(),
         })
     }
 
@@ -144,6 +150,7 @@ impl LocalDb {
             outbox: Arc::default(),
             policy: Arc::default(),
             initial_stage: Arc::default(),
+            destinations: Arc::default(),
         })
     }
 

@@ -77,6 +77,7 @@ impl DeadLetterPiles for LocalDb {
             // Forwarding and stages are picked by class only (core's `Pick::reaches`).
             Pile::Forwards => self.outbox_redrive(pick.class(), dry_run).map(moved),
             Pile::Stages => self.redrive_stages(pick.class(), dry_run).map(moved),
+            Pile::Destinations => self.redrive_deliveries(pick.class(), dry_run).map(moved),
         }
         .map_err(Cause::from_error)
     }

@@ -111,7 +111,7 @@ struct Migration {
     apply: fn(&Connection) -> rusqlite::Result<()>,
 }
 
-const MIGRATIONS: [Migration; 5] = [
+const MIGRATIONS: [Migration; 6] = [
     Migration {
         version: 1,
         what: "the tables",
@@ -137,7 +137,39 @@ const MIGRATIONS: [Migration; 5] = [
         what: "max_receives named exhausted",
         apply: migrate_exhausted_class,
     },
+    Migration {
+        version: 6,
+        what: "deliveries to destinations",
+        apply: |conn| conn.execute_batch(DELIVERIES),
+    },
 ];
+
+/// Per destination and lead, the forwarder's state (adapters/sqlite/src/deliveries.rs):
+/// `body` is the lead event (core's `LeadReceived`) as it was queued; and each
+/// destination's pause while its budget is spent.
+const DELIVERIES: &str = "
+CREATE TABLE IF NOT EXISTS deliveries (
+    destination TEXT NOT NULL,
+    lead_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    queued_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    leased_until INTEGER NOT NULL DEFAULT 0,
+    record_id TEXT,
+    reason_class TEXT,
+    reason TEXT,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (destination, lead_id)
+);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_at);
+CREATE TABLE IF NOT EXISTS destination_pauses (
+    destination TEXT PRIMARY KEY,
+    until_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+";
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -466,6 +498,23 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(classes, ["exhausted", "token"]);
+    }
+
+    #[test]
+    fn step_6_adds_the_deliveries_beside_every_stored_lead() {
+        let mut conn = file_at(5);
+        conn.execute(LEAD, params!["10"]).unwrap();
+        migrate_to(&mut conn, 6).unwrap();
+        assert!(
+            columns(&conn, "deliveries")
+                .iter()
+                .any(|c| c == "reason_class")
+        );
+        assert!(!columns(&conn, "destination_pauses").is_empty());
+        let leads: i64 = conn
+            .query_row("SELECT COUNT(*) FROM leads", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(leads, 1);
     }
 
     #[test]

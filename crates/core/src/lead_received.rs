@@ -146,6 +146,37 @@ impl LeadReceived {
         }
     }
 
+    /// The event of a lead read back from a store (`forward`'s replay): the same event
+    /// deliver and serve made at its first write.
+    pub fn from_row(row: &crate::lead_row::LeadRow) -> Self {
+        let optional = |name: &str| row.optional.get(name).cloned();
+        Self {
+            version: VERSION.to_owned(),
+            lead_id: row.lead_id.clone(),
+            created_time: row.created_time.clone(),
+            page_id: row.page_id.clone(),
+            form_id: row.form_id.clone(),
+            ad_id: optional("ad_id"),
+            ad_name: optional("ad_name"),
+            adset_id: optional("adset_id"),
+            adset_name: optional("adset_name"),
+            campaign_id: optional("campaign_id"),
+            campaign_name: optional("campaign_name"),
+            platform: optional("platform"),
+            is_organic: row.is_organic,
+            fields: row.fields.clone(),
+            custom_disclaimer_responses: serde_json::from_value(
+                row.custom_disclaimer_responses.clone(),
+            )
+            .unwrap_or_default(),
+            source: row.source,
+            ingested_at: row.ingested_at.clone(),
+            form_name: row.readable.form_name.clone(),
+            answers: row.readable.answers.clone(),
+            contact: row.readable.contact.clone(),
+        }
+    }
+
     /// The JSON body (EventBridge `detail`, or the forwarded POST's body).
     pub fn to_json(&self) -> String {
         // Strings, bools, maps and lists of strings: encoding cannot fail.

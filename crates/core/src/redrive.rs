@@ -22,11 +22,13 @@ pub enum Pile {
     Forwards,
     /// The stages' (docs/stages.md).
     Stages,
+    /// The destinations' (docs/destinations.md): `refused`, `exhausted`, `malformed`.
+    Destinations,
 }
 
 impl Pile {
     /// Every pile, in the order they are moved.
-    pub const ALL: [Self; 3] = [Self::Leads, Self::Forwards, Self::Stages];
+    pub const ALL: [Self; 4] = [Self::Leads, Self::Forwards, Self::Stages, Self::Destinations];
 
     /// For messages.
     pub fn as_str(self) -> &'static str {
@@ -34,6 +36,7 @@ impl Pile {
             Self::Leads => "lead queue",
             Self::Forwards => "forwarding",
             Self::Stages => "stage queue",
+            Self::Destinations => "destinations'",
         }
     }
 }
@@ -85,7 +88,11 @@ impl Pick<'_> {
                 matches!(c, DeadLetterClass::Refused | DeadLetterClass::Exhausted)
             }
             (Self::Class(_), Pile::Stages) => true,
-            (Self::HealedPages(_), Pile::Forwards | Pile::Stages) => false,
+            (Self::Class(c), Pile::Destinations) => matches!(
+                c,
+                DeadLetterClass::Refused | DeadLetterClass::Exhausted | DeadLetterClass::Malformed
+            ),
+            (Self::HealedPages(_), Pile::Forwards | Pile::Stages | Pile::Destinations) => false,
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct RedriveReport {
     pub forwards: Moved,
     /// The stages'.
     pub stages: Moved,
+    /// The destinations'.
+    pub destinations: Moved,
 }
 
 impl RedriveReport {
@@ -134,6 +143,7 @@ impl RedriveReport {
             Pile::Leads => &self.leads,
             Pile::Forwards => &self.forwards,
             Pile::Stages => &self.stages,
+            Pile::Destinations => &self.destinations,
         }
     }
 
@@ -142,6 +152,7 @@ impl RedriveReport {
             Pile::Leads => &mut self.leads,
             Pile::Forwards => &mut self.forwards,
             Pile::Stages => &mut self.stages,
+            Pile::Destinations => &mut self.destinations,
         }
     }
 
@@ -162,6 +173,7 @@ impl RedriveReport {
             "moved": self.leads.moved,
             "forwards": self.forwards.moved,
             "stages": self.stages.moved,
+            "destinations": self.destinations.moved,
             "left": self.left(),
             "failed": self.failed(),
         })
