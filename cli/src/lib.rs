@@ -7,6 +7,7 @@
 pub mod checks;
 pub mod connect;
 pub mod demo;
+pub mod destinations;
 pub mod doctor;
 pub mod export;
 pub mod forward;
@@ -70,6 +71,10 @@ pub enum Command {
     Stage(stages::StageArgs),
     /// Stages in bulk: `stages import FILE.csv`.
     Stages(stages::StagesArgs),
+    /// The destinations file: `destinations check FILE [--live]`.
+    Destinations(destinations::DestinationsArgs),
+    /// Send stored leads to a destination again (`--lead ID` or `--since TIME`).
+    Forward(destinations::ForwardArgs),
 }
 
 /// Why a command failed.
@@ -318,6 +323,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::LookupKeys(args) => operate::lookup_keys(args).await,
         Command::Stage(args) => stages::stage(args).await,
         Command::Stages(args) => stages::run(args).await,
+        Command::Destinations(args) => destinations::run(args).await,
+        Command::Forward(args) => destinations::forward(args).await,
     }
 }
 

@@ -660,6 +660,20 @@ pub struct ServeArgs {
         requires = "forward_secret_file"
     )]
     pub forward_to: Option<String>,
+    /// The destinations file (docs/destinations.md): HubSpot, Salesforce, Pipedrive, Slack;
+    /// their credentials in the secret's `destinations.<name>`.
+    #[arg(long, env = "LEADPIPE_DESTINATIONS", hide_env_values = true)]
+    pub destinations: Option<PathBuf>,
+    /// How long a lead being delivered to a destination stays claimed; after a crash it is
+    /// due again once this has passed. Longer than ten calls at their 15 s time-out.
+    #[arg(
+        long,
+        env = "LEADPIPE_DESTINATION_LEASE_SECONDS",
+        hide_env_values = true,
+        default_value_t = 180,
+        value_parser = clap::value_parser!(u64).range(1..=3_600)
+    )]
+    pub destination_lease_seconds: u64,
     /// The key that signs forwarded posts (X-Leadpipe-Signature-256), in a file.
     #[arg(
         long,
@@ -819,6 +833,15 @@ impl ServeLock {
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let secrets = crate::load_secrets(args.secret_file.as_ref())?;
     let forward = forward_settings(&args)?;
+    // Read and built before anything starts: a wrong file or a missing credential is a
+    // refusal to start, not a dead letter per lead.
+    let destinations = match &args.destinations {
+        Some(path) => Some(crate::destinations::build(
+            &crate::destinations::load(path)?,
+            &secrets,
+        )?),
+        None => None,
+    };
     let _lock = ServeLock::take(&args.db)?;
     if listens_everywhere(&args.listen) {
         tracing::warn!(listen = %args.listen, "serve listens on every interface: put TLS in front (a reverse proxy), Meta posts only to https");
@@ -883,16 +906,36 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let stage_sender = pipeline
         .stage_sender()?
         .map(|sender| tokio::spawn(sender.run(stop.clone())));
+    // Before any worker stores a lead: every new lead is queued for each destination.
+    let (destination_names, destination_senders) = match destinations {
+        Some(built) => {
+            let senders = crate::destinations::Senders::new(
+                pipeline.db.clone(),
+                built,
+                Duration::from_secs(args.destination_lease_seconds),
+            );
+            (
+                senders.names(),
+                Some(tokio::spawn(senders.run(stop.clone()))),
+            )
+        }
+        None => (Vec::new(), None),
+    };
     let (shutdown, stopping) = tokio::sync::watch::channel(false);
     let server = pipeline.spawn_http(listener, limits, stopping);
     let workers = pipeline.spawn_workers(args.workers as usize, stop.clone());
     tracing::info!(address = %address, db = %args.db.display(), workers = args.workers, "leadpipe serving; webhook at /webhook");
     // A report line, not a duty: a closed stdout must not stop the service.
     let _ = crate::render::print(&format!(
-        "leadpipe serving: webhook at http://{address}/webhook, data in {}, {} ingest worker(s), forwarding {}, stages {}, backfill {}\n",
+        "leadpipe serving: webhook at http://{address}/webhook, data in {}, {} ingest worker(s), forwarding {}, destinations {}, stages {}, backfill {}\n",
         args.db.display(),
         args.workers,
         forwarding_to(args.forward_to.as_deref()),
+        if destination_names.is_empty() {
+            "off".to_owned()
+        } else {
+            destination_names.join(", ")
+        },
         match &pipeline.stages {
             Some(config) => format!("to dataset {} (POST /stages)", config.dataset_id),
             None => "off".to_owned(),
@@ -962,6 +1005,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
             }
             if let Some(sender) = stage_sender {
                 let _ = sender.await;
+            }
+            if let Some(senders) = destination_senders {
+                let _ = senders.await;
             }
         }),
     )

@@ -158,6 +158,13 @@ fn advice(need: Need, status: &PipelineStatus, fix: &str) -> String {
                 "{total} stage(s) were refused and never sent to Meta: read their reasons (stages, above), fix the cause, then `leadpipe redrive {fix} --reason-class CLASS`"
             )
         }
+        Need::DestinationsDead => {
+            let total: u64 = status.destinations.iter().flatten().map(|d| d.dead).sum();
+            format!(
+                "{total} lead(s) did not reach a destination: read the reason (destinations, above), fix it (a key, a mapping, a field), then `leadpipe redrive {fix} --reason-class refused` (or exhausted), or `leadpipe forward --destination NAME --since 7d`"
+            )
+        }
+        Need::DestinationsStuck => "a destination's oldest lead has waited over 15 minutes: is serve running with --destinations, and does the service answer? (`leadpipe destinations check FILE --live`)".to_owned(),
     }
 }
 
@@ -286,6 +293,28 @@ fn text(status: &PipelineStatus, fix: &str) -> String {
                 "  {:<12} newest: {}",
                 "",
                 line(&clip(&g.newest_reason, 60))
+            );
+        }
+    }
+    for d in status.destinations.iter().flatten() {
+        let _ = writeln!(
+            t,
+            "destination    {:<14} {} pending, {} delivered, {} dead{}",
+            line(&clip(&d.name, 14)),
+            d.pending,
+            d.delivered,
+            d.dead,
+            d.paused_until
+                .as_ref()
+                .map(|u| format!(", paused until {u}"))
+                .unwrap_or_default()
+        );
+        if let (Some(class), Some(reason)) = (&d.newest_dead_class, &d.newest_dead_reason) {
+            let _ = writeln!(
+                t,
+                "  {:<12} newest: {}",
+                line(class),
+                line(&clip(reason, 60))
             );
         }
     }

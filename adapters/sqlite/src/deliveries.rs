@@ -16,6 +16,17 @@ use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// A state as its columns: `(state, attempts, next_at, record_id, reason_class, reason)`,
+/// `None` leaving a column as it is.
+type Columns<'a> = (
+    &'a str,
+    Option<u32>,
+    Option<i64>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
 /// A destination and the forms it takes (none: every lead).
 #[derive(Debug, Clone)]
 pub(crate) struct Wanted {
@@ -274,14 +285,8 @@ impl DeliveryLedger for LocalDb {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for (lead_id, state) in states {
-                let (state, attempts, next_at, record_id, class, reason): (
-                    &str,
-                    Option<u32>,
-                    Option<i64>,
-                    Option<&str>,
-                    Option<&str>,
-                    Option<&str>,
-                ) = match state {
+                let (state, attempts, next_at, record_id, class, reason): Columns<'_> = match state
+                {
                     DeliveryState::Delivered(record) => {
                         ("delivered", None, None, record.as_deref(), None, None)
                     }

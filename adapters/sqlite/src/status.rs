@@ -118,6 +118,31 @@ impl StatusSource for LocalDb {
             .collect())
     }
 
+    async fn destinations(
+        &self,
+    ) -> Result<Option<Vec<leadpipe_core::status::DestinationFacts>>, StoreError> {
+        let counts = self.destination_counts().map_err(unavailable)?;
+        Ok(Some(
+            counts
+                .into_iter()
+                .map(|c| leadpipe_core::status::DestinationFacts {
+                    oldest_pending_age_seconds: age_seconds(c.oldest_pending_ms),
+                    paused_until: c
+                        .paused_until
+                        .filter(|until| *until > now_unix_ms())
+                        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
+                        .map(leadpipe_core::record::contract_time),
+                    newest_dead_class: c.newest_dead.as_ref().map(|(class, _)| class.clone()),
+                    newest_dead_reason: c.newest_dead.map(|(_, reason)| reason),
+                    name: c.name,
+                    pending: c.pending,
+                    delivered: c.delivered,
+                    dead: c.dead,
+                })
+                .collect(),
+        ))
+    }
+
     async fn forwarding(&self) -> Result<Option<ForwardingFacts>, StoreError> {
         // A file from before forwarding existed has no outbox: nothing to show then.
         Ok(self.outbox_summary().ok().map(|o| ForwardingFacts {

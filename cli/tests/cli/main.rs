@@ -4,6 +4,7 @@
 
 mod connect;
 mod demo;
+mod destinations;
 mod doctor;
 mod forward;
 mod operate;

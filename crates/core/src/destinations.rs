@@ -622,7 +622,8 @@ pub struct ForwardLimits {
     pub first_backoff: Duration,
     /// The longest wait, a service's own included.
     pub max_backoff: Duration,
-    /// How long a claimed lead stays leased.
+    /// How long a claimed lead stays leased: a process killed mid-round leaves its leads
+    /// due again after it.
     pub lease: Duration,
     /// Leads per round.
     pub per_round: usize,
@@ -635,7 +636,7 @@ impl Default for ForwardLimits {
             max_age: Duration::from_secs(86_400),
             first_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(600),
-            lease: Duration::from_secs(60),
+            lease: Duration::from_secs(180),
             per_round: 100,
         }
     }
@@ -677,8 +678,11 @@ pub async fn forward_round<L: DeliveryLedger, D: Destination>(
         report.paused = true;
         return Ok(report);
     }
+    // A round of one-lead calls is kept to ten, so it ends well within its lease even when
+    // each call runs to its time-out.
+    let per_round = limits.per_round.min(config.kind.batch().max(1) * 10);
     let due = ledger
-        .due(&config.name, now_ms, limits.per_round, limits.lease)
+        .due(&config.name, now_ms, per_round, limits.lease)
         .await?;
     let mut states: Vec<(String, DeliveryState)> = Vec::new();
     let mut rest = due.as_slice();

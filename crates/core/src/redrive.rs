@@ -28,7 +28,12 @@ pub enum Pile {
 
 impl Pile {
     /// Every pile, in the order they are moved.
-    pub const ALL: [Self; 4] = [Self::Leads, Self::Forwards, Self::Stages, Self::Destinations];
+    pub const ALL: [Self; 4] = [
+        Self::Leads,
+        Self::Forwards,
+        Self::Stages,
+        Self::Destinations,
+    ];
 
     /// For messages.
     pub fn as_str(self) -> &'static str {

@@ -102,6 +102,27 @@ pub struct StageFacts {
     pub refused: Vec<DeadLetterGroup>,
 }
 
+/// One destination's deliveries (docs/destinations.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DestinationFacts {
+    /// Its name in the destinations file.
+    pub name: String,
+    /// Waiting to be delivered (due now, or after a retry's wait or a pause).
+    pub pending: u64,
+    /// Delivered.
+    pub delivered: u64,
+    /// Dead letters (`refused`, `exhausted`): `redrive` or `forward` sends them again.
+    pub dead: u64,
+    /// The newest dead letter's class.
+    pub newest_dead_class: Option<String>,
+    /// Its reason: the service's words, lead values taken out.
+    pub newest_dead_reason: Option<String>,
+    /// Until when it is paused (its budget spent), RFC 3339.
+    pub paused_until: Option<String>,
+    /// Age of the oldest pending lead.
+    pub oldest_pending_age_seconds: Option<u64>,
+}
+
 /// A page token's health with the command that fixes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PageTokenStatus {
@@ -128,6 +149,10 @@ pub enum Need {
     PageTokens,
     /// Stages were refused and never sent (their dead letters say why).
     StagesRefused,
+    /// A destination refused leads or gave up on them (their dead letters say why).
+    DestinationsDead,
+    /// A destination's oldest pending lead is older than [`STUCK_AFTER`].
+    DestinationsStuck,
 }
 
 /// The verdict.
@@ -160,6 +185,8 @@ pub struct PipelineStatus {
     pub page_tokens: Option<Vec<PageTokenStatus>>,
     /// Stages back to Meta.
     pub stages: Option<StageFacts>,
+    /// Each destination's deliveries.
+    pub destinations: Option<Vec<DestinationFacts>>,
     /// What a person must act on; empty when all is well.
     pub needs_a_person: Vec<Need>,
     /// `ok` or `needs_a_person`.
@@ -200,6 +227,12 @@ pub trait StatusSource {
     }
     /// Stages back to Meta.
     fn stages(&self) -> impl Future<Output = Result<Option<StageFacts>, StoreError>> + Send {
+        async { Ok(None) }
+    }
+    /// Each destination's deliveries.
+    fn destinations(
+        &self,
+    ) -> impl Future<Output = Result<Option<Vec<DestinationFacts>>, StoreError>> + Send {
         async { Ok(None) }
     }
     /// The forms catalog's names, by form id (status shows names beside ids).
@@ -293,6 +326,17 @@ pub async fn pipeline_status<S: StatusSource>(
     if stages.iter().any(|s| s.refused.iter().any(|g| g.count > 0)) {
         needs.push(Need::StagesRefused);
     }
+    let destinations = source.destinations().await?;
+    if destinations.iter().flatten().any(|d| d.dead > 0) {
+        needs.push(Need::DestinationsDead);
+    }
+    if destinations.iter().flatten().any(|d| {
+        d.oldest_pending_age_seconds
+            .is_some_and(|a| a > STUCK_AFTER.as_secs())
+            && d.paused_until.is_none()
+    }) {
+        needs.push(Need::DestinationsStuck);
+    }
     Ok(PipelineStatus {
         target,
         queue,
@@ -302,6 +346,7 @@ pub async fn pipeline_status<S: StatusSource>(
         forwarding,
         page_tokens,
         stages,
+        destinations,
         verdict: if needs.is_empty() {
             Verdict::Ok
         } else {
@@ -413,6 +458,7 @@ mod tests {
             [
                 "checkpoints",
                 "dead_letters",
+                "destinations",
                 "forwarding",
                 "leads_per_form",
                 "needs_a_person",
