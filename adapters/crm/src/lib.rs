@@ -12,6 +12,7 @@ pub mod hubspot;
 pub mod pipedrive;
 pub mod salesforce;
 pub mod slack;
+pub mod webhook;
 
 use leadpipe_core::destinations::{
     Destination, DestinationConfig, DestinationKind, MappedLead, Outcome,
@@ -37,9 +38,6 @@ pub enum BuildError {
         /// What is wrong.
         what: String,
     },
-    /// This kind is not built as a CRM adapter (the webhook kind is serve's forwarder).
-    #[error("destination {0}: the webhook kind is serve's --forward-to, not built here yet")]
-    NotBuilt(String),
 }
 
 /// Any one of the services, built from its settings.
@@ -52,6 +50,8 @@ pub enum AnyDestination {
     Pipedrive(pipedrive::Pipedrive),
     /// Slack.
     Slack(slack::Slack),
+    /// A signed POST to the business's own receiver.
+    Webhook(webhook::Webhook),
 }
 
 impl AnyDestination {
@@ -106,7 +106,11 @@ impl AnyDestination {
                 url: credential("webhook_url")?,
                 include_answers: config.include_answers,
             }),
-            DestinationKind::Webhook => return Err(BuildError::NotBuilt(name)),
+            DestinationKind::Webhook => Self::Webhook(webhook::Webhook {
+                http,
+                url: url(config.url.as_deref().unwrap_or_default())?,
+                key: credential("key")?,
+            }),
         })
     }
 }
@@ -118,6 +122,7 @@ impl Destination for AnyDestination {
             Self::Salesforce(d) => d.deliver(leads).await,
             Self::Pipedrive(d) => d.deliver(leads).await,
             Self::Slack(d) => d.deliver(leads).await,
+            Self::Webhook(d) => d.deliver(leads).await,
         }
     }
 
@@ -127,6 +132,7 @@ impl Destination for AnyDestination {
             Self::Salesforce(d) => d.check().await,
             Self::Pipedrive(d) => d.check().await,
             Self::Slack(d) => d.check().await,
+            Self::Webhook(d) => d.check().await,
         }
     }
 }

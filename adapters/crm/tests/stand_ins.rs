@@ -237,3 +237,75 @@ async fn slack_posts_a_short_message_honours_retry_after_and_keeps_answers_out()
 fn config_with_answers(stand_in: &CrmStandIn) -> DestinationConfig {
     config(stand_in, "slack", "include_answers = true")
 }
+
+#[tokio::test]
+async fn the_webhook_kind_posts_the_signed_event_and_keeps_no_answer() {
+    use std::sync::{Arc, Mutex};
+    // A receiver that records what it got, refuses the second post and takes the rest.
+    let got: Arc<Mutex<Vec<(String, String, String)>>> = Arc::default();
+    let record = got.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                if method != axum::http::Method::POST {
+                    return (axum::http::StatusCode::METHOD_NOT_ALLOWED, String::new());
+                }
+                let h = |k: &str| {
+                    headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
+                };
+                let mut all = record.lock().unwrap();
+                all.push((
+                    h("idempotency-key"),
+                    h("x-leadpipe-signature-256"),
+                    body.clone(),
+                ));
+                if all.len() == 2 {
+                    (axum::http::StatusCode::UNPROCESSABLE_ENTITY, body)
+                } else {
+                    (axum::http::StatusCode::OK, String::new())
+                }
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let text = format!(
+        "[[destination]]\nname = \"own\"\nkind = \"webhook\"\nurl = \"http://{address}/leads\"\n"
+    );
+    let config = parse_file(&text).unwrap().remove(0);
+    let key = "a-signing-key-of-enough-length";
+    let hook = AnyDestination::build(&config, Some(&secret(&[("key", key)]))).unwrap();
+    assert!(hook.check().await.unwrap().contains("nothing was posted"));
+    let leads = [
+        mapped(&config, "1", "a@example.org"),
+        mapped(&config, "2", "b@example.org"),
+    ];
+    let out = hook.deliver(&leads).await;
+    assert_eq!(out[0], Outcome::Delivered(None));
+    match &out[1] {
+        Outcome::Refused { reason } => {
+            assert!(reason.starts_with("HTTP 422: an answer of"), "{reason}");
+            assert!(!reason.contains("b@example.org"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let got = got.lock().unwrap().clone();
+    let (idempotency, signature, body) = &got[0];
+    assert_eq!(idempotency, "1");
+    assert!(
+        leadpipe_core::signature::verify_signature(
+            key.as_bytes(),
+            Some(signature),
+            body.as_bytes()
+        )
+        .is_ok()
+    );
+    let event: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(event["lead_id"], "1");
+}

@@ -425,8 +425,17 @@ pub fn parse_file(text: &str) -> Result<Vec<DestinationConfig>, ConfigError> {
         {
             let parsed =
                 url::Url::parse(url).map_err(|e| setting(format!("{url:?} is not a URL: {e}")))?;
-            if !matches!(parsed.scheme(), "https" | "http") {
-                return Err(setting(format!("{url:?} is not an http(s) URL")));
+            let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+            match parsed.scheme() {
+                "https" => {}
+                // Leads are personal data: plain http only to this machine (stand-ins).
+                "http" if loopback => {}
+                "http" => {
+                    return Err(setting(format!(
+                        "{url:?} is plain http to another host: use https (leads are personal data)"
+                    )));
+                }
+                _ => return Err(setting(format!("{url:?} is not an http(s) URL"))),
             }
         }
         match entry.kind {

@@ -86,6 +86,10 @@ fn a_wrong_file_is_refused_with_what_and_where() {
             "[[destination]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"ftp://x\"\n",
             "http(s)",
         ),
+        (
+            "[[destination]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"http://crm.example.com/in\"\n",
+            "use https",
+        ),
     ];
     for (text, want) in cases {
         let err = parse_file(text).unwrap_err().to_string();
