@@ -484,6 +484,7 @@ fn local_pipeline(db: &Path, data: &Dataset, sandbox: &Sandbox) -> Result<Pipeli
         conversions_token: Some(SecretString::from(leadpipe_sandbox::conversions::TOKEN)),
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: None,
         page_tokens: leadpipe_sandbox::server::tokens(data)
             .into_iter()

@@ -49,6 +49,13 @@ PLATFORM = {
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
     },
+    "destinations": {
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:GetQueueAttributes",
+    },
 }
 
 # The API call seen on the wire -> the IAM action that authorises it.
@@ -64,6 +71,7 @@ FUNCTIONS = {
     "backfill": "BackfillFunction",
     "deliver": "DeliverFunction",
     "stages": "StagesFunction",
+    "destinations": "DestinationsFunction",
 }
 
 
@@ -136,6 +144,14 @@ class LeastPrivilege(unittest.TestCase):
         stages_file = pathlib.Path(path + ".stages.json")
         self.assertTrue(stages_file.exists(), f"{stages_file} is missing: the stages end-to-end test did not run")
         for function, actions in json.loads(stages_file.read_text()).items():
+            observed[function] = sorted(set(observed.get(function, [])) | set(actions))
+        # The destinations function's, from tests/e2e/tests/destinations_aws.rs.
+        destinations_file = pathlib.Path(path + ".destinations.json")
+        self.assertTrue(
+            destinations_file.exists(),
+            f"{destinations_file} is missing: the destinations end-to-end test did not run",
+        )
+        for function, actions in json.loads(destinations_file.read_text()).items():
             observed[function] = sorted(set(observed.get(function, [])) | set(actions))
         for short, function_id in FUNCTIONS.items():
             seen = {AUTHORISED_AS.get(a, a) for a in observed[short]}

@@ -36,14 +36,21 @@ class TemplateContracts(unittest.TestCase):
         cls.resources = cls.t["Resources"]
         cls.functions = {k: v for k, v in cls.resources.items() if v["Type"] == "AWS::Serverless::Function"}
 
-    def test_five_rust_functions_on_arm64_al2023(self):
+    def test_six_rust_functions_on_arm64_al2023(self):
         binaries = {}
         for name, fn in self.functions.items():
             self.assertEqual(fn["Metadata"]["BuildMethod"], "rust-cargolambda", name)
             binaries[fn["Metadata"]["BuildProperties"]["Binary"]] = name
         self.assertEqual(
             set(binaries),
-            {"leadpipe-webhook", "leadpipe-ingest", "leadpipe-backfill", "leadpipe-deliver", "leadpipe-stages"},
+            {
+                "leadpipe-webhook",
+                "leadpipe-ingest",
+                "leadpipe-backfill",
+                "leadpipe-deliver",
+                "leadpipe-stages",
+                "leadpipe-destinations",
+            },
         )
         glob = self.t["Globals"]["Function"]
         self.assertEqual(glob["Runtime"], "provided.al2023")
@@ -212,6 +219,21 @@ class TemplateContracts(unittest.TestCase):
         body = self.resources["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
         for needle in ('"LeadLatency"', '"Since", "received"', '"Since", "created"', '"p99"', '"p50"'):
             self.assertIn(needle, body)
+
+    def test_destinations_take_the_bus_lead_events_through_their_own_queue_with_no_credential_in_a_parameter(self):
+        rule = self.resources["LeadsToDestinationsRule"]
+        self.assertEqual(rule["Condition"], "DestinationsOn")
+        self.assertEqual(rule["Properties"]["EventPattern"], {"source": ["leadpipe"], "detail-type": ["Lead Received"]})
+        self.assertEqual(ref_target(rule["Properties"]["Targets"][0]["Arn"]), "DestinationsQueue")
+        fn = self.functions["DestinationsFunction"]["Properties"]
+        (sqs,) = fn["Events"].values()
+        self.assertEqual(sqs["Properties"]["FunctionResponseTypes"], ["ReportBatchItemFailures"])
+        self.assertEqual(ref_target(sqs["Properties"]["Queue"]), "DestinationsQueue")
+        queue = self.resources["DestinationsQueue"]["Properties"]
+        self.assertGreater(queue["VisibilityTimeout"], fn["Timeout"])
+        self.assertEqual(ref_target(fn["Environment"]["Variables"]["DLQ_URL"]), "DestinationsDeadLetterQueue")
+        for name in self.t["Parameters"]:
+            self.assertNotRegex(name.lower(), "token|secret|key|password", name)
 
     def test_stages_come_from_the_bus_and_post_and_go_out_once_with_no_token_in_a_parameter(self):
         rule = self.resources["StageChangedRule"]

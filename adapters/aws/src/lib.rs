@@ -5,6 +5,7 @@
 //! (`AWS_ENDPOINT_URL`, `AWS_REGION`, ...), which is also how tests point them at moto.
 
 #![warn(missing_docs)]
+pub mod destinations;
 pub mod dynamo;
 pub mod events;
 #[cfg(feature = "operator")]
@@ -23,6 +24,7 @@ pub mod status;
 pub use aws_sdk_dynamodb::Client as DynamoClient;
 pub use aws_sdk_secretsmanager::Client as SecretsClient;
 pub use aws_sdk_sqs::Client as SqsClient;
+pub use destinations::DynamoMarks;
 pub use dynamo::{DynamoCheckpointStore, DynamoFormStore, DynamoLeadStore};
 pub use events::EventBridgePublisher;
 pub use secrets::{SecretReloader, load_secrets};

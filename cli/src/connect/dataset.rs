@@ -41,6 +41,7 @@ pub(crate) async fn connect_dataset(args: &ConnectArgs, dataset: &str) -> Result
         conversions_token: None,
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: None,
         page_tokens: Default::default(),
     };

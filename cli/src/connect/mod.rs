@@ -87,6 +87,7 @@ pub async fn run(args: ConnectArgs) -> Result<(), CliError> {
         conversions_token: None,
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: None,
         page_tokens: Default::default(),
     };

@@ -810,3 +810,218 @@ fn retry_state(
 pub fn unavailable(what: impl Into<String>) -> StoreError {
     StoreError::Unavailable(Cause::from(what.into()))
 }
+
+// ---- on a queue (the stack's destinations function) -------------------------------------
+
+/// What a destination did with a lead, as the stack records it (the state table's
+/// `delivery#<destination>#<lead id>` items): SQS holds the retries, this holds what is
+/// done, so a message delivered again (at least once) sends nothing twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mark {
+    /// Taken by the service.
+    Delivered,
+    /// Refused, and dead-lettered alone for that destination.
+    Refused,
+}
+
+/// The stack's record of what each destination did with each lead.
+pub trait DeliveryMarks: Send + Sync {
+    /// The mark of `lead_id` at `destination`, if any.
+    fn mark(
+        &self,
+        destination: &DestinationName,
+        lead_id: &str,
+    ) -> impl Future<Output = Result<Option<Mark>, StoreError>> + Send;
+
+    /// Records `mark` (and the service's record id).
+    fn set_mark(
+        &self,
+        destination: &DestinationName,
+        lead_id: &str,
+        mark: Mark,
+        record: Option<&str>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// One message of the destinations queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueMessage<'a> {
+    /// SQS's message id (what a partial batch failure names).
+    pub message_id: &'a str,
+    /// The body: a `Lead Received` event as the rule delivers it (every destination), or
+    /// a dead letter brought back (`{"destination", "event"}`: that destination only).
+    pub body: &'a str,
+}
+
+/// A destination's dead letter: the one destination it is for, and the event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DestinationLetter {
+    /// The destination that refused it.
+    pub destination: String,
+    /// The lead event.
+    pub event: LeadReceived,
+}
+
+/// What one batch of the destinations queue did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueBatchReport {
+    /// (destination, lead) pairs delivered.
+    pub delivered: usize,
+    /// Pairs a mark said were done already.
+    pub already: usize,
+    /// Pairs refused (each dead-lettered for its destination).
+    pub refused: usize,
+    /// Messages that could not be read (dead-lettered `malformed`).
+    pub malformed: usize,
+    /// Messages SQS must deliver again (a retry, a pause, a mark or letter not written).
+    pub failed: Vec<String>,
+}
+
+/// Reads a destinations queue message: the event, and the one destination it is for when
+/// it is a dead letter brought back.
+pub fn read_queue_message(body: &str) -> Result<(LeadReceived, Option<String>), String> {
+    let value: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| format!("not JSON ({})", crate::json_error::JsonError::from(e)))?;
+    if let Some(destination) = value.get("destination").and_then(|d| d.as_str()) {
+        let event = serde_json::from_value(value.get("event").cloned().unwrap_or_default())
+            .map_err(|e| {
+                format!(
+                    "not a destination letter ({})",
+                    crate::json_error::JsonError::from(e)
+                )
+            })?;
+        return Ok((event, Some(destination.to_owned())));
+    }
+    let detail = match value.get("detail") {
+        Some(detail) if value.get("detail-type").is_some() => detail.clone(),
+        _ => value,
+    };
+    serde_json::from_value(detail)
+        .map(|event| (event, None))
+        .map_err(|e| {
+            format!(
+                "not a lead event ({})",
+                crate::json_error::JsonError::from(e)
+            )
+        })
+}
+
+/// One SQS batch: each lead to each destination that takes it and has not had it; a
+/// refusal dead-letters that (destination, lead) alone; a retry or a pause fails the
+/// message, so SQS brings it back and the destinations already done are skipped.
+pub async fn deliver_queue_batch<M, D, Q>(
+    marks: &M,
+    destinations: &[(DestinationConfig, D)],
+    queue: &Q,
+    messages: &[QueueMessage<'_>],
+) -> QueueBatchReport
+where
+    M: DeliveryMarks,
+    D: Destination,
+    Q: crate::ports::QueueControl,
+{
+    use crate::ports::DeadLetterReason;
+    let mut report = QueueBatchReport::default();
+    for message in messages {
+        let (event, only) = match read_queue_message(message.body) {
+            Ok(read) => read,
+            Err(why) => {
+                report.malformed += 1;
+                let reason = DeadLetterReason {
+                    class: DeadLetterClass::Malformed,
+                    detail: why,
+                };
+                if queue.dead_letter(message.body, &reason).await.is_err() {
+                    report.failed.push(message.message_id.to_owned());
+                }
+                continue;
+            }
+        };
+        let mut retry = false;
+        for (config, destination) in destinations {
+            let chosen = match &only {
+                Some(name) => name == config.name.as_str(),
+                None => config.wants(&event),
+            };
+            if !chosen {
+                continue;
+            }
+            let mark = match marks.mark(&config.name, &event.lead_id).await {
+                Ok(mark) => mark,
+                Err(_) => {
+                    retry = true;
+                    continue;
+                }
+            };
+            // A brought-back letter tries its refused destination again; a delivered one
+            // never goes twice.
+            match (mark, &only) {
+                (Some(Mark::Delivered), _) | (Some(Mark::Refused), None) => {
+                    report.already += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let mapped = MappedLead {
+                properties: config.map.apply(&event),
+                lead: event.clone(),
+            };
+            let outcome = destination
+                .deliver(std::slice::from_ref(&mapped))
+                .await
+                .into_iter()
+                .next()
+                .unwrap_or(Outcome::Retry {
+                    after: None,
+                    reason: "no answer".into(),
+                });
+            match outcome {
+                Outcome::Delivered(record) => {
+                    report.delivered += 1;
+                    if marks
+                        .set_mark(
+                            &config.name,
+                            &event.lead_id,
+                            Mark::Delivered,
+                            record.as_deref(),
+                        )
+                        .await
+                        .is_err()
+                    {
+                        retry = true;
+                    }
+                }
+                Outcome::Refused { reason } => {
+                    report.refused += 1;
+                    let letter = DestinationLetter {
+                        destination: config.name.to_string(),
+                        event: event.clone(),
+                    };
+                    let reason = DeadLetterReason {
+                        class: DeadLetterClass::Refused,
+                        detail: format!(
+                            "destination {}: {}",
+                            config.name,
+                            scrub(&reason, &config.map.private_values(&event))
+                        ),
+                    };
+                    let body = serde_json::to_string(&letter).unwrap_or_default();
+                    let written = queue.dead_letter(&body, &reason).await.is_ok()
+                        && marks
+                            .set_mark(&config.name, &event.lead_id, Mark::Refused, None)
+                            .await
+                            .is_ok();
+                    retry |= !written;
+                }
+                Outcome::Retry { reason, .. } | Outcome::Pause { reason, .. } => {
+                    tracing::info!(destination = %config.name, lead_id = %event.lead_id, reason = %scrub(&reason, &config.map.private_values(&event)), "destination: try again");
+                    retry = true;
+                }
+            }
+        }
+        if retry {
+            report.failed.push(message.message_id.to_owned());
+        }
+    }
+    report
+}

@@ -1170,3 +1170,42 @@ impl crate::destinations::Destination for ScriptedDestination {
         Ok("scripted".into())
     }
 }
+
+/// The stack's delivery marks, in a map.
+#[derive(Debug, Default)]
+pub struct MemoryMarks {
+    marks: Mutex<std::collections::HashMap<(String, String), crate::destinations::Mark>>,
+}
+
+impl MemoryMarks {
+    /// The mark of `lead_id` at `destination`.
+    pub fn get(&self, destination: &str, lead_id: &str) -> Option<crate::destinations::Mark> {
+        self.marks.lock().ok().and_then(|m| {
+            m.get(&(destination.to_owned(), lead_id.to_owned()))
+                .copied()
+        })
+    }
+}
+
+impl crate::destinations::DeliveryMarks for MemoryMarks {
+    async fn mark(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        lead_id: &str,
+    ) -> Result<Option<crate::destinations::Mark>, StoreError> {
+        Ok(self.get(destination.as_str(), lead_id))
+    }
+
+    async fn set_mark(
+        &self,
+        destination: &crate::destinations::DestinationName,
+        lead_id: &str,
+        mark: crate::destinations::Mark,
+        _record: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.insert((destination.to_string(), lead_id.to_owned()), mark);
+        }
+        Ok(())
+    }
+}

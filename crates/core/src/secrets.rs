@@ -38,6 +38,10 @@ pub struct AppSecrets {
     /// `client_id` + `client_secret`, `webhook_url` or `key`, by kind.
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationSecret>,
+    /// The destinations file's text (TOML), for the stack's destinations function: kept in
+    /// the secret beside the credentials so no template parameter holds either.
+    #[serde(default)]
+    pub destinations_file: Option<String>,
 }
 
 /// One destination's credentials; `Debug` shows none.

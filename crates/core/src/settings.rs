@@ -115,6 +115,7 @@ impl<F: Fn(&str) -> Option<String>> Env<F> {
                 .unwrap_or_default(),
             // A destination's credentials live in the secret file or Secrets Manager only.
             destinations: BTreeMap::new(),
+            destinations_file: None,
         })
     }
 

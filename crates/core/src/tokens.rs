@@ -347,6 +347,7 @@ mod tests {
             conversions_token: None,
             stage_keys: Vec::new(),
             destinations: Default::default(),
+            destinations_file: None,
         }
     }
 

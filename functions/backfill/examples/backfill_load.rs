@@ -158,6 +158,7 @@ async fn main() {
         conversions_token: None,
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: None,
         page_tokens: BTreeMap::from([("7001".to_owned(), SecretString::from("bench-token"))]),
     };

@@ -57,6 +57,7 @@ fn source(graph: &wiremock::MockServer) -> GraphBackfillSource {
         conversions_token: None,
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: None,
         page_tokens: BTreeMap::from([
             (PAGE_A.to_owned(), SecretString::from(TOKEN_A)),

@@ -77,6 +77,7 @@ async fn main() {
         conversions_token: None,
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: Some(SecretString::from("bench-token")),
         page_tokens: BTreeMap::new(),
     };

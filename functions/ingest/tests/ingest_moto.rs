@@ -25,6 +25,7 @@ fn secrets() -> AppSecrets {
         conversions_token: None,
         stage_keys: Vec::new(),
         destinations: Default::default(),
+        destinations_file: None,
         access_token: Some(SecretString::from(ACCESS_TOKEN)),
         page_tokens: BTreeMap::new(),
     }

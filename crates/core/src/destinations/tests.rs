@@ -337,3 +337,80 @@ async fn a_refusal_is_a_dead_letter_for_that_lead_only_with_no_lead_value() {
     .unwrap();
     assert_eq!(ledger.delivered(&config.name).len(), 3);
 }
+
+#[tokio::test]
+async fn on_a_queue_each_destination_gets_a_lead_once_and_a_refusal_is_dead_lettered_for_it_alone()
+{
+    use crate::memory::{MemoryMarks, MemoryQueueControl};
+    let configs = parse_file(
+        "[[destination]]\nname = \"hub\"\nkind = \"hubspot\"\n[[destination]]\nname = \"chat\"\nkind = \"slack\"\n",
+    )
+    .unwrap();
+    let marks = MemoryMarks::default();
+    let queue = MemoryQueueControl::default();
+    let lead = sample_lead_event("4444", "55", "jane@example.org");
+    let envelope =
+        serde_json::json!({"detail-type": "Lead Received", "source": "leadpipe", "detail": lead})
+            .to_string();
+    let messages = [
+        QueueMessage {
+            message_id: "m1",
+            body: &envelope,
+        },
+        QueueMessage {
+            message_id: "m2",
+            body: "not json",
+        },
+    ];
+    // HubSpot refuses, Slack asks to retry: the message comes back; hub is not tried again.
+    let destinations = vec![
+        (
+            configs[0].clone(),
+            ScriptedDestination::answering(vec![Outcome::Refused {
+                reason: "INVALID_EMAIL jane@example.org".into(),
+            }]),
+        ),
+        (
+            configs[1].clone(),
+            ScriptedDestination::answering(vec![Outcome::Retry {
+                after: None,
+                reason: "429".into(),
+            }]),
+        ),
+    ];
+    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages).await;
+    assert_eq!(
+        (report.refused, report.malformed, report.failed.clone()),
+        (1, 1, vec!["m1".to_owned()])
+    );
+    let letters = queue.dead_letters.lock().unwrap().clone();
+    assert_eq!(letters.len(), 2);
+    let (body, reason) = &letters
+        .iter()
+        .find(|(_, r)| r.class == DeadLetterClass::Refused)
+        .unwrap();
+    assert_eq!(reason.detail, "destination hub: INVALID_EMAIL …");
+    // SQS brings m1 back: Slack delivers, HubSpot is skipped (its refusal waits in the DLQ).
+    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages[..1]).await;
+    assert_eq!(
+        (report.delivered, report.already, report.failed.len()),
+        (1, 1, 0)
+    );
+    assert_eq!(destinations[0].1.calls(), vec![1]);
+    // Redriven, the letter goes to HubSpot alone; then it is delivered, and never again.
+    let report = deliver_queue_batch(
+        &marks,
+        &destinations,
+        &queue,
+        &[QueueMessage {
+            message_id: "m3",
+            body,
+        }],
+    )
+    .await;
+    assert_eq!((report.delivered, report.failed.len()), (1, 0));
+    assert_eq!(marks.get("hub", "4444"), Some(Mark::Delivered));
+    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages[..1]).await;
+    assert_eq!((report.delivered, report.already), (0, 2));
+    assert_eq!(destinations[1].1.calls(), vec![1, 1]);
+}
