@@ -80,6 +80,8 @@ impl TargetArgs {
             secret_arn: None,
             stages_queue_url: None,
             stages_dlq_url: None,
+            destinations_queue_url: None,
+            destinations_dlq_url: None,
         }
         .over_stack(&config, self.stack.as_deref())
         .await
@@ -365,6 +367,10 @@ impl Piles {
                         .stages_dlq_url
                         .clone()
                         .zip(names.stages_queue_url.clone()),
+                    destinations: names
+                        .destinations_dlq_url
+                        .clone()
+                        .zip(names.destinations_queue_url.clone()),
                 })
             }
         })

@@ -52,6 +52,8 @@ pub async fn run(args: StatusArgs) -> Result<(), CliError> {
         secret_arn: None,
         stages_queue_url: None,
         stages_dlq_url: None,
+        destinations_queue_url: None,
+        destinations_dlq_url: None,
     };
     let (status, fix) = if args.stack.is_some() || !names.is_empty() {
         let config = leadpipe_aws::sdk_config().await;

@@ -251,6 +251,9 @@ pub struct StackDeadLetters {
     pub leads: Option<(String, String)>,
     /// `(StagesDeadLetterQueueUrl, StagesQueueUrl)`.
     pub stages: Option<(String, String)>,
+    /// `(DestinationsDeadLetterQueueUrl, DestinationsQueueUrl)`: a refused lead's letter
+    /// goes back to the destination that refused it alone.
+    pub destinations: Option<(String, String)>,
 }
 
 impl leadpipe_core::redrive::DeadLetterPiles for StackDeadLetters {
@@ -264,8 +267,9 @@ impl leadpipe_core::redrive::DeadLetterPiles for StackDeadLetters {
         let urls = match pile {
             Pile::Leads => &self.leads,
             Pile::Stages => &self.stages,
-            // The stack has no destinations' pile yet (docs/destinations.md).
-            Pile::Forwards | Pile::Destinations => &None,
+            Pile::Destinations => &self.destinations,
+            // Forwarding is serve's outbox; on the stack EventBridge retries its targets.
+            Pile::Forwards => &None,
         };
         match urls {
             Some((dlq, queue)) => redrive_picked(&self.sqs, dlq, queue, pick, dry_run)

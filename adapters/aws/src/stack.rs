@@ -18,6 +18,10 @@ pub struct StackNames {
     pub stages_queue_url: Option<String>,
     /// `StagesDeadLetterQueueUrl`.
     pub stages_dlq_url: Option<String>,
+    /// `DestinationsQueueUrl` (docs/destinations.md).
+    pub destinations_queue_url: Option<String>,
+    /// `DestinationsDeadLetterQueueUrl`.
+    pub destinations_dlq_url: Option<String>,
 }
 
 /// Why the stack's outputs could not be read.
@@ -55,6 +59,12 @@ impl StackNames {
             secret_arn: self.secret_arn.or(from_stack.secret_arn),
             stages_queue_url: self.stages_queue_url.or(from_stack.stages_queue_url),
             stages_dlq_url: self.stages_dlq_url.or(from_stack.stages_dlq_url),
+            destinations_queue_url: self
+                .destinations_queue_url
+                .or(from_stack.destinations_queue_url),
+            destinations_dlq_url: self
+                .destinations_dlq_url
+                .or(from_stack.destinations_dlq_url),
         })
     }
 
@@ -106,5 +116,7 @@ async fn stack_outputs(
         secret_arn: output("AppSecretArn"),
         stages_queue_url: output("StagesQueueUrl"),
         stages_dlq_url: output("StagesDeadLetterQueueUrl"),
+        destinations_queue_url: output("DestinationsQueueUrl"),
+        destinations_dlq_url: output("DestinationsDeadLetterQueueUrl"),
     })
 }
