@@ -65,17 +65,17 @@ impl Senders {
         db: LocalDb,
         destinations: Vec<(DestinationConfig, AnyDestination)>,
         lease: Duration,
-    ) -> Self {
+    ) -> Result<Self, CliError> {
         let configs: Vec<DestinationConfig> = destinations.iter().map(|(c, _)| c.clone()).collect();
-        db.enable_destinations(&configs);
-        Self {
+        db.enable_destinations(&configs)?;
+        Ok(Self {
             db,
             destinations,
             limits: ForwardLimits {
                 lease,
                 ..ForwardLimits::default()
             },
-        }
+        })
     }
 
     /// The destinations' names, for the start line.

@@ -219,6 +219,7 @@ pub async fn forget(args: ForgetArgs) -> Result<(), CliError> {
                 sqs: leadpipe_aws::SqsClient::new(&config),
                 table: table.to_owned(),
                 dlq_url: names.dlq_url.clone(),
+                destinations_dlq_url: names.destinations_dlq_url.clone(),
                 state_table: names.state_table.clone(),
             };
             (

@@ -913,13 +913,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
                 pipeline.db.clone(),
                 built,
                 Duration::from_secs(args.destination_lease_seconds),
-            );
+            )?;
             (
                 senders.names(),
                 Some(tokio::spawn(senders.run(stop.clone()))),
             )
         }
-        None => (Vec::new(), None),
+        None => {
+            // No destinations: none is queued for, by this serve or a backfill beside it.
+            pipeline.db.enable_destinations(&[])?;
+            (Vec::new(), None)
+        }
     };
     let (shutdown, stopping) = tokio::sync::watch::channel(false);
     let server = pipeline.spawn_http(listener, limits, stopping);

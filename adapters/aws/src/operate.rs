@@ -119,13 +119,16 @@ pub async fn erase_lead(
 
 /// The `leadgen_id` a queue-shaped body names, if it is one.
 pub fn body_lead_id(body: &str) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        leadgen_id: String,
-    }
-    serde_json::from_str::<Body>(body)
-        .ok()
-        .map(|b| b.leadgen_id)
+    // A lead queue message (`leadgen_id`), a lead event as a rule delivers it
+    // (`detail.lead_id`), or a destination's letter (`event.lead_id`).
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    [
+        &value["leadgen_id"],
+        &value["detail"]["lead_id"],
+        &value["event"]["lead_id"],
+    ]
+    .into_iter()
+    .find_map(|v| v.as_str().map(str::to_owned))
 }
 
 /// A message taken off a queue for a while.
@@ -470,6 +473,8 @@ pub struct StackEraser {
     pub table: String,
     /// The DLQ, when known.
     pub dlq_url: Option<String>,
+    /// The destinations' DLQ (refused leads' events), when known.
+    pub destinations_dlq_url: Option<String>,
     /// The state table (the forms catalog's countries), when known.
     pub state_table: Option<String>,
 }
@@ -518,9 +523,12 @@ impl leadpipe_core::erasure::Eraser for StackEraser {
             };
             erased.leads += usize::from(present);
         }
-        if let Some(dlq) = &self.dlq_url {
-            let set: BTreeSet<String> = lead_ids.iter().cloned().collect();
-            erased.dead_letters = erase_dead_letters_naming(&self.sqs, dlq, &set, !dry_run)
+        let set: BTreeSet<String> = lead_ids.iter().cloned().collect();
+        for dlq in [&self.dlq_url, &self.destinations_dlq_url]
+            .into_iter()
+            .flatten()
+        {
+            erased.dead_letters += erase_dead_letters_naming(&self.sqs, dlq, &set, !dry_run)
                 .await
                 .map_err(|e| StoreError::Unavailable(Cause::from_error(e)))?;
         }

@@ -34,7 +34,10 @@ impl Destination for Timed {
             .unwrap()
             .push(call.elapsed().as_secs_f64() * 1000.0);
         let at = self.started.elapsed().as_secs_f64() * 1000.0;
-        let delivered = out.iter().filter(|o| matches!(o, Outcome::Delivered(_))).count();
+        let delivered = out
+            .iter()
+            .filter(|o| matches!(o, Outcome::Delivered(_)))
+            .count();
         self.delivered_ms
             .lock()
             .unwrap()
@@ -86,9 +89,17 @@ async fn main() {
         secret(&[("webhook_url", &slack_url)]),
     ];
     let events: Vec<_> = (0..leads)
-        .map(|i| sample_lead_event(&format!("{}", 90_000_000 + i), "55", &format!("p{i}@example.org")))
+        .map(|i| {
+            sample_lead_event(
+                &format!("{}", 90_000_000 + i),
+                "55",
+                &format!("p{i}@example.org"),
+            )
+        })
         .collect();
-    println!("| destination | leads | leads/s | call p50 ms | call p99 ms | stored→delivered p50 ms | p99 ms |");
+    println!(
+        "| destination | leads | leads/s | call p50 ms | call p99 ms | stored→delivered p50 ms | p99 ms |"
+    );
     println!("|---|---|---|---|---|---|---|");
     let configs: Vec<DestinationConfig> = parse_file(&file).unwrap();
     for (config, secret) in configs.iter().zip(secrets.iter()) {
@@ -104,7 +115,9 @@ async fn main() {
         let limits = ForwardLimits::default();
         loop {
             let now = started.elapsed().as_millis() as i64;
-            let report = forward_round(&ledger, config, &timed, &limits, now).await.unwrap();
+            let report = forward_round(&ledger, config, &timed, &limits, now)
+                .await
+                .unwrap();
             if report.delivered + report.retried + report.dead == 0 {
                 break;
             }
@@ -112,7 +125,12 @@ async fn main() {
         let seconds = started.elapsed().as_secs_f64();
         let mut calls = timed.calls_ms.lock().unwrap().clone();
         let mut delivered = timed.delivered_ms.lock().unwrap().clone();
-        assert_eq!(delivered.len(), leads, "{}: every lead delivered", config.name);
+        assert_eq!(
+            delivered.len(),
+            leads,
+            "{}: every lead delivered",
+            config.name
+        );
         println!(
             "| {} | {leads} | {:.0} | {:.2} | {:.2} | {:.0} | {:.0} |",
             config.name,

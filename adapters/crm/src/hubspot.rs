@@ -7,6 +7,7 @@
 //! lead it is about stands alone, so one bad email never refuses the others.
 
 use crate::http::{Answer, unsent};
+use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::destinations::{MappedLead, Outcome};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -57,25 +58,44 @@ impl HubSpot {
     }
 
     async fn upsert(&self, leads: &[MappedLead], which: &[usize], out: &mut [Option<Outcome>]) {
-        // A split halves the batch: at most log2(100) levels, each a call.
-        let mut stack = vec![which.to_vec()];
-        while let Some(part) = stack.pop() {
-            if part.is_empty() {
-                continue;
-            }
-            match self.call(leads, &part).await {
-                Batch::Each(results) => {
+        // A batch refused whole is halved until the lead it is about stands alone. When both
+        // halves are refused with the batch's very words, the cause is the batch's own (an
+        // unknown property, say), shared by every lead: they are refused together, so a
+        // shared cause costs three calls, not 2n - 1.
+        let mut stack: Vec<(Vec<usize>, Batch)> = Vec::new();
+        if !which.is_empty() {
+            let first = self.call(leads, which).await;
+            stack.push((which.to_vec(), first));
+        }
+        while let Some((part, answer)) = stack.pop() {
+            match answer {
+                Batch::Each(results, again) => {
                     for (i, outcome) in results {
                         out[i] = Some(outcome);
+                    }
+                    // A 207's leads not in its results: each alone, so an error is its own.
+                    for i in again {
+                        let alone = self.call(leads, &[i]).await;
+                        stack.push((vec![i], alone));
                     }
                 }
                 Batch::Split(reason) if part.len() == 1 => {
                     out[part[0]] = Some(Outcome::Refused { reason });
                 }
-                Batch::Split(_) => {
+                Batch::Split(reason) => {
                     let (a, b) = part.split_at(part.len() / 2);
-                    stack.push(b.to_vec());
-                    stack.push(a.to_vec());
+                    let (first, second) = (self.call(leads, a).await, self.call(leads, b).await);
+                    let shared = matches!((&first, &second), (Batch::Split(x), Batch::Split(y)) if *x == reason && *y == reason);
+                    if shared {
+                        for i in part {
+                            out[i] = Some(Outcome::Refused {
+                                reason: reason.clone(),
+                            });
+                        }
+                    } else {
+                        stack.push((b.to_vec(), second));
+                        stack.push((a.to_vec(), first));
+                    }
                 }
                 Batch::All(outcome) => {
                     for i in part {
@@ -133,36 +153,48 @@ impl HubSpot {
                         by_email.insert(email.to_lowercase(), id.to_owned());
                     }
                 }
-                let errors: Vec<String> = body["errors"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|e| e["message"].as_str().map(str::to_owned))
-                    .collect();
-                Batch::Each(
-                    part.iter()
-                        .map(|&i| {
-                            let email = leads[i]
-                                .property("email")
-                                .unwrap_or_default()
-                                .to_lowercase();
-                            let outcome = match by_email.get(&email) {
-                                Some(id) => Outcome::Delivered(Some(id.clone())),
-                                None if !errors.is_empty() => Outcome::Refused {
-                                    reason: answer.said(&errors.join("; ")),
-                                },
-                                None => Outcome::Retry {
-                                    after: None,
-                                    reason: answer.said("the contact is not in HubSpot's results"),
-                                },
-                            };
-                            (i, outcome)
-                        })
-                        .collect(),
-                )
+                let errors = body["errors"].as_array().is_some_and(|e| !e.is_empty());
+                let mut done = Vec::new();
+                let mut again = Vec::new();
+                for &i in part {
+                    let email = leads[i]
+                        .property("email")
+                        .unwrap_or_default()
+                        .to_lowercase();
+                    match by_email.get(&email) {
+                        Some(id) => done.push((i, Outcome::Delivered(Some(id.clone())))),
+                        // Another lead's error may quote that lead's values: never join
+                        // them into this one's reason. Sent alone, its error is its own.
+                        None if errors && part.len() > 1 => again.push(i),
+                        None if errors => done.push((
+                            i,
+                            Outcome::Refused {
+                                reason: answer.said(
+                                    body["errors"][0]["message"].as_str().unwrap_or_default(),
+                                ),
+                            },
+                        )),
+                        None => done.push((
+                            i,
+                            Outcome::Retry {
+                                after: None,
+                                reason: answer.said("the contact is not in HubSpot's results"),
+                            },
+                        )),
+                    }
+                }
+                Batch::Each(done, again)
             }
             400 | 409 | 422 => Batch::Split(answer.said(&message)),
-            401 | 403 | 404 => Batch::All(Outcome::Refused {
+            401 => Batch::All(Outcome::Denied {
+                class: DeadLetterClass::Token,
+                reason: answer.said(&message),
+            }),
+            403 => Batch::All(Outcome::Denied {
+                class: DeadLetterClass::Permission,
+                reason: answer.said(&message),
+            }),
+            404 => Batch::All(Outcome::Refused {
                 reason: answer.said(&message),
             }),
             429 => Batch::All(rate_limited(&answer, &body)),
@@ -196,8 +228,8 @@ impl HubSpot {
 
 /// What a batch call came to.
 enum Batch {
-    /// An outcome per lead.
-    Each(Vec<(usize, Outcome)>),
+    /// An outcome per lead, and the leads to send again, each alone.
+    Each(Vec<(usize, Outcome)>, Vec<usize>),
     /// The same outcome for every lead of the call.
     All(Outcome),
     /// Refused as a whole for something in it: halve it.

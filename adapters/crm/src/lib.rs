@@ -101,11 +101,25 @@ impl AnyDestination {
                 token: credential("token")?,
                 lead_id_field: config.lead_id_field.clone().unwrap_or_default(),
             }),
-            DestinationKind::Slack => Self::Slack(slack::Slack {
-                http,
-                url: credential("webhook_url")?,
-                include_answers: config.include_answers,
-            }),
+            DestinationKind::Slack => {
+                let url = credential("webhook_url")?;
+                // The URL is a credential: said to be wrong, never shown.
+                let safe = {
+                    use secrecy::ExposeSecret;
+                    url::Url::parse(url.expose_secret()).is_ok_and(|u| http::is_safe(&u))
+                };
+                if !safe {
+                    return Err(BuildError::Setting {
+                        name,
+                        what: "destinations.<name>.webhook_url is not an https URL".into(),
+                    });
+                }
+                Self::Slack(slack::Slack {
+                    http,
+                    url,
+                    include_answers: config.include_answers,
+                })
+            }
             DestinationKind::Webhook => Self::Webhook(webhook::Webhook {
                 http,
                 url: url(config.url.as_deref().unwrap_or_default())?,

@@ -5,12 +5,13 @@
 //! reset) pauses the destination; a burst limit is waited out.
 
 use crate::http::{Answer, unsent};
+use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::destinations::{MappedLead, Outcome};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use std::time::Duration;
 
-/// A 429 whose reset is further than this is the daily budget: the destination pauses.
+/// A 429's wait when it names none; one longer than this is called the daily budget.
 const BURST: Duration = Duration::from_secs(60);
 
 /// A Pipedrive company, by an API token.
@@ -62,23 +63,32 @@ impl Pipedrive {
             200 | 201 => Err(Outcome::Refused {
                 reason: answer.said(said.trim()),
             }),
+            // Pipedrive documents no 429 body or header for certain: the whole destination
+            // waits, the reset when it says one (the daily budget's can be hours), else a
+            // minute, and asks again; no lead spends a try on it.
             429 => {
                 let reset = answer
                     .header_number("x-ratelimit-reset")
                     .map(Duration::from_secs)
-                    .unwrap_or(BURST);
-                Err(if reset > BURST {
-                    Outcome::Pause {
-                        for_: reset,
-                        reason: answer.said("the daily API budget is spent"),
-                    }
-                } else {
-                    Outcome::Retry {
-                        after: Some(reset),
-                        reason: answer.said(said.trim()),
-                    }
+                    .unwrap_or(BURST)
+                    .max(Duration::from_secs(1));
+                Err(Outcome::Pause {
+                    for_: reset,
+                    reason: answer.said(if reset > BURST {
+                        "the daily API budget is spent"
+                    } else {
+                        "rate limited"
+                    }),
                 })
             }
+            401 => Err(Outcome::Denied {
+                class: DeadLetterClass::Token,
+                reason: answer.said(said.trim()),
+            }),
+            403 => Err(Outcome::Denied {
+                class: DeadLetterClass::Permission,
+                reason: answer.said(said.trim()),
+            }),
             400..=499 => Err(Outcome::Refused {
                 reason: answer.said(said.trim()),
             }),
@@ -195,6 +205,7 @@ impl Pipedrive {
             Ok(_) => Ok("Pipedrive took the token".into()),
             Err(
                 Outcome::Refused { reason }
+                | Outcome::Denied { reason, .. }
                 | Outcome::Retry { reason, .. }
                 | Outcome::Pause { reason, .. },
             ) => Err(reason),

@@ -6,6 +6,7 @@
 //! (a 403, Salesforce has no 429) pauses the destination.
 
 use crate::http::{Answer, unsent};
+use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::destinations::{MappedLead, Outcome};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -85,7 +86,8 @@ impl Salesforce {
         let instance = body["instance_url"]
             .as_str()
             .and_then(|u| url::Url::parse(u).ok())
-            .ok_or_else(|| "the token answer has no instance_url".to_owned())?;
+            .filter(crate::http::is_safe)
+            .ok_or_else(|| "the token answer has no https instance_url".to_owned())?;
         let session = (SecretString::from(token.to_owned()), instance);
         *held = Some(session.clone());
         Ok(session)
@@ -123,8 +125,12 @@ impl Salesforce {
         for _ in 0..2 {
             let (token, instance) = match self.session(fresh).await {
                 Ok(session) => session,
+                // The app's credentials refused: the destination waits for a fix.
                 Err(reason) if reason.starts_with("HTTP 4") => {
-                    return Outcome::Refused { reason };
+                    return Outcome::Denied {
+                        class: DeadLetterClass::Token,
+                        reason,
+                    };
                 }
                 Err(reason) => {
                     return Outcome::Retry {
@@ -180,6 +186,19 @@ impl Salesforce {
                 403 if code == "REQUEST_LIMIT_EXCEEDED" => {
                     return Outcome::Pause {
                         for_: LIMIT_PAUSE,
+                        reason: answer.said(&message),
+                    };
+                }
+                // A new session refused too, or the Run As user lacks a right.
+                401 => {
+                    return Outcome::Denied {
+                        class: DeadLetterClass::Token,
+                        reason: answer.said(&message),
+                    };
+                }
+                403 => {
+                    return Outcome::Denied {
+                        class: DeadLetterClass::Permission,
                         reason: answer.said(&message),
                     };
                 }

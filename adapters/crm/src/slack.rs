@@ -5,6 +5,7 @@
 //! ledger's delivered state is what keeps a second post from happening.
 
 use crate::http::{Answer, unsent};
+use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::destinations::{MappedLead, Outcome};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -72,6 +73,15 @@ impl Slack {
                     after: Some(Duration::from_secs(
                         answer.header_number("retry-after").unwrap_or(1),
                     )),
+                    reason: answer.said(&body),
+                },
+                // A revoked or mistyped webhook; an archived channel, a removed app.
+                404 => Outcome::Denied {
+                    class: DeadLetterClass::Token,
+                    reason: answer.said(&body),
+                },
+                403 | 410 => Outcome::Denied {
+                    class: DeadLetterClass::Permission,
                     reason: answer.said(&body),
                 },
                 200 | 400..=499 => Outcome::Refused {

@@ -6,6 +6,7 @@
 //! the answer's length only (a receiver may echo the lead).
 
 use crate::http::{Answer, unsent};
+use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::destinations::{MappedLead, Outcome};
 use secrecy::{ExposeSecret, SecretString};
 use std::time::Duration;
@@ -63,6 +64,14 @@ impl Webhook {
             let said = format!("an answer of {} bytes", answer.body.len());
             out.push(match answer.status {
                 200..=299 => Outcome::Delivered(None),
+                401 => Outcome::Denied {
+                    class: DeadLetterClass::Token,
+                    reason: answer.said(&said),
+                },
+                403 => Outcome::Denied {
+                    class: DeadLetterClass::Permission,
+                    reason: answer.said(&said),
+                },
                 408 | 429 | 500..=599 => Outcome::Retry {
                     after: answer.header_number("retry-after").map(Duration::from_secs),
                     reason: answer.said(&said),

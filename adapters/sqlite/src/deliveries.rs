@@ -34,6 +34,25 @@ pub(crate) struct Wanted {
     forms: BTreeSet<String>,
 }
 
+/// The destinations a first insert queues its lead for (a file without the table: none).
+pub(crate) fn enabled(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<Wanted>> {
+    if !crate::schema::has_column(tx, "destinations_enabled", "name")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt =
+        tx.prepare_cached("SELECT name, forms FROM destinations_enabled ORDER BY name")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut wanted = Vec::new();
+    for row in rows {
+        let (name, forms) = row?;
+        wanted.push(Wanted {
+            name,
+            forms: serde_json::from_str(&forms).unwrap_or_default(),
+        });
+    }
+    Ok(wanted)
+}
+
 /// Queues `event` for each of `destinations` that takes it (a row already there stays).
 pub(crate) fn queue_in(
     tx: &rusqlite::Transaction<'_>,
@@ -84,17 +103,27 @@ fn unavailable(e: LocalError) -> StoreError {
 
 impl LocalDb {
     /// From now on each first insert also queues the lead for these destinations, in its
-    /// own transaction (`serve --destinations`).
-    pub fn enable_destinations(&self, destinations: &[DestinationConfig]) {
-        if let Ok(mut held) = self.destinations.write() {
-            *held = destinations
-                .iter()
-                .map(|d| Wanted {
-                    name: d.name.to_string(),
-                    forms: d.forms.clone(),
-                })
-                .collect();
-        }
+    /// own transaction, whichever process writes it (`serve --destinations` names them;
+    /// `serve` without sets none; a standalone `backfill` follows the last serve's).
+    pub fn enable_destinations(
+        &self,
+        destinations: &[DestinationConfig],
+    ) -> Result<(), LocalError> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM destinations_enabled", [])?;
+            for d in destinations {
+                let forms: Vec<&String> = d.forms.iter().collect();
+                tx.execute(
+                    "INSERT INTO destinations_enabled (name, forms) VALUES (?1, ?2)",
+                    params![
+                        d.name.as_str(),
+                        serde_json::to_string(&forms).unwrap_or_default()
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
     }
 
     /// Queues `events` for `destination` again from the start (`forward`'s replay): a
@@ -258,7 +287,10 @@ impl DeliveryLedger for LocalDb {
                 // Written by this code only: a row that does not read is a dead letter,
                 // never a loop.
                 Err(e) => {
-                    let reason = format!("the queued lead event does not read: {e}");
+                    let reason = format!(
+                        "the queued lead event does not read: {}",
+                        leadpipe_core::json_error::JsonError::from(e)
+                    );
                     self.record(
                         destination,
                         &[(
@@ -405,7 +437,7 @@ mod tests {
             "[[destination]]\nname = \"all\"\nkind = \"slack\"\n[[destination]]\nname = \"solar\"\nkind = \"slack\"\nforms = [\"55\"]\n",
         )
         .unwrap();
-        db.enable_destinations(&configs);
+        db.enable_destinations(&configs).unwrap();
         db.put_leads(&[stored("1", "55"), stored("2", "66")])
             .await
             .unwrap();
@@ -493,7 +525,7 @@ mod tests {
     async fn a_lease_hides_a_lead_until_it_ends_and_a_pause_is_kept() {
         let db = db("lease");
         let configs = parse_file("[[destination]]\nname = \"d\"\nkind = \"slack\"\n").unwrap();
-        db.enable_destinations(&configs);
+        db.enable_destinations(&configs).unwrap();
         db.put_leads(&[stored("1", "55")]).await.unwrap();
         let name = &configs[0].name;
         let now = now_unix_ms();

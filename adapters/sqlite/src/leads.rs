@@ -163,14 +163,12 @@ impl LeadStore for LocalDb {
             .read()
             .map(|s| s.clone())
             .unwrap_or_default();
-        let destinations = self
-            .destinations
-            .read()
-            .map(|d| d.clone())
-            .unwrap_or_default();
         let now = now_unix_ms();
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // Read in the write's own transaction: whichever process writes, it queues for
+            // the destinations the last serve named.
+            let destinations = crate::deliveries::enabled(&tx)?;
             let mut outcomes = Vec::with_capacity(leads.len());
             for stored in leads {
                 // An erased lead is never written again: to every caller it is a lead already

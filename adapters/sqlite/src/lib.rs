@@ -89,9 +89,6 @@ pub struct LocalDb {
     /// The initial stage a first insert also queues (`serve` with a Conversions dataset),
     /// in the same transaction.
     initial_stage: Arc<std::sync::RwLock<Option<leadpipe_core::stages::StageName>>>,
-    /// The destinations a first insert also queues the lead for (`serve --destinations`),
-    /// in the same transaction: `(name, forms)`, no forms meaning every lead.
-    destinations: Arc<std::sync::RwLock<Vec<deliveries::Wanted>>>,
 }
 
 pub use leadpipe_core::lead_row::{LeadFilter, LeadRow};
@@ -133,7 +130,6 @@ impl LocalDb {
             outbox: Arc::default(),
             policy: Arc::default(),
             initial_stage: Arc::default(),
-            destinations: Arc::default(),
         })
     }
 
@@ -150,7 +146,6 @@ impl LocalDb {
             outbox: Arc::default(),
             policy: Arc::default(),
             initial_stage: Arc::default(),
-            destinations: Arc::default(),
         })
     }
 

@@ -63,6 +63,12 @@ impl LocalDb {
                    (SELECT lead_id FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1)",
                 params![now],
             )?;
+            // Each destination's copy of the lead event goes with the lead.
+            tx.execute(
+                "DELETE FROM deliveries WHERE lead_id IN
+                   (SELECT lead_id FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1)",
+                params![now],
+            )?;
             let removed = tx.execute(
                 "DELETE FROM leads WHERE expires_at IS NOT NULL AND expires_at < ?1",
                 params![now],
@@ -255,8 +261,12 @@ impl LocalDb {
                 if tx.execute("DELETE FROM leads WHERE lead_id = ?1", params![id])? > 0 {
                     erased.lead_ids.push(id.clone());
                 }
+                // Forwarding's rows: the outbox's and each destination's copy of the event
+                // (a pending one is never sent after this).
                 erased.outbox +=
                     tx.execute("DELETE FROM outbox WHERE lead_id = ?1", params![id])?;
+                erased.outbox +=
+                    tx.execute("DELETE FROM deliveries WHERE lead_id = ?1", params![id])?;
                 erased.stages +=
                     tx.execute("DELETE FROM stages WHERE lead_id = ?1", params![id])?;
                 let (dead, queued) = Self::messages_naming(&tx, id)?;

@@ -164,6 +164,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (destination, lead_id)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (destination, state, next_at);
+-- The destinations the last `serve --destinations` named (and the forms each takes, JSON):
+-- every writer of the file (serve, a standalone backfill) queues a new lead for them.
+CREATE TABLE IF NOT EXISTS destinations_enabled (
+    name TEXT PRIMARY KEY,
+    forms TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS destination_pauses (
     destination TEXT PRIMARY KEY,
     until_ms INTEGER NOT NULL,

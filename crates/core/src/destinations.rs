@@ -536,7 +536,20 @@ pub enum Outcome {
         /// The service's words (scrubbed before it is kept).
         reason: String,
     },
+    /// The credential or its rights were refused (a 401, a revoked webhook, a missing
+    /// scope): this lead is a dead letter of `class` (`token` or `permission`), and the
+    /// destination pauses for [`DENIED_PAUSE`] so a bad key does not dead-letter every lead;
+    /// after the fix, `redrive --reason-class token` sends it again.
+    Denied {
+        /// `token` or `permission`.
+        class: DeadLetterClass,
+        /// The service's words.
+        reason: String,
+    },
 }
+
+/// How long a destination whose credential was refused waits before it tries again.
+pub const DENIED_PAUSE: Duration = Duration::from_secs(300);
 
 /// A service leads are delivered to (adapters in `leadpipe-crm`).
 pub trait Destination: Send + Sync {
@@ -645,7 +658,7 @@ impl Default for ForwardLimits {
             max_age: Duration::from_secs(86_400),
             first_backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(600),
-            lease: Duration::from_secs(180),
+            lease: Duration::from_secs(300),
             per_round: 100,
         }
     }
@@ -687,9 +700,9 @@ pub async fn forward_round<L: DeliveryLedger, D: Destination>(
         report.paused = true;
         return Ok(report);
     }
-    // A round of one-lead calls is kept to ten, so it ends well within its lease even when
-    // each call runs to its time-out.
-    let per_round = limits.per_round.min(config.kind.batch().max(1) * 10);
+    // A round of one-lead calls is kept to five, so it ends within its lease even when each
+    // call (up to four for Pipedrive) runs to its 15 s time-out.
+    let per_round = limits.per_round.min(config.kind.batch().max(1) * 5);
     let due = ledger
         .due(&config.name, now_ms, per_round, limits.lease)
         .await?;
@@ -725,6 +738,23 @@ pub async fn forward_round<L: DeliveryLedger, D: Destination>(
                         reason: scrub(&reason, &private),
                     }
                 }
+                Outcome::Denied { class, reason } => {
+                    let reason = scrub(&reason, &private);
+                    report.dead += 1;
+                    pause = Some((DENIED_PAUSE, reason.clone()));
+                    DeliveryState::Dead { class, reason }
+                }
+                // A wait the service asked for is the destination's, not this lead's: the
+                // whole destination waits it out, and no try is spent.
+                Outcome::Retry {
+                    after: Some(wait),
+                    reason,
+                } if !wait.is_zero() => {
+                    let reason = scrub(&reason, &private);
+                    let wait = wait.min(limits.max_backoff);
+                    pause = Some((wait, reason.clone()));
+                    held_state(due, wait, reason, limits, now_ms, &mut report)
+                }
                 Outcome::Retry { after, reason } => retry_state(
                     due,
                     after,
@@ -737,19 +767,13 @@ pub async fn forward_round<L: DeliveryLedger, D: Destination>(
                     let reason = scrub(&reason, &private);
                     pause = Some((for_, reason.clone()));
                     // Not the lead's fault: no try is spent; it is due when the pause ends.
-                    report.retried += 1;
-                    DeliveryState::Pending {
-                        attempts: due.attempts,
-                        at_ms: now_ms.saturating_add(millis(for_.min(limits.max_age))),
-                        reason: Some(reason),
-                    }
+                    held_state(due, for_, reason, limits, now_ms, &mut report)
                 }
             };
             states.push((due.lead.lead_id.clone(), state));
         }
         if let Some((for_, reason)) = pause {
             let until = now_ms.saturating_add(millis(for_.min(limits.max_age)));
-            ledger.pause(&config.name, until, &reason).await?;
             report.paused = true;
             // The rest of the round waits too, without a try.
             for due in rest {
@@ -762,11 +786,41 @@ pub async fn forward_round<L: DeliveryLedger, D: Destination>(
                     },
                 ));
             }
-            break;
+            // What was done is recorded before the pause: a pause that cannot be written
+            // must not make delivered leads go again.
+            ledger.record(&config.name, &states).await?;
+            ledger.pause(&config.name, until, &reason).await?;
+            return Ok(report);
         }
     }
     ledger.record(&config.name, &states).await?;
     Ok(report)
+}
+
+/// A lead held back by the destination's own wait: due when it ends, no try spent, unless
+/// it is older than the limit (then `exhausted`, so a service that never stops asking to
+/// wait cannot hold a lead forever).
+fn held_state(
+    due: &Due,
+    wait: Duration,
+    reason: String,
+    limits: &ForwardLimits,
+    now_ms: i64,
+    report: &mut RoundReport,
+) -> DeliveryState {
+    if now_ms.saturating_sub(due.queued_at_ms) >= millis(limits.max_age) {
+        report.dead += 1;
+        return DeliveryState::Dead {
+            class: DeadLetterClass::Exhausted,
+            reason: format!("gave up after a day of waits: {reason}"),
+        };
+    }
+    report.retried += 1;
+    DeliveryState::Pending {
+        attempts: due.attempts,
+        at_ms: now_ms.saturating_add(millis(wait.min(limits.max_age))),
+        reason: Some(reason),
+    }
 }
 
 fn millis(d: Duration) -> i64 {
@@ -908,12 +962,16 @@ pub fn read_queue_message(body: &str) -> Result<(LeadReceived, Option<String>), 
 
 /// One SQS batch: each lead to each destination that takes it and has not had it; a
 /// refusal dead-letters that (destination, lead) alone; a retry or a pause fails the
-/// message, so SQS brings it back and the destinations already done are skipped.
+/// message, so SQS brings it back and the destinations already done are skipped. A
+/// destination that asked to wait (a rate limit, a spent budget, a refused credential) is
+/// not called again in this batch; past `deadline` nothing more is tried, so an
+/// invocation ends with its partial answer rather than its time-out.
 pub async fn deliver_queue_batch<M, D, Q>(
     marks: &M,
     destinations: &[(DestinationConfig, D)],
     queue: &Q,
     messages: &[QueueMessage<'_>],
+    deadline: Option<std::time::Instant>,
 ) -> QueueBatchReport
 where
     M: DeliveryMarks,
@@ -922,7 +980,12 @@ where
 {
     use crate::ports::DeadLetterReason;
     let mut report = QueueBatchReport::default();
+    let mut waiting: BTreeSet<String> = BTreeSet::new();
     for message in messages {
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            report.failed.push(message.message_id.to_owned());
+            continue;
+        }
         let (event, only) = match read_queue_message(message.body) {
             Ok(read) => read,
             Err(why) => {
@@ -937,6 +1000,20 @@ where
                 continue;
             }
         };
+        // A letter for a destination no longer in the file waits again, saying so.
+        if let Some(name) = &only
+            && !destinations.iter().any(|(c, _)| c.name.as_str() == name)
+        {
+            report.refused += 1;
+            let reason = DeadLetterReason {
+                class: DeadLetterClass::Refused,
+                detail: format!("destination {name} is not in the destinations file"),
+            };
+            if queue.dead_letter(message.body, &reason).await.is_err() {
+                report.failed.push(message.message_id.to_owned());
+            }
+            continue;
+        }
         let mut retry = false;
         for (config, destination) in destinations {
             let chosen = match &only {
@@ -962,6 +1039,10 @@ where
                 }
                 _ => {}
             }
+            if waiting.contains(config.name.as_str()) {
+                retry = true;
+                continue;
+            }
             let mapped = MappedLead {
                 properties: config.map.apply(&event),
                 lead: event.clone(),
@@ -975,7 +1056,8 @@ where
                     after: None,
                     reason: "no answer".into(),
                 });
-            match outcome {
+            let private = config.map.private_values(&event);
+            let (class, reason) = match outcome {
                 Outcome::Delivered(record) => {
                     report.delivered += 1;
                     if marks
@@ -990,34 +1072,44 @@ where
                     {
                         retry = true;
                     }
+                    continue;
                 }
-                Outcome::Refused { reason } => {
-                    report.refused += 1;
-                    let letter = DestinationLetter {
-                        destination: config.name.to_string(),
-                        event: event.clone(),
-                    };
-                    let reason = DeadLetterReason {
-                        class: DeadLetterClass::Refused,
-                        detail: format!(
-                            "destination {}: {}",
-                            config.name,
-                            scrub(&reason, &config.map.private_values(&event))
-                        ),
-                    };
-                    let body = serde_json::to_string(&letter).unwrap_or_default();
-                    let written = queue.dead_letter(&body, &reason).await.is_ok()
-                        && marks
-                            .set_mark(&config.name, &event.lead_id, Mark::Refused, None)
-                            .await
-                            .is_ok();
-                    retry |= !written;
+                Outcome::Refused { reason } => (DeadLetterClass::Refused, reason),
+                Outcome::Denied { class, reason } => {
+                    waiting.insert(config.name.to_string());
+                    (class, reason)
                 }
-                Outcome::Retry { reason, .. } | Outcome::Pause { reason, .. } => {
-                    tracing::info!(destination = %config.name, lead_id = %event.lead_id, reason = %scrub(&reason, &config.map.private_values(&event)), "destination: try again");
+                Outcome::Retry { after, reason } => {
+                    if after.is_some_and(|a| !a.is_zero()) {
+                        waiting.insert(config.name.to_string());
+                    }
+                    tracing::info!(destination = %config.name, lead_id = %event.lead_id, reason = %scrub(&reason, &private), "destination: try again");
                     retry = true;
+                    continue;
                 }
-            }
+                Outcome::Pause { reason, .. } => {
+                    waiting.insert(config.name.to_string());
+                    tracing::info!(destination = %config.name, reason = %scrub(&reason, &private), "destination: waits");
+                    retry = true;
+                    continue;
+                }
+            };
+            report.refused += 1;
+            let letter = DestinationLetter {
+                destination: config.name.to_string(),
+                event: event.clone(),
+            };
+            let reason = DeadLetterReason {
+                class,
+                detail: format!("destination {}: {}", config.name, scrub(&reason, &private)),
+            };
+            let body = serde_json::to_string(&letter).unwrap_or_default();
+            let written = queue.dead_letter(&body, &reason).await.is_ok()
+                && marks
+                    .set_mark(&config.name, &event.lead_id, Mark::Refused, None)
+                    .await
+                    .is_ok();
+            retry |= !written;
         }
         if retry {
             report.failed.push(message.message_id.to_owned());

@@ -80,8 +80,12 @@ impl DestinationsApp {
         })
     }
 
-    /// Delivers one SQS batch.
-    pub async fn deliver(&self, event: &SqsEvent) -> QueueBatchReport {
+    /// Delivers one SQS batch; past `deadline` the rest is left to SQS.
+    pub async fn deliver(
+        &self,
+        event: &SqsEvent,
+        deadline: Option<std::time::Instant>,
+    ) -> QueueBatchReport {
         let messages: Vec<QueueMessage<'_>> = event
             .records
             .iter()
@@ -90,8 +94,14 @@ impl DestinationsApp {
                 body: record.body.as_deref().unwrap_or_default(),
             })
             .collect();
-        let report =
-            deliver_queue_batch(&self.marks, &self.destinations, &self.queue, &messages).await;
+        let report = deliver_queue_batch(
+            &self.marks,
+            &self.destinations,
+            &self.queue,
+            &messages,
+            deadline,
+        )
+        .await;
         tracing::info!(
             delivered = report.delivered,
             already = report.already,
@@ -109,7 +119,19 @@ impl DestinationsApp {
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, std::convert::Infallible> {
         let span = leadpipe_telemetry::invocation_span(&event.context.request_id);
-        let report = self.deliver(&event.payload).instrument(span).await;
+        // The invocation's own deadline, less room for the answer and a call in flight
+        // (15 s time-out): what is not tried by then goes back to SQS, not to a time-out.
+        let left = event
+            .context
+            .deadline()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        let deadline =
+            std::time::Instant::now() + left.saturating_sub(std::time::Duration::from_secs(20));
+        let report = self
+            .deliver(&event.payload, Some(deadline))
+            .instrument(span)
+            .await;
         let mut response = SqsBatchResponse::default();
         for id in report.failed {
             response.add_failure(id);

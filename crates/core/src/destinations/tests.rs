@@ -205,10 +205,10 @@ async fn delivered_leads_leave_and_a_batch_follows_the_kind() {
 }
 
 #[tokio::test]
-async fn a_retry_waits_the_longer_of_the_backoff_and_the_services_wait_then_gives_up() {
+async fn a_services_wait_holds_the_destination_without_a_try_and_failures_back_off_then_give_up() {
     let ledger = MemoryDeliveries::default();
     let config = config(DestinationKind::Slack);
-    ledger.queue(&config.name, &leads(1), 0);
+    ledger.queue(&config.name, &leads(2), 0);
     let limits = ForwardLimits {
         max_attempts: 3,
         ..ForwardLimits::default()
@@ -222,21 +222,36 @@ async fn a_retry_waits_the_longer_of_the_backoff_and_the_services_wait_then_give
             after: None,
             reason: "503".into(),
         },
+        Outcome::Delivered(None),
         Outcome::Retry {
-            after: Some(Duration::from_secs(86_400 * 9)),
+            after: None,
+            reason: "503".into(),
+        },
+        Outcome::Retry {
+            after: None,
             reason: "503".into(),
         },
     ]);
     let mut now = 1_000;
+    let report = forward_round(&ledger, &config, &destination, &limits, now)
+        .await
+        .unwrap();
+    // Slack asked to wait: the whole destination waits, the other lead is not called.
+    assert!(report.paused);
+    assert_eq!(destination.calls(), vec![1]);
+    assert_eq!(
+        ledger.pending(&config.name, "100"),
+        Some((0, now + 30_000)),
+        "no try spent"
+    );
+    assert_eq!(ledger.pending(&config.name, "101"), Some((0, now + 30_000)));
+    now += 30_000;
     forward_round(&ledger, &config, &destination, &limits, now)
         .await
         .unwrap();
     let (attempts, at) = ledger.pending(&config.name, "100").unwrap();
-    assert_eq!(
-        (attempts, at),
-        (1, now + 30_000),
-        "Retry-After beats the 2 s backoff"
-    );
+    assert_eq!((attempts, at), (1, now + 2_000), "a failure backs off 2 s");
+    assert_eq!(ledger.delivered(&config.name), vec!["101".to_owned()]);
     now = at;
     forward_round(&ledger, &config, &destination, &limits, now)
         .await
@@ -251,6 +266,36 @@ async fn a_retry_waits_the_longer_of_the_backoff_and_the_services_wait_then_give
     let (class, reason) = ledger.dead(&config.name, "100").unwrap();
     assert_eq!(class, DeadLetterClass::Exhausted);
     assert!(reason.contains("3 tries"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_refused_credential_dead_letters_one_lead_as_token_and_pauses_the_rest() {
+    let ledger = MemoryDeliveries::default();
+    let config = config(DestinationKind::Pipedrive);
+    ledger.queue(&config.name, &leads(4), 0);
+    let destination = ScriptedDestination::answering(vec![Outcome::Denied {
+        class: DeadLetterClass::Token,
+        reason: "HTTP 401: unauthorized access".into(),
+    }]);
+    let report = forward_round(
+        &ledger,
+        &config,
+        &destination,
+        &ForwardLimits::default(),
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert!(report.paused);
+    assert_eq!((report.dead, destination.calls()), (1, vec![1]));
+    assert_eq!(
+        ledger.dead(&config.name, "100").unwrap().0,
+        DeadLetterClass::Token
+    );
+    let held = 1_000 + DENIED_PAUSE.as_millis() as i64;
+    for id in ["101", "102", "103"] {
+        assert_eq!(ledger.pending(&config.name, id), Some((0, held)), "{id}");
+    }
 }
 
 #[tokio::test]
@@ -378,7 +423,7 @@ async fn on_a_queue_each_destination_gets_a_lead_once_and_a_refusal_is_dead_lett
             }]),
         ),
     ];
-    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages).await;
+    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages, None).await;
     assert_eq!(
         (report.refused, report.malformed, report.failed.clone()),
         (1, 1, vec!["m1".to_owned()])
@@ -391,7 +436,7 @@ async fn on_a_queue_each_destination_gets_a_lead_once_and_a_refusal_is_dead_lett
         .unwrap();
     assert_eq!(reason.detail, "destination hub: INVALID_EMAIL …");
     // SQS brings m1 back: Slack delivers, HubSpot is skipped (its refusal waits in the DLQ).
-    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages[..1]).await;
+    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages[..1], None).await;
     assert_eq!(
         (report.delivered, report.already, report.failed.len()),
         (1, 1, 0)
@@ -406,11 +451,12 @@ async fn on_a_queue_each_destination_gets_a_lead_once_and_a_refusal_is_dead_lett
             message_id: "m3",
             body,
         }],
+        None,
     )
     .await;
     assert_eq!((report.delivered, report.failed.len()), (1, 0));
     assert_eq!(marks.get("hub", "4444"), Some(Mark::Delivered));
-    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages[..1]).await;
+    let report = deliver_queue_batch(&marks, &destinations, &queue, &messages[..1], None).await;
     assert_eq!((report.delivered, report.already), (0, 2));
     assert_eq!(destinations[1].1.calls(), vec![1, 1]);
 }
