@@ -665,12 +665,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LEADPIPE_DESTINATIONS", hide_env_values = true)]
     pub destinations: Option<PathBuf>,
     /// How long a lead being delivered to a destination stays claimed; after a crash it is
-    /// due again once this has passed. Longer than ten calls at their 15 s time-out.
+    /// due again once this has passed. Longer than a round: five leads of up to four calls
+    /// at their 15 s time-out.
     #[arg(
         long,
         env = "LEADPIPE_DESTINATION_LEASE_SECONDS",
         hide_env_values = true,
-        default_value_t = 180,
+        default_value_t = 300,
         value_parser = clap::value_parser!(u64).range(1..=3_600)
     )]
     pub destination_lease_seconds: u64,

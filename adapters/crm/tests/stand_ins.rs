@@ -101,6 +101,55 @@ async fn hubspot_upserts_by_email_in_batches_and_splits_around_a_refused_email()
 }
 
 #[tokio::test]
+async fn hubspot_keeps_each_refusal_to_its_own_lead_and_a_shared_cause_costs_three_calls() {
+    let stand_in = CrmStandIn::start().await.unwrap();
+    let config = config(&stand_in, "hubspot", "");
+    let hubspot =
+        AnyDestination::build(&config, Some(&secret(&[("token", crm::HUBSPOT_TOKEN)]))).unwrap();
+    let leads: Vec<MappedLead> = (0..4)
+        .map(|i| mapped(&config, &format!("55{i}"), &format!("q{i}@example.org")))
+        .collect();
+    // A 207: the others taken; the refused one sent alone, its reason its own alone.
+    stand_in.with(|s| {
+        s.hubspot_partial = true;
+        s.hubspot_refused = vec!["q1@example.org".into(), "q2@example.org".into()];
+    });
+    let out = hubspot.deliver(&leads).await;
+    assert!(
+        matches!(out[0], Outcome::Delivered(Some(_)))
+            && matches!(out[3], Outcome::Delivered(Some(_))),
+        "{out:?}"
+    );
+    for (i, other) in [(1, "q2@example.org"), (2, "q1@example.org")] {
+        match &out[i] {
+            Outcome::Refused { reason } => assert!(!reason.contains(other), "lead {i}: {reason}"),
+            o => panic!("lead {i}: {o:?}"),
+        }
+    }
+    // A cause every lead shares: refused together after one split, not lead by lead.
+    stand_in.with(|s| {
+        s.hubspot_calls.clear();
+        s.hubspot_refuse_all = Some("Property \"fb_lead_id\" does not exist".into());
+    });
+    let out = hubspot.deliver(&leads).await;
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, Outcome::Refused { reason } if reason.contains("does not exist"))),
+        "{out:?}"
+    );
+    assert_eq!(stand_in.with(|s| s.hubspot_calls.len()), 3);
+    // A refused token: a token dead letter that pauses the destination, not `refused`.
+    let wrong = AnyDestination::build(&config, Some(&secret(&[("token", "revoked")]))).unwrap();
+    assert!(matches!(
+        &wrong.deliver(&leads[..1]).await[0],
+        Outcome::Denied {
+            class: leadpipe_core::dead_letter::DeadLetterClass::Token,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
 async fn salesforce_upserts_on_the_external_id_and_renews_an_expired_session_once() {
     let stand_in = CrmStandIn::start().await.unwrap();
     let login = format!("login_url = \"{}\"", stand_in.base_url());
@@ -136,8 +185,17 @@ async fn salesforce_upserts_on_the_external_id_and_renews_an_expired_session_onc
     // REQUEST_LIMIT_EXCEEDED (a 403, no 429) pauses the destination.
     stand_in.with(|s| s.salesforce_limited = 1);
     assert!(matches!(
-        &sf.deliver(&[lead]).await[0],
+        &sf.deliver(std::slice::from_ref(&lead)).await[0],
         Outcome::Pause { .. }
+    ));
+    // A new session refused too: a token problem, not one more retry.
+    stand_in.with(|s| s.salesforce_expired_below = u32::MAX);
+    assert!(matches!(
+        &sf.deliver(&[lead]).await[0],
+        Outcome::Denied {
+            class: leadpipe_core::dead_letter::DeadLetterClass::Token,
+            ..
+        }
     ));
 }
 

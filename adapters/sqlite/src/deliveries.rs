@@ -519,6 +519,12 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(db.destination_counts().unwrap()[0].delivered, 2);
+
+        // forget takes every destination's copy of the lead's event with it.
+        db.erase(&["1".to_owned()]).unwrap();
+        assert_eq!(db.delivery("all", "1").unwrap(), None);
+        assert_eq!(db.delivery("solar", "1").unwrap(), None);
+        assert!(db.delivery("all", "2").unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

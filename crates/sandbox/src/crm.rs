@@ -51,6 +51,11 @@ pub struct CrmState {
     pub hubspot_calls: Vec<usize>,
     /// Emails HubSpot refuses (the whole batch holding one gets a 400).
     pub hubspot_refused: Vec<String>,
+    /// HubSpot answers a refused email with a 207 (the others taken, an error naming it)
+    /// instead of refusing the whole batch.
+    pub hubspot_partial: bool,
+    /// Every HubSpot upsert is refused with this message (an unknown property, say).
+    pub hubspot_refuse_all: Option<String>,
     /// The next HubSpot calls answer 429 with this `policyName`.
     pub hubspot_limited: Vec<&'static str>,
     /// Salesforce Leads: external id → (id, fields).
@@ -244,6 +249,13 @@ fn hubspot(
                 );
             }
             s.hubspot_calls.push(inputs.len());
+            if let Some(message) = &s.hubspot_refuse_all {
+                return answer(
+                    400,
+                    json!({"status": "error", "category": "VALIDATION_ERROR", "message": message}),
+                );
+            }
+            let mut errors = Vec::new();
             for input in &inputs {
                 let email = input["id"].as_str().unwrap_or_default().to_lowercase();
                 if input["idProperty"] != "email" || email.is_empty() {
@@ -254,16 +266,23 @@ fn hubspot(
                 }
                 if s.hubspot_refused.contains(&email) {
                     // HubSpot echoes the value it refuses: core must scrub it.
-                    return answer(
-                        400,
-                        json!({"status": "error", "category": "VALIDATION_ERROR",
-                        "message": format!("Property values were not valid: Email address {email} is invalid")}),
-                    );
+                    let message =
+                        format!("Property values were not valid: Email address {email} is invalid");
+                    if !s.hubspot_partial {
+                        return answer(
+                            400,
+                            json!({"status": "error", "category": "VALIDATION_ERROR", "message": message}),
+                        );
+                    }
+                    errors.push(json!({"status": "error", "category": "VALIDATION_ERROR", "message": message}));
                 }
             }
             let mut results = Vec::new();
             for input in inputs {
                 let email = input["id"].as_str().unwrap_or_default().to_lowercase();
+                if s.hubspot_refused.contains(&email) {
+                    continue;
+                }
                 let next = s.hubspot.len() + 1;
                 let new = !s.hubspot.contains_key(&email);
                 let entry = s
@@ -279,7 +298,14 @@ fn hubspot(
                 }
                 results.push(json!({"id": entry.0, "new": new, "properties": {"email": email}}));
             }
-            answer(200, json!({"status": "COMPLETE", "results": results}))
+            if errors.is_empty() {
+                answer(200, json!({"status": "COMPLETE", "results": results}))
+            } else {
+                answer(
+                    207,
+                    json!({"status": "COMPLETE", "results": results, "numErrors": errors.len(), "errors": errors}),
+                )
+            }
         }
         _ => answer(
             404,
