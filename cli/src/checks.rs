@@ -1,7 +1,7 @@
 //! The checks connect and doctor share (docs/connect.md): the token, its scopes, and each
 //! page's webhook subscription, lead access and forms. Each returns its findings instead of
 //! printing them; a Graph read that failed is a check that could not be made
-//! ([`Level::Unchecked`]), never a finding about the setup.
+//! (`Level::Unchecked`), never a finding about the setup.
 
 use crate::report::{PageRow, when};
 use futures::TryStreamExt;

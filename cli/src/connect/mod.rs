@@ -4,8 +4,8 @@
 //! shown by its last four characters only, where a person needs to tell two apart.
 //!
 //! Its rooms: the checks it shares with doctor (`crate::checks`), what it prints
-//! (`crate::report`), the secret's place ([`secret`]), the test lead ([`test_lead`]) and the
-//! Conversions dataset ([`dataset`]); this file runs the steps in order.
+//! (`crate::report`), the secret's place (`secret`), the test lead (`test_lead`) and the
+//! Conversions dataset (`dataset`); this file runs the steps in order.
 
 mod args;
 mod dataset;

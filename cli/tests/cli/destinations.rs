@@ -14,12 +14,55 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 const SECRET: &str = "destinations-test-app-secret";
+/// The webhook destination's signing key.
+const OWN_KEY: &str = "own-receiver-signing-key-0123";
+
+/// What the business's own receiver got: `(Idempotency-Key, signature good)` per POST.
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>;
+
+/// A receiver of the business's own for the webhook kind: checks each POST's signature.
+async fn own_receiver() -> (String, Received) {
+    let got: Received = Default::default();
+    let record = got.clone();
+    let app = axum::Router::new().fallback(
+        move |method: axum::http::Method, headers: axum::http::HeaderMap, body: String| {
+            let record = record.clone();
+            async move {
+                if method != axum::http::Method::POST {
+                    return axum::http::StatusCode::METHOD_NOT_ALLOWED;
+                }
+                let h = |k: &str| {
+                    headers
+                        .get(k)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                let signed = leadpipe_core::signature::verify_signature(
+                    OWN_KEY.as_bytes(),
+                    h("x-leadpipe-signature-256").as_deref(),
+                    body.as_bytes(),
+                )
+                .is_ok();
+                record
+                    .lock()
+                    .unwrap()
+                    .push((h("idempotency-key").unwrap_or_default(), signed));
+                axum::http::StatusCode::OK
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}/leads"), got)
+}
 
 struct World {
     dir: PathBuf,
     data: Dataset,
     sandbox: Sandbox,
     crm: CrmStandIn,
+    own: Received,
     secret: PathBuf,
     file: PathBuf,
     db: PathBuf,
@@ -36,6 +79,7 @@ async fn world(name: &str) -> World {
         .await
         .unwrap();
     let crm = CrmStandIn::start().await.unwrap();
+    let (own_url, own) = own_receiver().await;
     let dir = scratch("destinations", name);
     let tokens: serde_json::Map<String, serde_json::Value> =
         leadpipe_sandbox::server::tokens(&data)
@@ -50,7 +94,8 @@ async fn world(name: &str) -> World {
                 "hub": {"token": crm::HUBSPOT_TOKEN},
                 "sf": {"client_id": crm::SALESFORCE_CLIENT_ID, "client_secret": crm::SALESFORCE_CLIENT_SECRET},
                 "pd": {"token": crm::PIPEDRIVE_TOKEN},
-                "chat": {"webhook_url": crm.slack_url()}
+                "chat": {"webhook_url": crm.slack_url()},
+                "own": {"key": OWN_KEY}
             }})
         .to_string(),
     )
@@ -83,6 +128,11 @@ lead_id_field = "{field}"
 [[destination]]
 name = "chat"
 kind = "slack"
+
+[[destination]]
+name = "own"
+kind = "webhook"
+url = "{own_url}"
 "#,
             field = crm::PIPEDRIVE_FIELD
         ),
@@ -94,6 +144,7 @@ kind = "slack"
         data,
         sandbox,
         crm,
+        own,
         secret,
         file,
     }
@@ -150,7 +201,11 @@ async fn destinations_check_says_what_is_missing_and_live_calls_each_service() {
     let w = world("check").await;
     let (code, text) = run(&["destinations", "check", path(&w.file), "--live"], &w).await;
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("4 destination(s) ready"), "{text}");
+    assert!(text.contains("5 destination(s) ready"), "{text}");
+    assert!(
+        w.own.lock().unwrap().is_empty(),
+        "a check posts nothing to the receiver"
+    );
     assert!(text.contains("the Slack webhook is live"), "{text}");
     assert!(w.crm.with(|s| s.slack.is_empty()), "a check posts nothing");
     for secret in [
@@ -243,16 +298,35 @@ async fn every_lead_reaches_every_destination_across_a_kill_and_a_refusal_goes_t
             && s.pipedrive_leads.len() >= n
             && s.slack.len() >= n
     };
+    let own = |w: &World| {
+        w.own
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<BTreeSet<String>>()
+    };
     wait_on_progress(|| {
+        let own = own(&w).len();
         w.crm.with(|s| {
             (
-                done(s),
-                s.hubspot.len() + s.salesforce.len() + s.pipedrive_leads.len() + s.slack.len(),
+                done(s) && own == n,
+                s.hubspot.len()
+                    + s.salesforce.len()
+                    + s.pipedrive_leads.len()
+                    + s.slack.len()
+                    + own,
             )
         })
     })
     .await;
     let ids: BTreeSet<String> = w.data.leads.iter().map(|l| l.id.clone()).collect();
+    // The business's own receiver: every lead, signed, its id as the Idempotency-Key.
+    assert_eq!(own(&w), ids);
+    assert!(
+        w.own.lock().unwrap().iter().all(|(_, signed)| *signed),
+        "every POST signed"
+    );
     w.crm.with(|s| {
         // Idempotent services: one record per lead whatever the kill repeated.
         assert_eq!(s.salesforce.keys().cloned().collect::<BTreeSet<_>>(), ids);
