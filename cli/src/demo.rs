@@ -51,6 +51,11 @@ pub struct DemoArgs {
     /// production.
     #[arg(long, value_parser = rate)]
     pub rate: Option<f64>,
+    /// A destinations file (docs/destinations.md): its destinations and mappings run against
+    /// the stand-ins of HubSpot, Salesforce, Pipedrive and Slack (and a receiver for the
+    /// webhook kind), with the stand-ins' own credentials; nothing leaves this machine.
+    #[arg(long)]
+    pub destinations: Option<PathBuf>,
 }
 
 /// A share from 0 to 1.
@@ -104,6 +109,7 @@ impl Default for DemoArgs {
             quiet: true,
             forward_fail: 0.1,
             rate: None,
+            destinations: None,
         }
     }
 }
@@ -160,6 +166,8 @@ pub struct DemoReport {
     pub stages_refused: BTreeMap<String, i64>,
     /// The later stages, queued at once, per second to the sandbox's dataset.
     pub stage_rate: Option<u64>,
+    /// With `--destinations`: each destination's `(name, kind, delivered, dead)`.
+    pub destinations: Vec<(String, &'static str, u64, u64)>,
 }
 
 fn bar(quiet: bool, len: usize, message: &'static str) -> ProgressBar {
@@ -242,6 +250,14 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     let stage_sender = pipeline
         .stage_sender()?
         .map(|sender| tokio::spawn(sender.run(forward_stop.clone())));
+    // The destinations file, against the stand-ins: queued from each lead's first write on.
+    let stand_ins = match &args.destinations {
+        Some(path) => Some(DemoDestinations::start(path, &pipeline.db).await?),
+        None => None,
+    };
+    let destination_senders = stand_ins
+        .as_ref()
+        .map(|d| tokio::spawn(d.senders(&pipeline.db).run(forward_stop.clone())));
 
     // 1. Meta delivers, imperfectly; 2. ingest drains the queue.
     let sent = deliver_and_ingest(&pipeline, &data, &args).await?;
@@ -249,6 +265,10 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     recover(&pipeline, &data, args.quiet).await;
     // 5. The receiver has every lead.
     drain_outbox(&pipeline, &receiver, args.quiet).await?;
+    // 5b. Every destination has every lead it takes.
+    if stand_ins.is_some() {
+        drain_destinations(&pipeline, args.quiet).await?;
+    }
     // 6. Stages back to Meta: later stages for a share of leads, and a few bad ones.
     let later = later_stages(&pipeline, &data)?;
     let draining = Instant::now();
@@ -258,6 +278,9 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
     let _ = forwarding.await;
     if let Some(sender) = stage_sender {
         let _ = sender.await;
+    }
+    if let Some(senders) = destination_senders {
+        let _ = senders.await;
     }
     // 4. Compare with the sandbox, field for field.
     let mut report = compare(&pipeline, &sandbox, data.leads.len(), &sent, &db)?;
@@ -273,8 +296,39 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
             .map(|l| l.clone())
             .unwrap_or_default(),
     );
+    if let Some(stand_ins) = &stand_ins {
+        let counts = pipeline.db.destination_counts()?;
+        report.destinations = stand_ins
+            .kinds
+            .iter()
+            .map(|(name, kind, _)| {
+                let c = counts.iter().find(|c| &c.name == name);
+                (
+                    name.clone(),
+                    *kind,
+                    c.map(|c| c.delivered).unwrap_or_default(),
+                    c.map(|c| c.dead).unwrap_or_default(),
+                )
+            })
+            .collect();
+    }
+    let takes_all: Vec<&String> = stand_ins
+        .iter()
+        .flat_map(|s| s.kinds.iter().filter(|(_, _, all)| *all).map(|(n, _, _)| n))
+        .collect();
     report.seconds = started.elapsed().as_secs();
     print_report(&report, &db, args.keep || args.db.is_some())?;
+    // A destination that takes every lead has every stored one, delivered or refused.
+    if let Some((name, _, delivered, dead)) = report
+        .destinations
+        .iter()
+        .find(|(name, _, d, x)| takes_all.contains(&name) && (*d + *x) as usize != report.stored)
+    {
+        return Err(CliError::Failed(format!(
+            "destination {name}: {delivered} delivered and {dead} refused of {} stored",
+            report.stored
+        )));
+    }
     if report.missing > 0 || report.mismatched > 0 || report.forwarded != report.stored {
         return Err(CliError::Failed(format!(
             "{} lead(s) missing, {} differing, {} of {} forwarded",
@@ -288,6 +342,114 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
         )));
     }
     Ok(report)
+}
+
+/// `demo --destinations`: the file's destinations, each pointed at its stand-in with the
+/// stand-in's own credentials (the file's mappings, forms and settings kept).
+struct DemoDestinations {
+    _crm: leadpipe_sandbox::crm::CrmStandIn,
+    _receiver: Receiver,
+    built: std::sync::Mutex<
+        Vec<(
+            leadpipe_core::destinations::DestinationConfig,
+            leadpipe_crm::AnyDestination,
+        )>,
+    >,
+    /// `(name, kind, takes every lead)`.
+    kinds: Vec<(String, &'static str, bool)>,
+}
+
+impl DemoDestinations {
+    async fn start(path: &std::path::Path, db: &leadpipe_local::LocalDb) -> Result<Self, CliError> {
+        use leadpipe_core::destinations::DestinationKind;
+        use leadpipe_sandbox::crm;
+        let configs = crate::destinations::load(path)?;
+        let stand_in = crm::CrmStandIn::start()
+            .await
+            .map_err(|e| CliError::Failed(format!("the CRM stand-ins: {e}")))?;
+        let receiver = Receiver::start(0.0).await?;
+        let base = stand_in.base_url();
+        let mut secrets: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+        let mut built = Vec::new();
+        let mut kinds = Vec::new();
+        for mut config in configs {
+            config.base_url = Some(base.clone());
+            let credentials = match config.kind {
+                DestinationKind::Hubspot => serde_json::json!({"token": crm::HUBSPOT_TOKEN}),
+                DestinationKind::Salesforce => {
+                    config.login_url = Some(base.clone());
+                    config.external_id_field = crm::SALESFORCE_FIELD.to_owned();
+                    config.api_version = "v67.0".to_owned();
+                    serde_json::json!({"client_id": crm::SALESFORCE_CLIENT_ID, "client_secret": crm::SALESFORCE_CLIENT_SECRET})
+                }
+                DestinationKind::Pipedrive => {
+                    config.lead_id_field = Some(crm::PIPEDRIVE_FIELD.to_owned());
+                    serde_json::json!({"token": crm::PIPEDRIVE_TOKEN})
+                }
+                DestinationKind::Slack => serde_json::json!({"webhook_url": stand_in.slack_url()}),
+                DestinationKind::Webhook => {
+                    config.url = Some(receiver.url.clone());
+                    serde_json::json!({"key": "demo-destination-key-0123456789"})
+                }
+            };
+            secrets.insert(config.name.to_string(), credentials);
+            kinds.push((
+                config.name.to_string(),
+                config.kind.as_str(),
+                config.forms.is_empty(),
+            ));
+            built.push(config);
+        }
+        let secret: leadpipe_core::secrets::AppSecrets = serde_json::from_value(
+            serde_json::json!({"app_secret": "demo", "destinations": secrets}),
+        )
+        .map_err(|e| CliError::Failed(format!("the stand-ins' credentials: {e}")))?;
+        let built = crate::destinations::build(&built, &secret)?;
+        let configs: Vec<_> = built.iter().map(|(c, _)| c.clone()).collect();
+        db.enable_destinations(&configs)?;
+        Ok(Self {
+            _crm: stand_in,
+            _receiver: receiver,
+            built: std::sync::Mutex::new(built),
+            kinds,
+        })
+    }
+
+    /// The senders, once (they own the built destinations).
+    fn senders(&self, db: &leadpipe_local::LocalDb) -> crate::destinations::Senders {
+        let built = self
+            .built
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .unwrap_or_default();
+        crate::destinations::Senders::start_with(db.clone(), built, Duration::from_secs(30))
+    }
+}
+
+/// Waits until no destination has a pending lead (a stall of two minutes fails it).
+async fn drain_destinations(pipeline: &Pipeline, quiet: bool) -> Result<(), CliError> {
+    let bar = bar(quiet, 1, "destinations");
+    let mut last = (Instant::now(), u64::MAX);
+    loop {
+        let counts = pipeline.db.destination_counts()?;
+        let pending: u64 = counts.iter().map(|c| c.pending).sum();
+        let done: u64 = counts.iter().map(|c| c.delivered + c.dead).sum();
+        bar.set_length(done + pending);
+        bar.set_position(done);
+        if pending == 0 {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        if pending != last.1 {
+            last = (Instant::now(), pending);
+        }
+        if last.0.elapsed() > Duration::from_secs(120) {
+            return Err(CliError::Failed(format!(
+                "{pending} lead(s) still wait for a destination after two minutes without progress"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The demo's stand-in for a CRM: counts each lead by its `Idempotency-Key` and answers 503
@@ -751,6 +913,12 @@ fn print_report(report: &DemoReport, db: &Path, keep: bool) -> Result<(), CliErr
         row(
             "stages rate",
             format!("{rate:>7} stages/s (100 an event request, loopback)"),
+        );
+    }
+    for (name, kind, delivered, dead) in &report.destinations {
+        row(
+            &format!("to {} ({kind})", crate::render::line(name)),
+            format!("{delivered:>7} delivered, {dead} refused (a stand-in)"),
         );
     }
     row("time", format!("{:>6}s", report.seconds));

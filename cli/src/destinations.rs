@@ -78,6 +78,22 @@ impl Senders {
         })
     }
 
+    /// The senders over `db`, which already queues for them (the demo set it up).
+    pub fn start_with(
+        db: LocalDb,
+        destinations: Vec<(DestinationConfig, AnyDestination)>,
+        lease: Duration,
+    ) -> Self {
+        Self {
+            db,
+            destinations,
+            limits: ForwardLimits {
+                lease,
+                ..ForwardLimits::default()
+            },
+        }
+    }
+
     /// The destinations' names, for the start line.
     pub fn names(&self) -> Vec<String> {
         self.destinations

@@ -430,3 +430,45 @@ async fn every_lead_reaches_every_destination_across_a_kill_and_a_refusal_goes_t
     assert_eq!(code, Some(1), "{text}");
     second.start_kill().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_a_destinations_file_against_the_stand_ins() {
+    let dir = scratch("destinations", "demo");
+    let file = dir.join("destinations.toml");
+    // A file as a person writes it for the real services: the demo keeps its mappings and
+    // points each at its stand-in with the stand-in's credentials.
+    std::fs::write(
+        &file,
+        "[[destination]]\nname = \"sales\"\nkind = \"hubspot\"\n[destination.map]\nservices = \"answers.which_services\"\n\
+         [[destination]]\nname = \"sf\"\nkind = \"salesforce\"\nlogin_url = \"https://acme.my.salesforce.com\"\n\
+         [[destination]]\nname = \"pd\"\nkind = \"pipedrive\"\nbase_url = \"https://acme.pipedrive.com\"\nlead_id_field = \"abc\"\n\
+         [[destination]]\nname = \"chat\"\nkind = \"slack\"\n\
+         [[destination]]\nname = \"own\"\nkind = \"webhook\"\nurl = \"https://crm.example.com/in\"\n",
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(BINARY)
+        .args(["demo", "--leads", "60", "--quiet", "--destinations"])
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for row in [
+        "to sales (hubspot)",
+        "to sf (salesforce)",
+        "to pd (pipedrive)",
+        "to chat (slack)",
+        "to own (webhook)",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("{row}: {text}"));
+        assert!(line.contains("60 delivered, 0 refused"), "{line}");
+    }
+}
