@@ -251,13 +251,16 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
         .stage_sender()?
         .map(|sender| tokio::spawn(sender.run(forward_stop.clone())));
     // The destinations file, against the stand-ins: queued from each lead's first write on.
-    let stand_ins = match &args.destinations {
-        Some(path) => Some(DemoDestinations::start(path, &pipeline.db).await?),
-        None => None,
+    let (stand_ins, destination_senders) = match &args.destinations {
+        Some(path) => {
+            let (stand_ins, senders) = DemoDestinations::start(path, &pipeline.db).await?;
+            (
+                Some(stand_ins),
+                Some(tokio::spawn(senders.run(forward_stop.clone()))),
+            )
+        }
+        None => (None, None),
     };
-    let destination_senders = stand_ins
-        .as_ref()
-        .map(|d| tokio::spawn(d.senders(&pipeline.db).run(forward_stop.clone())));
 
     // 1. Meta delivers, imperfectly; 2. ingest drains the queue.
     let sent = deliver_and_ingest(&pipeline, &data, &args).await?;
@@ -349,18 +352,16 @@ async fn demo(args: DemoArgs, db: PathBuf) -> Result<DemoReport, CliError> {
 struct DemoDestinations {
     _crm: leadpipe_sandbox::crm::CrmStandIn,
     _receiver: Receiver,
-    built: std::sync::Mutex<
-        Vec<(
-            leadpipe_core::destinations::DestinationConfig,
-            leadpipe_crm::AnyDestination,
-        )>,
-    >,
     /// `(name, kind, takes every lead)`.
     kinds: Vec<(String, &'static str, bool)>,
 }
 
 impl DemoDestinations {
-    async fn start(path: &std::path::Path, db: &leadpipe_local::LocalDb) -> Result<Self, CliError> {
+    /// The stand-ins, and the senders that deliver to them (the file queues for them).
+    async fn start(
+        path: &std::path::Path,
+        db: &leadpipe_local::LocalDb,
+    ) -> Result<(Self, crate::destinations::Senders), CliError> {
         use leadpipe_core::destinations::DestinationKind;
         use leadpipe_sandbox::crm;
         let configs = crate::destinations::load(path)?;
@@ -404,25 +405,19 @@ impl DemoDestinations {
             serde_json::json!({"app_secret": "demo", "destinations": secrets}),
         )
         .map_err(|e| CliError::Failed(format!("the stand-ins' credentials: {e}")))?;
-        let built = crate::destinations::build(&built, &secret)?;
-        let configs: Vec<_> = built.iter().map(|(c, _)| c.clone()).collect();
-        db.enable_destinations(&configs)?;
-        Ok(Self {
-            _crm: stand_in,
-            _receiver: receiver,
-            built: std::sync::Mutex::new(built),
-            kinds,
-        })
-    }
-
-    /// The senders, once (they own the built destinations).
-    fn senders(&self, db: &leadpipe_local::LocalDb) -> crate::destinations::Senders {
-        let built = self
-            .built
-            .lock()
-            .map(|mut b| std::mem::take(&mut *b))
-            .unwrap_or_default();
-        crate::destinations::Senders::start_with(db.clone(), built, Duration::from_secs(30))
+        let senders = crate::destinations::Senders::new(
+            db.clone(),
+            crate::destinations::build(&built, &secret)?,
+            Duration::from_secs(30),
+        )?;
+        Ok((
+            Self {
+                _crm: stand_in,
+                _receiver: receiver,
+                kinds,
+            },
+            senders,
+        ))
     }
 }
 

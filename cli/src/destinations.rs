@@ -78,22 +78,6 @@ impl Senders {
         })
     }
 
-    /// The senders over `db`, which already queues for them (the demo set it up).
-    pub fn start_with(
-        db: LocalDb,
-        destinations: Vec<(DestinationConfig, AnyDestination)>,
-        lease: Duration,
-    ) -> Self {
-        Self {
-            db,
-            destinations,
-            limits: ForwardLimits {
-                lease,
-                ..ForwardLimits::default()
-            },
-        }
-    }
-
     /// The destinations' names, for the start line.
     pub fn names(&self) -> Vec<String> {
         self.destinations
@@ -305,19 +289,7 @@ pub async fn forward(args: ForwardArgs) -> Result<(), CliError> {
     let since = args
         .since
         .as_deref()
-        .map(|v| {
-            let now = time::OffsetDateTime::now_utc().unix_timestamp();
-            leadpipe_core::when::parse_time(v, now)
-                .and_then(|unix| time::OffsetDateTime::from_unix_timestamp(unix).ok())
-                .map(leadpipe_core::record::contract_time)
-                .ok_or_else(|| {
-                    CliError::Settings(format!(
-                        "--since {} is not a time: give {}",
-                        crate::render::line(v),
-                        leadpipe_core::when::ACCEPTED
-                    ))
-                })
-        })
+        .map(|v| crate::export::contract_time_arg("--since", v))
         .transpose()?;
     let db = if args.dry_run {
         LocalDb::open_existing_read_only(&args.db)?

@@ -320,7 +320,7 @@ pub fn row_json(row: &LeadRow) -> serde_json::Value {
 
 /// A time flag as the contract's RFC 3339 UTC (what `created_time` is stored as), read by
 /// core's one reading of times (dates and spans too).
-fn contract_time_arg(flag: &str, value: &str) -> Result<String, CliError> {
+pub(crate) fn contract_time_arg(flag: &str, value: &str) -> Result<String, CliError> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     leadpipe_core::when::parse_time(value, now)
         .and_then(|unix| time::OffsetDateTime::from_unix_timestamp(unix).ok())

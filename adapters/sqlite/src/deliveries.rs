@@ -10,7 +10,7 @@ use leadpipe_core::dead_letter::DeadLetterClass;
 use leadpipe_core::destinations::{
     DeliveryLedger, DeliveryState, DestinationConfig, DestinationName, Due,
 };
-use leadpipe_core::failure::{Cause, StoreError};
+use leadpipe_core::failure::StoreError;
 use leadpipe_core::lead_received::LeadReceived;
 use rusqlite::{OptionalExtension, params};
 use std::collections::BTreeSet;
@@ -34,11 +34,9 @@ pub(crate) struct Wanted {
     forms: BTreeSet<String>,
 }
 
-/// The destinations a first insert queues its lead for (a file without the table: none).
+/// The destinations a first insert queues its lead for.
 pub(crate) fn enabled(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<Wanted>> {
-    if !crate::schema::has_column(tx, "destinations_enabled", "name")? {
-        return Ok(Vec::new());
-    }
+    // Only a file opened to write stores leads, and opening it ran every schema step.
     let mut stmt =
         tx.prepare_cached("SELECT name, forms FROM destinations_enabled ORDER BY name")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -95,10 +93,6 @@ pub struct DestinationCounts {
     pub paused_until: Option<i64>,
     /// The oldest pending lead's queueing time (unix ms).
     pub oldest_pending_ms: Option<i64>,
-}
-
-fn unavailable(e: LocalError) -> StoreError {
-    StoreError::Unavailable(Cause::from_error(e))
 }
 
 impl LocalDb {
@@ -275,7 +269,7 @@ impl DeliveryLedger for LocalDb {
                 tx.commit()?;
                 Ok(rows)
             })
-            .map_err(unavailable)?;
+            .map_err(StoreError::from)?;
         let mut due = Vec::with_capacity(rows.len());
         for (lead_id, body, attempts, queued_at_ms) in rows {
             match serde_json::from_str::<LeadReceived>(&body) {
@@ -364,7 +358,7 @@ impl DeliveryLedger for LocalDb {
             }
             tx.commit()
         })
-        .map_err(unavailable)
+        .map_err(StoreError::from)
     }
 
     async fn paused_until(&self, destination: &DestinationName) -> Result<Option<i64>, StoreError> {
@@ -376,7 +370,7 @@ impl DeliveryLedger for LocalDb {
             )
             .optional()
         })
-        .map_err(unavailable)
+        .map_err(StoreError::from)
     }
 
     async fn pause(
@@ -393,7 +387,7 @@ impl DeliveryLedger for LocalDb {
             )
         })
         .map(|_| ())
-        .map_err(unavailable)
+        .map_err(StoreError::from)
     }
 }
 

@@ -271,7 +271,6 @@ impl Mapping {
 pub fn scrub(reason: &str, private: &[String]) -> String {
     let mut text = reason.replace(['\n', '\r', '\t'], " ");
     for value in private.iter().filter(|v| !v.is_empty()) {
-        text = text.replace(value.as_str(), "…");
         // Services echo values in another case (emails upper-cased): matched without ASCII
         // case, which keeps byte offsets, so the original text is cut at the same places.
         let needle = value.to_ascii_lowercase();
